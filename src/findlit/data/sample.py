@@ -1,0 +1,56 @@
+"""The per-image sample that datasets produce, transforms modify and collate batches.
+
+A sample is a plain dict so that DataLoader workers can pickle it cheaply; this TypedDict
+documents the keys and shapes. Which keys are present depends on the task:
+
+- every task: ``task``, ``dataset``, ``image_id``, ``image``, ``orig_size``;
+- segmentation: ``masks``, ``labels``, ``is_thing``, ``ignore_mask``;
+- retrieval: ``captions``;
+- grounding: ``masks`` (one per referred object), ``sentences``, ``sentence_targets``;
+- interleave: ``masks`` (the segments the phrases point at), ``entities``.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from torch import Tensor
+
+
+class EntityPrompt(TypedDict):
+    """One entity sentence of an interleave sample.
+
+    ``spans[k] = (start, end)`` are character offsets of phrase k in ``sentence``;
+    ``targets[k]`` indexes the sample's ``masks``; ``references[k]`` is ``(image_id, segment_id)``
+    of the same thing in another image, or None.
+    """
+
+    sentence: str
+    spans: list[tuple[int, int]]
+    targets: list[int]
+    references: list[tuple[int, int] | None]
+
+
+class Sample(TypedDict, total=False):
+    """One image and its targets. Shapes: N segments, S sentences, image H x W.
+
+    image: uint8[3,H,W] (RGB; the encoders normalise).
+    masks: bool[N,H,W]. labels: int64[N] category ids of the dataset. is_thing: bool[N].
+    ignore_mask: bool[H,W], True on crowd and unlabelled pixels.
+    sentence_targets: int64[S], index into ``masks`` for each sentence.
+    orig_size: (height, width) of the image on disk, before transforms.
+    """
+
+    task: str
+    dataset: str
+    image_id: int
+    image: Tensor
+    orig_size: tuple[int, int]
+    masks: Tensor
+    labels: Tensor
+    is_thing: Tensor
+    ignore_mask: Tensor
+    captions: list[str]
+    sentences: list[str]
+    sentence_targets: Tensor
+    entities: list[EntityPrompt]
