@@ -35,7 +35,7 @@ class Sample(TypedDict, total=False):
     """One image and its targets. Shapes: N segments, S sentences, image H x W.
 
     image: uint8[3,H,W] (RGB; the encoders normalise).
-    masks: bool[N,H,W]. labels: int64[N] category ids of the dataset. is_thing: bool[N].
+    masks: bool[N,H,W]. labels: int64[N], indices into the dataset's ``class_names``. is_thing: bool[N].
     ignore_mask: bool[H,W], True on crowd and unlabelled pixels.
     sentence_targets: int64[S], index into ``masks`` for each sentence.
     orig_size: (height, width) of the image on disk, before transforms.

@@ -1,0 +1,7 @@
+"""``python -m findlit`` runs the ``findlit`` command."""
+
+import sys
+
+from findlit.cli import main
+
+sys.exit(main())

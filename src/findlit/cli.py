@@ -1,0 +1,134 @@
+"""The ``findlit`` command.
+
+``findlit data synth`` writes the embedded default dataset; ``findlit data check`` reads and
+decodes every record of the datasets an experiment config names and reports what is wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from findlit import __version__
+from findlit.data.errors import ConfigError
+
+
+def data_parser() -> ArgumentParser:
+    """The parser of ``findlit data`` with its ``synth`` and ``check`` subcommands."""
+    synth = ArgumentParser(description="Write the embedded default dataset in the COCO formats.")
+    synth.add_argument("--out", type=str, default="data/demo", help="output folder")
+    synth.add_argument("--train", type=int, default=2000, help="training images")
+    synth.add_argument("--val", type=int, default=200, help="validation images")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    synth.add_argument("--workers", type=int, default=2, help="worker processes")
+
+    check = ArgumentParser(description="Read and decode every record of the configured datasets.")
+    check.add_argument(
+        "--config", type=str, action="append", required=True, help="experiment YAML (repeatable, merged in order)"
+    )
+    check.add_argument("--stage", type=str, default=None, help="only this stage: train, val or test")
+
+    parser = ArgumentParser(prog="findlit data", description="Dataset tools.")
+    subcommands = parser.add_subcommands()
+    subcommands.add_subcommand("synth", synth)
+    subcommands.add_subcommand("check", check)
+    return parser
+
+
+def run_synth(args: Namespace) -> int:
+    """``findlit data synth``: generate the dataset and print what was written."""
+    from findlit.data.synthetic import generate
+
+    started = time.perf_counter()
+    summary = generate(Path(args.out), args.train, args.val, size=args.size, seed=args.seed, workers=args.workers)
+    print(summary)
+    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
+    """Merge experiment YAMLs with OmegaConf and return their ``data`` section (init args)."""
+    merged = OmegaConf.create()
+    for path in config_paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except (OmegaConfBaseException, ValueError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from None
+    try:
+        container = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"cannot resolve config {', '.join(config_paths)}: {error}") from None
+    if not isinstance(container, dict) or "data" not in container:
+        raise ConfigError(f"no 'data' section in {', '.join(config_paths)}")
+    data = container["data"]
+    if isinstance(data, dict) and "init_args" in data:
+        data = data["init_args"]
+    if not isinstance(data, dict):
+        raise ConfigError("the 'data' section should be a mapping")
+    return data
+
+
+def build_datamodule(data: dict[str, Any]) -> Any:
+    """Validate a ``data`` section against the DataModule's signature and build it."""
+    from findlit.data.datamodule import MultiTaskDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(MultiTaskDataModule, "data")
+    try:
+        namespace = parser.parse_object({"data": data})
+    except Exception as error:  # jsonargparse raises argparse.ArgumentError with the offending key
+        raise ConfigError(str(error)) from None
+    return parser.instantiate(namespace).data
+
+
+def run_check(args: Namespace) -> int:
+    """``findlit data check``: print counts and problems; non-zero exit when anything is wrong."""
+    from findlit.data.check import check_stages, format_reports
+
+    datamodule = build_datamodule(load_data_section(args.config))
+    stages = datamodule.configs if args.stage is None else {args.stage: datamodule.configs.get(args.stage, [])}
+    if not any(stages.values()):
+        raise ConfigError(f"no datasets configured{' for stage ' + args.stage if args.stage else ''}")
+    reports = check_stages(stages, datamodule.root)
+    print(format_reports(reports))
+    return 0 if all(report.ok for report in reports) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``findlit`` console script."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments in (["--version"], ["-V"]):
+        print(f"findlit {__version__}")
+        return 0
+    if not arguments or arguments[0] != "data":
+        print(
+            "usage: findlit data {synth,check} ...\n"
+            "The training and evaluation subcommands (fit, validate, test, predict) arrive with the FIND module.",
+            file=sys.stderr,
+        )
+        return 2
+    args = data_parser().parse_args(arguments[1:])
+    try:
+        if args.subcommand == "synth":
+            return run_synth(args.synth)
+        return run_check(args.check)
+    except ConfigError as error:
+        print(f"findlit: config error: {error}", file=sys.stderr)
+        return 2
+    except FileExistsError as error:
+        print(f"findlit: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

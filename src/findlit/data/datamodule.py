@@ -1,0 +1,188 @@
+"""The multi-task DataModule: interleaved task-homogeneous training batches, one loader per
+evaluation dataset, and a sampler position that checkpoints save and restore."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import lightning as L  # noqa: N812
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from findlit.data.collate import collate_samples
+from findlit.data.config import DatasetConfig, build_dataset
+from findlit.data.datasets import TaskDataset
+from findlit.data.errors import BadRecordPolicy, ConfigError
+from findlit.data.sample import Sample
+from findlit.data.sampler import MultiTaskBatchSampler, SampleKey, ShardedSampler
+
+
+class MultiTaskDataset(TorchDataset[Sample]):
+    """Routes a :data:`SampleKey` ``(dataset, index, seed)`` to the right task dataset."""
+
+    def __init__(self, datasets: Sequence[TaskDataset]):
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, key: SampleKey) -> Sample:
+        dataset, index, seed = key
+        return self.datasets[dataset][(index, seed)]
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Datasets of several tasks for training, validation and test.
+
+    Args:
+        train: training datasets; batches are drawn from them by their ``ratio``.
+        val: validation datasets; one loader each, in this order.
+        test: test datasets; one loader each, in this order.
+        root: folder that relative paths in ``paths`` are taken from (default: working directory).
+        num_workers: DataLoader worker processes per loader.
+        seed: seed of the task sequence and of every sample's augmentation.
+        steps_per_epoch: training batches per epoch (default: each dataset seen about once).
+        on_bad_record: ``error`` stops at the first bad record; ``skip`` drops it with one warning per dataset.
+        size_divisibility: batches are padded to a multiple of this (the encoder's largest stride).
+        pin_memory: pin batches for faster host-to-GPU copies.
+    """
+
+    def __init__(
+        self,
+        train: list[DatasetConfig] | None = None,
+        val: list[DatasetConfig] | None = None,
+        test: list[DatasetConfig] | None = None,
+        root: str | None = None,
+        num_workers: int = 2,
+        seed: int = 0,
+        steps_per_epoch: int | None = None,
+        on_bad_record: BadRecordPolicy = "error",
+        size_divisibility: int = 32,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.configs = {"train": list(train or []), "val": list(val or []), "test": list(test or [])}
+        for stage, configs in self.configs.items():
+            names = [c.name for c in configs]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ConfigError(f"data.{stage}: dataset names must be unique, repeated: {duplicates}")
+        if on_bad_record not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.root = root
+        self.num_workers = num_workers
+        self.seed = seed
+        self.steps_per_epoch = steps_per_epoch
+        self.on_bad_record: BadRecordPolicy = on_bad_record
+        self.size_divisibility = size_divisibility
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, list[TaskDataset]] = {}
+        self.train_sampler: MultiTaskBatchSampler | None = None
+        # Position of the training loop: batches that reached the model in the current epoch.
+        self._epoch = 0
+        self._consumed = 0
+        self._resume: dict[str, Any] | None = None
+
+    def stage_datasets(self, stage: str) -> list[TaskDataset]:
+        """The datasets of ``stage`` (``train``, ``val`` or ``test``), read on first use."""
+        if stage not in self.datasets:
+            self.datasets[stage] = [
+                build_dataset(
+                    config,
+                    f"data.{stage}[{i}]",
+                    train=stage == "train",
+                    root=self.root,
+                    on_bad_record=self.on_bad_record,
+                )
+                for i, config in enumerate(self.configs[stage])
+            ]
+        return self.datasets[stage]
+
+    def setup(self, stage: str) -> None:
+        """Read the annotation files the Lightning ``stage`` needs."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(stage, ())
+        for split in wanted:
+            if split == "train" and not self.configs["train"]:
+                raise ConfigError("data.train: fitting needs at least one training dataset")
+            self.stage_datasets(split)
+
+    def names(self, stage: str) -> list[str]:
+        """Dataset names of ``stage`` in loader order (``dataloader_idx`` -> name)."""
+        return [config.name for config in self.configs[stage]]
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> DataLoader[Sample]:
+        """Task-homogeneous batches interleaved by ratio; this rank's share of every global batch."""
+        datasets = self.stage_datasets("train")
+        rank, world_size = self._rank_and_world()
+        sampler = MultiTaskBatchSampler(
+            [len(d) for d in datasets],
+            [c.batch_size for c in self.configs["train"]],
+            [c.ratio for c in self.configs["train"]],
+            steps_per_epoch=self.steps_per_epoch,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        if self._resume is not None:
+            sampler.load_state_dict(self._resume)
+            self._resume = None
+        self.train_sampler = sampler
+        return DataLoader(
+            MultiTaskDataset(datasets),
+            batch_sampler=sampler,
+            collate_fn=partial(collate_samples, size_divisibility=self.size_divisibility),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader[Sample]]:
+        rank, world_size = self._rank_and_world()
+        return [
+            DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                sampler=ShardedSampler(len(dataset), rank, world_size),
+                collate_fn=partial(collate_samples, size_divisibility=self.size_divisibility),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+            )
+            for dataset, config in zip(self.stage_datasets(stage), self.configs[stage], strict=True)
+        ]
+
+    def val_dataloader(self) -> list[DataLoader[Sample]]:
+        """One loader per validation dataset, in config order (see :meth:`names`)."""
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader[Sample]]:
+        """One loader per test dataset, in config order (see :meth:`names`)."""
+        return self._eval_loaders("test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count training batches as they reach the model (the loader may prefetch further)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.train_sampler is not None:
+            if self.train_sampler.epoch != self._epoch:
+                self._epoch, self._consumed = self.train_sampler.epoch, self.train_sampler.start_step
+            self._consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training position: seed, epoch and batches consumed in it."""
+        return {"seed": self.seed, "epoch": self._epoch, "step": self._consumed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume: the next training loader continues right after the saved position."""
+        self._epoch, self._consumed = int(state_dict["epoch"]), int(state_dict["step"])
+        self._resume = dict(state_dict)
+

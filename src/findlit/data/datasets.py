@@ -1,0 +1,227 @@
+"""Map-style datasets, one per task, that turn format records into :class:`Sample` dicts.
+
+A dataset is indexed either by an int (evaluation: no randomness) or by a
+``(index, seed)`` pair from the training sampler: the seed drives every random choice for that
+sample (augmentation, which caption or sentence is drawn), so a run and its resumed copy, or
+runs on different numbers of processes, see the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from findlit.data.decode import decode_instance, decode_panoptic, read_image
+from findlit.data.errors import BadRecords, BadRecordPolicy, DataError
+from findlit.data.records import (
+    CaptionsRecord,
+    Category,
+    Dataset,
+    EntityRecord,
+    InstancesRecord,
+    PanopticRecord,
+    RefsRecord,
+)
+from findlit.data.sample import EntityPrompt, Sample
+
+Transform = Callable[[Sample, torch.Generator], Sample]
+SampleIndex = int | tuple[int, int]
+"""An int (evaluation) or ``(index, seed)`` (training)."""
+
+_MAX_SKIPS = 100
+"""How many following records a skipped bad record may be replaced by before giving up."""
+
+
+class TaskDataset(TorchDataset[Sample]):
+    """Base of the per-task datasets: decoding, transforms and the bad-record policy.
+
+    Args:
+        name: the dataset's name, put in every sample and every message.
+        data: what a reader returned.
+        transforms: applied to each decoded sample with the sample's generator (None: identity).
+        train: training mode (random choices of captions and sentences).
+        on_bad_record: ``"error"`` raises on a record that fails to decode; ``"skip"`` replaces it
+            by the next good record and warns once.
+        key: the config key that configured this dataset, for messages.
+    """
+
+    task: str = ""
+
+    def __init__(
+        self,
+        name: str,
+        data: Dataset,
+        transforms: Transform | None = None,
+        *,
+        train: bool = False,
+        on_bad_record: BadRecordPolicy = "error",
+        key: str | None = None,
+    ):
+        self.name = name
+        self.records: tuple[Any, ...] = data.records
+        self.categories: dict[int, Category] = dict(data.categories)
+        self.transforms = transforms
+        self.train = train
+        self.key = key
+        self.bad_records = BadRecords(on_bad_record, dataset=name)
+        self._warned = False
+        # A contiguous vocabulary: labels index class_names.
+        self.category_ids: list[int] = sorted(self.categories)
+        self.class_names: list[str] = [self.categories[i].name for i in self.category_ids]
+        self.thing_classes: list[bool] = [self.categories[i].isthing for i in self.category_ids]
+        self.category_index: dict[int, int] = {c: k for k, c in enumerate(self.category_ids)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: SampleIndex) -> Sample:
+        position, seed = (index, index) if isinstance(index, int) else index
+        generator = torch.Generator().manual_seed(seed)
+        for attempt in range(_MAX_SKIPS):
+            record = self.records[(position + attempt) % len(self.records)]
+            try:
+                sample = self.decode(record, generator)
+            except DataError as error:
+                self.bad_records.report(error.with_key(self.key))
+                self._warn_once()
+                continue
+            sample["task"] = self.task
+            sample["dataset"] = self.name
+            return self.transforms(sample, generator) if self.transforms is not None else sample
+        raise DataError(f"{_MAX_SKIPS} consecutive bad records in dataset '{self.name}'", None, key=self.key)
+
+    def decode(self, record: Any, generator: torch.Generator) -> Sample:
+        """Decode one record into a sample (image and task targets)."""
+        raise NotImplementedError
+
+    def _warn_once(self) -> None:
+        if not self._warned:
+            self._warned = True
+            self.bad_records.warn_summary()
+
+    def _base(self, record: Any) -> Sample:
+        image = read_image(record.image, self.key)
+        return Sample(image_id=record.image.id, image=image, orig_size=(image.shape[1], image.shape[2]))
+
+
+class PanopticSegmentationDataset(TaskDataset):
+    """Generic segmentation from COCO panoptic: one mask per non-crowd segment, crowd and void ignored."""
+
+    task = "segmentation"
+
+    def decode(self, record: PanopticRecord, generator: torch.Generator) -> Sample:
+        """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""
+        sample = self._base(record)
+        panoptic = decode_panoptic(record, self.key)
+        labels = [self.category_index[c] for c in panoptic.category_ids.tolist()]
+        sample["masks"] = panoptic.masks
+        sample["labels"] = torch.tensor(labels, dtype=torch.int64)
+        sample["is_thing"] = torch.tensor([self.thing_classes[k] for k in labels], dtype=torch.bool)
+        sample["ignore_mask"] = panoptic.ignore
+        return sample
+
+
+class InstanceSegmentationDataset(TaskDataset):
+    """Instance segmentation from COCO instances; crowd annotations become ignore regions."""
+
+    task = "segmentation"
+
+    def decode(self, record: InstancesRecord, generator: torch.Generator) -> Sample:
+        """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""
+        sample = self._base(record)
+        height, width = sample["orig_size"]
+        kept = [ann for ann in record.annotations if not ann.iscrowd]
+        masks = [decode_instance(ann, record.image, self.key) for ann in kept]
+        ignore = torch.zeros(height, width, dtype=torch.bool)
+        for ann in record.annotations:
+            if ann.iscrowd:
+                ignore |= decode_instance(ann, record.image, self.key)
+        labels = [self.category_index[ann.category_id] for ann in kept]
+        sample["masks"] = torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool)
+        sample["labels"] = torch.tensor(labels, dtype=torch.int64)
+        sample["is_thing"] = torch.tensor([self.thing_classes[k] for k in labels], dtype=torch.bool)
+        sample["ignore_mask"] = ignore
+        return sample
+
+
+class RetrievalDataset(TaskDataset):
+    """Image-text retrieval: training draws one caption per image, evaluation keeps them all."""
+
+    task = "retrieval"
+
+    def decode(self, record: CaptionsRecord, generator: torch.Generator) -> Sample:
+        """Image and ``captions`` (one in training, all in evaluation)."""
+        if not record.captions:
+            raise DataError("image has no captions", record.image.path, f"image_id={record.image.id}")
+        sample = self._base(record)
+        sample["captions"] = [record.captions[_choice(len(record.captions), generator)]] if self.train else list(
+            record.captions
+        )
+        return sample
+
+
+class GroundingDataset(TaskDataset):
+    """Referring segmentation: one mask per ref; training draws one sentence per ref, evaluation all."""
+
+    task = "grounding"
+
+    def decode(self, record: RefsRecord, generator: torch.Generator) -> Sample:
+        """Image, masks bool[R,H,W] (one per ref), ``sentences`` and sentence_targets int64[S]."""
+        sample = self._base(record)
+        height, width = sample["orig_size"]
+        masks, sentences, targets = [], [], []
+        for ref in record.refs:
+            if ref.annotation is None:
+                masks.append(torch.zeros(height, width, dtype=torch.bool))
+            else:
+                masks.append(decode_instance(ref.annotation, record.image, self.key))
+            chosen = [ref.sentences[_choice(len(ref.sentences), generator)]] if self.train else list(ref.sentences)
+            sentences.extend(chosen)
+            targets.extend([len(masks) - 1] * len(chosen))
+        sample["masks"] = torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool)
+        sample["sentences"] = sentences
+        sample["sentence_targets"] = torch.tensor(targets, dtype=torch.int64)
+        sample["labels"] = torch.tensor([self.category_index[r.category_id] for r in record.refs], dtype=torch.int64)
+        return sample
+
+
+class InterleaveDataset(TaskDataset):
+    """FIND-Bench entities: masks of the segments that phrases name, and the entity sentences."""
+
+    task = "interleave"
+
+    def decode(self, record: EntityRecord, generator: torch.Generator) -> Sample:
+        """Image, masks bool[M,H,W] (segments named by phrases), labels int64[M], ``entities``."""
+        sample = self._base(record)
+        panoptic = decode_panoptic(record.panoptic, self.key)
+        position = {segment_id: k for k, segment_id in enumerate(panoptic.segment_ids.tolist())}
+        crowd = {segment.id for segment in record.panoptic.segments if segment.iscrowd}
+        named: list[int] = []
+        entities: list[EntityPrompt] = []
+        for sentence in record.sentences:
+            spans, targets, references = [], [], []
+            for phrase in sentence.phrases:
+                if phrase.segment_id in crowd:
+                    continue  # a crowd region has no single-object mask to ground
+                if phrase.segment_id not in named:
+                    named.append(phrase.segment_id)
+                spans.append((phrase.start, phrase.end))
+                targets.append(named.index(phrase.segment_id))
+                ref = phrase.reference
+                references.append((ref.image_id, ref.segment_id) if ref is not None else None)
+            entities.append(EntityPrompt(sentence=sentence.sentence, spans=spans, targets=targets, references=references))
+        rows = [position[segment_id] for segment_id in named]
+        sample["masks"] = panoptic.masks[rows]
+        sample["labels"] = torch.tensor(
+            [self.category_index[c] for c in panoptic.category_ids[rows].tolist()], dtype=torch.int64
+        )
+        sample["entities"] = entities
+        return sample
+
+
+def _choice(count: int, generator: torch.Generator) -> int:
+    return int(torch.randint(count, (1,), generator=generator))
+

@@ -1,0 +1,152 @@
+"""Decoding pixels: images, panoptic PNGs and instance masks, with errors that name the file and record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from torch import Tensor
+
+from findlit.data.errors import DataError
+from findlit.data.records import ImageInfo, InstanceAnnotation, PanopticRecord
+
+# Image.open refuses nothing by size, but a decompression bomb warning is a real hazard on user data.
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+
+
+def read_image(info: ImageInfo, key: str | None = None) -> Tensor:
+    """Decode an image file to RGB.
+
+    Returns:
+        uint8[3,H,W]. A missing, corrupt or truncated file, or one whose size differs from the
+        annotation's, is a :class:`DataError` naming the file and image id.
+    """
+    pixels = _read_rgb(info.path, f"image_id={info.id}", key)
+    height, width = pixels.shape[:2]
+    if info.height is not None and info.width is not None and (height, width) != (info.height, info.width):
+        raise DataError(
+            f"image is {height}x{width} but the annotations say {info.height}x{info.width}",
+            info.path,
+            f"image_id={info.id}",
+            key,
+        )
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def _read_rgb(path: Path, record: str, key: str | None) -> np.ndarray:
+    """uint8[H,W,3] from an image file; errors name the file."""
+    try:
+        with Image.open(path) as image:
+            # load() forces the full decode, so a truncated file fails here and not later.
+            image.load()
+            return np.array(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError("image file not found", path, record, key) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"corrupt or truncated image: {error}", path, record, key) from None
+
+
+def panoptic_id_map(record: PanopticRecord, key: str | None = None) -> np.ndarray:
+    """Segment id of every pixel of a panoptic PNG: R + 256·G + 256²·B (0 = void).
+
+    Returns:
+        int64[H,W].
+    """
+    rgb = _read_rgb(record.png_path, f"image_id={record.image.id}", key).astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    if record.image.height is not None and ids.shape != (record.image.height, record.image.width):
+        raise DataError(
+            f"panoptic PNG is {ids.shape[0]}x{ids.shape[1]}, image is {record.image.height}x{record.image.width}",
+            record.png_path,
+            f"image_id={record.image.id}",
+            key,
+        )
+    return ids
+
+
+@dataclass(frozen=True)
+class PanopticMasks:
+    """The decoded segments of one panoptic record. N = number of non-crowd segments.
+
+    masks: bool[N,H,W]; segment_ids, category_ids: int64[N]; ignore: bool[H,W], True on crowd
+    and void pixels.
+    """
+
+    masks: Tensor
+    segment_ids: Tensor
+    category_ids: Tensor
+    ignore: Tensor
+
+
+def decode_panoptic(record: PanopticRecord, key: str | None = None) -> PanopticMasks:
+    """Decode a panoptic PNG into one mask per non-crowd segment plus the ignore region.
+
+    Every id in the PNG must be in ``segments_info`` and every listed segment must appear in the
+    PNG; either mismatch is a :class:`DataError` naming the PNG and the image id.
+    """
+    ids = panoptic_id_map(record, key)
+    name = f"image_id={record.image.id}"
+    present = np.unique(ids)
+    listed = {segment.id for segment in record.segments}
+    unlisted = sorted(int(i) for i in present if i != 0 and int(i) not in listed)
+    if unlisted:
+        raise DataError(f"segment id(s) {unlisted[:5]} in the PNG are absent from segments_info", record.png_path, name, key)
+    missing = sorted(listed - {int(i) for i in present})
+    if missing:
+        raise DataError(f"segment id(s) {missing[:5]} of segments_info are absent from the PNG", record.png_path, name, key)
+    kept = [segment for segment in record.segments if not segment.iscrowd]
+    crowd = [segment.id for segment in record.segments if segment.iscrowd]
+    segment_ids = torch.tensor([segment.id for segment in kept], dtype=torch.int64)
+    id_map = torch.from_numpy(ids)
+    masks = id_map.unsqueeze(0) == segment_ids.view(-1, 1, 1)
+    ignore = (id_map == 0) | torch.isin(id_map, torch.tensor(crowd, dtype=torch.int64))
+    category_ids = torch.tensor([segment.category_id for segment in kept], dtype=torch.int64)
+    return PanopticMasks(masks=masks, segment_ids=segment_ids, category_ids=category_ids, ignore=ignore)
+
+
+def semantic_map(panoptic: PanopticMasks, category_index: dict[int, int], ignore_index: int = 255) -> Tensor:
+    """A semantic target from panoptic masks.
+
+    Args:
+        panoptic: decoded panoptic masks of one image.
+        category_index: category id -> contiguous class index.
+        ignore_index: value of crowd and void pixels.
+
+    Returns:
+        int64[H,W] of class indices.
+    """
+    height, width = panoptic.ignore.shape
+    semantic = torch.full((height, width), ignore_index, dtype=torch.int64)
+    for mask, category_id in zip(panoptic.masks, panoptic.category_ids.tolist(), strict=True):
+        semantic[mask] = category_index[category_id]
+    return semantic
+
+
+def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def decode_instance(annotation: InstanceAnnotation, image: ImageInfo, key: str | None = None) -> Tensor:
+    """Decode one instance annotation with pycocotools.
+
+    Returns:
+        bool[H,W]. An undecodable segmentation is a :class:`DataError` naming the ann id.
+    """
+    if image.height is None or image.width is None:
+        raise DataError("image size unknown, cannot decode its masks", image.path, f"image_id={image.id}", key)
+    try:
+        decoded = mask_utils.decode(to_rle(annotation.segmentation, image.height, image.width))
+    except (ValueError, TypeError, KeyError, UnicodeEncodeError) as error:
+        raise DataError(f"undecodable segmentation: {error}", image.path, f"ann_id={annotation.id}", key) from None
+    return torch.from_numpy(decoded.astype(bool))
