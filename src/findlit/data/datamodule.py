@@ -33,6 +33,30 @@ class MultiTaskDataset(TorchDataset[Sample]):
         return self.datasets[dataset][(index, seed)]
 
 
+class ResumableDataLoader(DataLoader[Sample]):
+    """A training DataLoader that Lightning saves and restores with the fit loop.
+
+    Lightning treats a loader with ``state_dict`` / ``load_state_dict`` as resumable: a run resumed
+    from a mid-epoch checkpoint continues that epoch instead of starting it again. The position
+    is the DataModule's count of batches that reached the model, not of batches prefetched.
+    """
+
+    def __init__(self, *args: Any, datamodule: MultiTaskDataModule, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._datamodule = datamodule
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training position (see :meth:`MultiTaskDataModule.state_dict`)."""
+        return self._datamodule.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue after the saved position on the next iteration."""
+        self._datamodule.load_state_dict(state_dict)
+        assert isinstance(self.batch_sampler, MultiTaskBatchSampler)
+        self.batch_sampler.load_state_dict(state_dict)
+        self._datamodule._resume = None
+
+
 class MultiTaskDataModule(L.LightningDataModule):
     """Datasets of several tasks for training, validation and test.
 
@@ -120,7 +144,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def train_dataloader(self) -> DataLoader[Sample]:
+    def train_dataloader(self) -> ResumableDataLoader:
         """Task-homogeneous batches interleaved by ratio; this rank's share of every global batch."""
         datasets = self.stage_datasets("train")
         rank, world_size = self._rank_and_world()
@@ -137,8 +161,9 @@ class MultiTaskDataModule(L.LightningDataModule):
             sampler.load_state_dict(self._resume)
             self._resume = None
         self.train_sampler = sampler
-        return DataLoader(
+        return ResumableDataLoader(
             MultiTaskDataset(datasets),
+            datamodule=self,
             batch_sampler=sampler,
             collate_fn=partial(collate_samples, size_divisibility=self.size_divisibility),
             num_workers=self.num_workers,

@@ -90,12 +90,16 @@ class TaskDataset(TorchDataset[Sample]):
                 continue
             sample["task"] = self.task
             sample["dataset"] = self.name
-            return self.transforms(sample, generator) if self.transforms is not None else sample
+            return self.finish(self.transforms(sample, generator) if self.transforms is not None else sample)
         raise DataError(f"{_MAX_SKIPS} consecutive bad records in dataset '{self.name}'", None, key=self.key)
 
     def decode(self, record: Any, generator: torch.Generator) -> Sample:
         """Decode one record into a sample (image and task targets)."""
         raise NotImplementedError
+
+    def finish(self, sample: Sample) -> Sample:
+        """Adjust a transformed sample (default: unchanged)."""
+        return sample
 
     def _warn_once(self) -> None:
         if not self._warned:
@@ -107,10 +111,22 @@ class TaskDataset(TorchDataset[Sample]):
         return Sample(image_id=record.image.id, image=image, orig_size=(image.shape[1], image.shape[2]))
 
 
-class PanopticSegmentationDataset(TaskDataset):
-    """Generic segmentation from COCO panoptic: one mask per non-crowd segment, crowd and void ignored."""
+class _SegmentationDataset(TaskDataset):
+    """Segmentation targets: segments that a crop left without pixels are dropped."""
 
     task = "segmentation"
+
+    def finish(self, sample: Sample) -> Sample:
+        """Drop the masks that transforms emptied, with their labels (no other field indexes them)."""
+        keep = sample["masks"].flatten(1).any(1)
+        if not bool(keep.all()):
+            sample["masks"], sample["labels"] = sample["masks"][keep], sample["labels"][keep]
+            sample["is_thing"] = sample["is_thing"][keep]
+        return sample
+
+
+class PanopticSegmentationDataset(_SegmentationDataset):
+    """Generic segmentation from COCO panoptic: one mask per non-crowd segment, crowd and void ignored."""
 
     def decode(self, record: PanopticRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""
@@ -124,10 +140,8 @@ class PanopticSegmentationDataset(TaskDataset):
         return sample
 
 
-class InstanceSegmentationDataset(TaskDataset):
+class InstanceSegmentationDataset(_SegmentationDataset):
     """Instance segmentation from COCO instances; crowd annotations become ignore regions."""
-
-    task = "segmentation"
 
     def decode(self, record: InstancesRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""

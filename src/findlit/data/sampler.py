@@ -73,7 +73,8 @@ class MultiTaskBatchSampler(Sampler[list[SampleKey]]):
         self.yielded = 0
 
     def __len__(self) -> int:
-        return self.steps_per_epoch - self.start_step
+        # The whole epoch, even when resuming inside it: Lightning counts the restored batches itself.
+        return self.steps_per_epoch
 
     @property
     def sampler(self) -> MultiTaskBatchSampler:

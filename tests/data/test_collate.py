@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from findlit.data.collate import collate_samples
+from findlit.data.sample import Sample
+
+
+def sample(height: int, width: int, segments: int) -> Sample:
+    return Sample(
+        task="segmentation",
+        dataset="d",
+        image_id=height,
+        image=torch.full((3, height, width), 7, dtype=torch.uint8),
+        orig_size=(height, width),
+        masks=torch.ones(segments, height, width, dtype=torch.bool),
+        labels=torch.arange(segments),
+        ignore_mask=torch.zeros(height, width, dtype=torch.bool),
+    )
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_pads_to_a_multiple_of_32_with_a_padding_mask(batch_size: int) -> None:
+    samples = [sample(50 + 10 * i, 70 - 5 * i, segments=i) for i in range(batch_size)]
+    batch = collate_samples(samples)
+    height = max(s["image"].shape[1] for s in samples)
+    width = max(s["image"].shape[2] for s in samples)
+    padded = (-(-height // 32) * 32, -(-width // 32) * 32)
+    assert batch["images"].shape == (batch_size, 3, *padded)
+    assert batch["padding_mask"].shape == (batch_size, *padded)
+    for row, s in enumerate(samples):
+        h, w = s["image"].shape[1:]
+        assert batch["image_sizes"][row] == (h, w)
+        assert (batch["images"][row, :, :h, :w] == 7).all() and (batch["images"][row, :, h:] == 0).all()
+        assert not batch["padding_mask"][row, :h, :w].any()
+        assert batch["padding_mask"][row].sum() == padded[0] * padded[1] - h * w
+        target = batch["targets"][row]
+        assert target["masks"].shape == (row, *padded)
+        assert target["masks"][:, :h, :w].all() and not target["masks"][:, h:, :].any()
+        assert target["ignore_mask"][h:, :].all() and not target["ignore_mask"][:h, :w].any()
+        assert "image" not in target
+    assert batch["task"] == "segmentation" and batch["image_ids"] == [s["image_id"] for s in samples]
+
+
+def test_refuses_mixed_tasks() -> None:
+    other = sample(32, 32, 1)
+    other["task"] = "grounding"
+    with pytest.raises(ValueError, match="one task"):
+        collate_samples([sample(32, 32, 1), other])
