@@ -7,7 +7,6 @@ decodes every record of the datasets an experiment config names and reports what
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,11 @@ def data_parser() -> ArgumentParser:
 
     check = ArgumentParser(description="Read and decode every record of the configured datasets.")
     check.add_argument(
-        "--config", type=str, action="append", required=True, help="experiment YAML (repeatable, merged in order)"
+        "--config",
+        type=str,
+        action="append",
+        required=True,
+        help="experiment YAML (repeatable, merged in order)",
     )
     check.add_argument("--stage", type=str, default=None, help="only this stage: train, val or test")
 
@@ -47,16 +50,16 @@ def run_synth(args: Namespace) -> int:
     """``findlit data synth``: generate the dataset and print what was written."""
     from findlit.data.synthetic import generate
 
-    started = time.perf_counter()
-    summary = generate(Path(args.out), args.train, args.val, size=args.size, seed=args.seed, workers=args.workers)
-    print(summary)
-    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")
+    summary = generate(
+        Path(args.out), args.train, args.val, size=args.size, seed=args.seed, workers=args.workers
+    )
+    print("\n".join(summary.lines()))
     return 0
 
 
 def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
     """Merge experiment YAMLs with OmegaConf and return their ``data`` section (init args)."""
-    merged = OmegaConf.create()
+    merged: Any = OmegaConf.create()
     for path in config_paths:
         if not Path(path).is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -96,7 +99,9 @@ def run_check(args: Namespace) -> int:
     from findlit.data.check import check_stages, format_reports
 
     datamodule = build_datamodule(load_data_section(args.config))
-    stages = datamodule.configs if args.stage is None else {args.stage: datamodule.configs.get(args.stage, [])}
+    stages = (
+        datamodule.configs if args.stage is None else {args.stage: datamodule.configs.get(args.stage, [])}
+    )
     if not any(stages.values()):
         raise ConfigError(f"no datasets configured{' for stage ' + args.stage if args.stage else ''}")
     reports = check_stages(stages, datamodule.root)
@@ -113,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments or arguments[0] != "data":
         print(
             "usage: findlit data {synth,check} ...\n"
-            "The training and evaluation subcommands (fit, validate, test, predict) arrive with the FIND module.",
+            "The training and evaluation subcommands (fit, validate, test, predict) arrive with the "
+            "FIND module.",
             file=sys.stderr,
         )
         return 2

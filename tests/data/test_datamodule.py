@@ -14,25 +14,67 @@ ANN = "annotations/"
 SMALL = {"image_size": 128}
 
 
-def dataset(name: str, task: str, fmt: str, ratio: float = 1.0, batch_size: int = 2, **paths: str) -> dict[str, Any]:
-    return {"name": name, "task": task, "format": fmt, "paths": paths, "ratio": ratio, "batch_size": batch_size,
-            "transforms": SMALL}
+def dataset(
+    name: str, task: str, fmt: str, ratio: float = 1.0, batch_size: int = 2, **paths: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "task": task,
+        "format": fmt,
+        "paths": paths,
+        "ratio": ratio,
+        "batch_size": batch_size,
+        "transforms": SMALL,
+    }
 
 
 def all_tasks(ratio: float = 1.0) -> list[dict[str, Any]]:
     return [
-        dataset("pan", "segmentation", "coco_panoptic", ratio=2 * ratio, panoptic_json=ANN + "panoptic_val2017.json",
-                panoptic_root="panoptic_val2017", image_root="val2017"),
-        dataset("cap", "retrieval", "coco_captions", captions_json=ANN + "captions_val2017.json", image_root="val2017"),
-        dataset("ref", "grounding", "refcoco", batch_size=1, refs=ANN + "refs(umd).p",
-                instances_json=ANN + "panoptic_detection_format_val2017.json", image_root="val2017"),
-        dataset("ent", "interleave", "find_entity", entity_json=ANN + "entity_val2017.json",
-                panoptic_json=ANN + "panoptic_val2017.json", panoptic_root="panoptic_val2017", image_root="val2017"),
+        dataset(
+            "pan",
+            "segmentation",
+            "coco_panoptic",
+            ratio=2 * ratio,
+            panoptic_json=ANN + "panoptic_val2017.json",
+            panoptic_root="panoptic_val2017",
+            image_root="val2017",
+        ),
+        dataset(
+            "cap",
+            "retrieval",
+            "coco_captions",
+            captions_json=ANN + "captions_val2017.json",
+            image_root="val2017",
+        ),
+        dataset(
+            "ref",
+            "grounding",
+            "refcoco",
+            batch_size=1,
+            refs=ANN + "refs(umd).p",
+            instances_json=ANN + "panoptic_detection_format_val2017.json",
+            image_root="val2017",
+        ),
+        dataset(
+            "ent",
+            "interleave",
+            "find_entity",
+            entity_json=ANN + "entity_val2017.json",
+            panoptic_json=ANN + "panoptic_val2017.json",
+            panoptic_root="panoptic_val2017",
+            image_root="val2017",
+        ),
     ]
 
 
 def make(root: Path, **kwargs: Any) -> MultiTaskDataModule:
-    data = {"root": str(root), "train": all_tasks(), "val": all_tasks(), "num_workers": 0, "steps_per_epoch": 8}
+    data = {
+        "root": str(root),
+        "train": all_tasks(),
+        "val": all_tasks(),
+        "num_workers": 0,
+        "steps_per_epoch": 8,
+    }
     data.update(kwargs)
     return build_datamodule(data)
 
@@ -46,8 +88,11 @@ def test_train_loader_interleaves_task_homogeneous_batches(coco_sample: Path) ->
         # large-scale jitter crops to at most 128; collate pads to a multiple of 32
         assert batch["images"].dtype == torch.uint8 and batch["images"].shape[1] == 3
         assert all(side <= 128 and side % 32 == 0 for side in batch["images"].shape[2:])
-        assert len(batch["targets"]) == batch["images"].shape[0] == {"pan": 2, "cap": 2, "ref": 1, "ent": 2}[
-            batch["dataset"]]
+        assert (
+            len(batch["targets"])
+            == batch["images"].shape[0]
+            == {"pan": 2, "cap": 2, "ref": 1, "ent": 2}[batch["dataset"]]
+        )
     assert len({batch["task"] for batch in batches}) > 1
 
 
@@ -88,11 +133,21 @@ class _Recorder(L.LightningModule):
 def _trainer(tmp_path: Path, max_steps: int, checkpoint_every: int | None = None) -> L.Trainer:
     callbacks = []
     if checkpoint_every is not None:
-        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=checkpoint_every, save_top_k=-1,
-                                         filename="{step}"))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=tmp_path, every_n_train_steps=checkpoint_every, save_top_k=-1, filename="{step}"
+            )
+        )
     return L.Trainer(
-        max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=bool(callbacks),
-        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=bool(callbacks),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         default_root_dir=tmp_path,
     )
 
@@ -102,13 +157,16 @@ def test_resumed_fit_sees_exactly_the_batches_it_would_have_seen(coco_sample: Pa
     # 5 steps per epoch and 12 in all: the run crosses two epoch boundaries; the checkpoint at
     # step 7 falls inside the second epoch.
     uninterrupted = _Recorder()
-    _trainer(tmp_path, 12, checkpoint_every=7).fit(uninterrupted, datamodule=make(coco_sample, steps_per_epoch=5))
+    _trainer(tmp_path, 12, checkpoint_every=7).fit(
+        uninterrupted, datamodule=make(coco_sample, steps_per_epoch=5)
+    )
     checkpoint = tmp_path / "step=7.ckpt"
     state = torch.load(checkpoint, weights_only=True)
     assert state["MultiTaskDataModule"] == {"seed": 0, "epoch": 1, "step": 2}
 
     resumed = _Recorder()
-    _trainer(tmp_path / "resumed", 12).fit(resumed, datamodule=make(coco_sample, steps_per_epoch=5),
-                                           ckpt_path=checkpoint)
+    _trainer(tmp_path / "resumed", 12).fit(
+        resumed, datamodule=make(coco_sample, steps_per_epoch=5), ckpt_path=checkpoint
+    )
     assert len(uninterrupted.seen) == 12
     assert uninterrupted.seen[:7] + resumed.seen == uninterrupted.seen

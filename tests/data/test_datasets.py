@@ -8,26 +8,47 @@ from findlit.data.transforms import TransformConfig
 ANN = "annotations/"
 CONFIGS = {
     "panoptic": DatasetConfig(
-        "pan", "segmentation", "coco_panoptic",
-        DatasetPaths(panoptic_json=ANN + "panoptic_val2017.json", panoptic_root="panoptic_val2017", image_root="val2017"),
+        "pan",
+        "segmentation",
+        "coco_panoptic",
+        DatasetPaths(
+            panoptic_json=ANN + "panoptic_val2017.json",
+            panoptic_root="panoptic_val2017",
+            image_root="val2017",
+        ),
     ),
     "instances": DatasetConfig(
-        "ins", "segmentation", "coco_instances",
+        "ins",
+        "segmentation",
+        "coco_instances",
         DatasetPaths(instances_json=ANN + "panoptic_detection_format_val2017.json", image_root="val2017"),
     ),
     "captions": DatasetConfig(
-        "cap", "retrieval", "coco_captions",
+        "cap",
+        "retrieval",
+        "coco_captions",
         DatasetPaths(captions_json=ANN + "captions_val2017.json", image_root="val2017"),
     ),
     "refs": DatasetConfig(
-        "ref", "grounding", "refcoco",
-        DatasetPaths(refs=ANN + "refs(umd).p", instances_json=ANN + "panoptic_detection_format_val2017.json",
-                     image_root="val2017"),
+        "ref",
+        "grounding",
+        "refcoco",
+        DatasetPaths(
+            refs=ANN + "refs(umd).p",
+            instances_json=ANN + "panoptic_detection_format_val2017.json",
+            image_root="val2017",
+        ),
     ),
     "entities": DatasetConfig(
-        "ent", "interleave", "find_entity",
-        DatasetPaths(entity_json=ANN + "entity_val2017.json", panoptic_json=ANN + "panoptic_val2017.json",
-                     panoptic_root="panoptic_val2017", image_root="val2017"),
+        "ent",
+        "interleave",
+        "find_entity",
+        DatasetPaths(
+            entity_json=ANN + "entity_val2017.json",
+            panoptic_json=ANN + "panoptic_val2017.json",
+            panoptic_root="panoptic_val2017",
+            image_root="val2017",
+        ),
     ),
 }
 
@@ -35,8 +56,9 @@ CONFIGS = {
 def build(name: str, root: Path, train: bool = False, **transforms):
     config = CONFIGS[name]
     if transforms:
-        config = DatasetConfig(config.name, config.task, config.format, config.paths,
-                               transforms=TransformConfig(**transforms))
+        config = DatasetConfig(
+            config.name, config.task, config.format, config.paths, transforms=TransformConfig(**transforms)
+        )
     return build_dataset(config, "data.val[0]", train=train, root=root)
 
 
@@ -88,7 +110,12 @@ def test_interleave_entities(coco_sample: Path) -> None:
     dataset = build("entities", coco_sample, image_size=640)
     sample = dataset[0]
     entity = sample["entities"][0]
-    assert [entity["sentence"][s:e] for s, e in entity["spans"]] == ["A rugby ball", "the grass", "trees", "the sky"]
+    assert [entity["sentence"][s:e] for s, e in entity["spans"]] == [
+        "A rugby ball",
+        "the grass",
+        "trees",
+        "the sky",
+    ]
     assert sample["masks"].shape[0] == 4
     assert entity["references"][1] == (439180, 10025880)
     names = [dataset.class_names[k] for k in sample["labels"][entity["targets"]].tolist()]

@@ -38,7 +38,9 @@ def test_deterministic_for_seed_and_epoch() -> None:
 
 def test_ranks_see_the_same_tasks_and_disjoint_covering_shards() -> None:
     sizes = [40, 24]
-    world = [list(make(sizes=sizes, batch_sizes=[2, 3], ratios=[1, 1], rank=r, world_size=2)) for r in range(2)]
+    world = [
+        list(make(sizes=sizes, batch_sizes=[2, 3], ratios=[1, 1], rank=r, world_size=2)) for r in range(2)
+    ]
     single = list(make(sizes=sizes, batch_sizes=[4, 6], ratios=[1, 1]))
     assert len(world[0]) == len(world[1]) == len(single)
     seen: dict[int, list[int]] = {0: [], 1: []}

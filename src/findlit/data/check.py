@@ -1,5 +1,7 @@
-"""``findlit data check``: read and decode every record of every configured dataset, count what
-is there and list every problem with its file and record, before a long job finds them."""
+"""``findlit data check``: read and decode every record of every configured dataset.
+
+It counts what is there and lists every problem with its file and record, before a long job finds them.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ def check_dataset(config: DatasetConfig, key: str, root: str | Path | None = Non
     except (DataError, ConfigError) as error:
         report.problems.append(str(error))
         return report
-    dataset = TASK_DATASETS[(config.task, config.format)](config.name, data, None, key=key, on_bad_record="skip")
+    dataset = TASK_DATASETS[(config.task, config.format)](
+        config.name, data, None, key=key, on_bad_record="skip"
+    )
     generator = torch.Generator().manual_seed(0)
     for record in data.records:
         try:
@@ -66,9 +70,7 @@ def _count(counts: dict[str, int], sample: Sample, record: object) -> None:
     counts["entities"] += sum(len(entity["spans"]) for entity in sample.get("entities", []))
 
 
-def check_stages(
-    stages: dict[str, list[DatasetConfig]], root: str | Path | None = None
-) -> list[CheckReport]:
+def check_stages(stages: dict[str, list[DatasetConfig]], root: str | Path | None = None) -> list[CheckReport]:
     """Check every dataset of every stage; keys are ``data.<stage>[i]``."""
     return [
         check_dataset(config, f"data.{stage}[{index}]", root)

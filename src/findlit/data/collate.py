@@ -48,7 +48,9 @@ def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> B
     tasks = {sample["task"] for sample in samples}
     datasets = {sample["dataset"] for sample in samples}
     if len(tasks) != 1 or len(datasets) != 1:
-        raise ValueError(f"a batch must hold one task and one dataset, got tasks {tasks} and datasets {datasets}")
+        raise ValueError(
+            f"a batch must hold one task and one dataset, got tasks {tasks} and datasets {datasets}"
+        )
     sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in samples]
     height = _round_up(max(h for h, _ in sizes), size_divisibility)
     width = _round_up(max(w for _, w in sizes), size_divisibility)

@@ -46,6 +46,7 @@ class DatasetPaths:
         refs: RefCOCO ``refs(<split_by>).p`` pickle or the same records as JSON (``refcoco``).
         entity_json: FIND-Bench entity JSON (``find_entity``).
         split: splits to keep, for ``karpathy`` and ``refcoco`` (e.g. ``val``, ``[train, restval]``).
+
     """
 
     image_root: str | None = None
@@ -71,6 +72,7 @@ class DatasetConfig:
         ratio: relative sampling frequency among the training datasets.
         batch_size: images per batch and per process.
         transforms: augmentation (training) and resizing (evaluation).
+
     """
 
     name: str
@@ -96,7 +98,9 @@ FORMATS: dict[str, _Format] = {
     "coco_captions": _Format(read_coco_captions, ("captions_json", "image_root")),
     "karpathy": _Format(read_karpathy, ("karpathy_json", "image_root", "split")),
     "refcoco": _Format(read_refcoco, ("refs", "instances_json", "image_root", "split")),
-    "refcoco_absent": _Format(read_refcoco, ("refs", "instances_json", "image_root", "split"), {"absent": True}),
+    "refcoco_absent": _Format(
+        read_refcoco, ("refs", "instances_json", "image_root", "split"), {"absent": True}
+    ),
     "find_entity": _Format(read_find_entity, ("entity_json", "panoptic_json", "panoptic_root", "image_root")),
 }
 
@@ -121,12 +125,15 @@ def read_records(
         key: its config key, e.g. ``data.train[0]``; messages name ``<key>.paths.<field>``.
         root: folder that relative paths are taken from (default: the working directory).
         bad_records: policy and collector for per-record problems.
+
     """
     if config.format not in FORMATS:
         raise ConfigError(f"{key}.format: unknown format {config.format!r}; known: {sorted(FORMATS)}")
     if (config.task, config.format) not in TASK_DATASETS:
         suitable = sorted(f for t, f in TASK_DATASETS if t == config.task)
-        raise ConfigError(f"{key}.format: {config.format!r} cannot feed task {config.task!r}; use one of {suitable}")
+        raise ConfigError(
+            f"{key}.format: {config.format!r} cannot feed task {config.task!r}; use one of {suitable}"
+        )
     fmt = FORMATS[config.format]
     arguments: list[Any] = []
     for name in fmt.paths:

@@ -1,5 +1,8 @@
-"""The multi-task DataModule: interleaved task-homogeneous training batches, one loader per
-evaluation dataset, and a sampler position that checkpoints save and restore."""
+"""The multi-task DataModule.
+
+Interleaved task-homogeneous training batches, one loader per evaluation dataset, and a sampler
+position that checkpoints save and restore.
+"""
 
 from __future__ import annotations
 
@@ -68,9 +71,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per loader.
         seed: seed of the task sequence and of every sample's augmentation.
         steps_per_epoch: training batches per epoch (default: each dataset seen about once).
-        on_bad_record: ``error`` stops at the first bad record; ``skip`` drops it with one warning per dataset.
+        on_bad_record: ``error`` stops at the first bad record; ``skip`` drops it with one warning
+            per dataset.
         size_divisibility: batches are padded to a multiple of this (the encoder's largest stride).
         pin_memory: pin batches for faster host-to-GPU copies.
+
     """
 
     def __init__(
@@ -128,7 +133,9 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Read the annotation files the Lightning ``stage`` needs."""
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(stage, ())
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
+            stage, ()
+        )
         for split in wanted:
             if split == "train" and not self.configs["train"]:
                 raise ConfigError("data.train: fitting needs at least one training dataset")
@@ -210,4 +217,3 @@ class MultiTaskDataModule(L.LightningDataModule):
         """Resume: the next training loader continues right after the saved position."""
         self._epoch, self._consumed = int(state_dict["epoch"]), int(state_dict["step"])
         self._resume = dict(state_dict)
-

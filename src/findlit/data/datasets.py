@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from findlit.data.decode import decode_instance, decode_panoptic, read_image
-from findlit.data.errors import BadRecords, BadRecordPolicy, DataError
+from findlit.data.errors import BadRecordPolicy, BadRecords, DataError
 from findlit.data.records import (
     CaptionsRecord,
     Category,
@@ -46,6 +46,7 @@ class TaskDataset(TorchDataset[Sample]):
         on_bad_record: ``"error"`` raises on a record that fails to decode; ``"skip"`` replaces it
             by the next good record and warns once.
         key: the config key that configured this dataset, for messages.
+
     """
 
     task: str = ""
@@ -171,8 +172,10 @@ class RetrievalDataset(TaskDataset):
         if not record.captions:
             raise DataError("image has no captions", record.image.path, f"image_id={record.image.id}")
         sample = self._base(record)
-        sample["captions"] = [record.captions[_choice(len(record.captions), generator)]] if self.train else list(
-            record.captions
+        sample["captions"] = (
+            [record.captions[_choice(len(record.captions), generator)]]
+            if self.train
+            else list(record.captions)
         )
         return sample
 
@@ -192,13 +195,17 @@ class GroundingDataset(TaskDataset):
                 masks.append(torch.zeros(height, width, dtype=torch.bool))
             else:
                 masks.append(decode_instance(ref.annotation, record.image, self.key))
-            chosen = [ref.sentences[_choice(len(ref.sentences), generator)]] if self.train else list(ref.sentences)
+            chosen = (
+                [ref.sentences[_choice(len(ref.sentences), generator)]] if self.train else list(ref.sentences)
+            )
             sentences.extend(chosen)
             targets.extend([len(masks) - 1] * len(chosen))
         sample["masks"] = torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool)
         sample["sentences"] = sentences
         sample["sentence_targets"] = torch.tensor(targets, dtype=torch.int64)
-        sample["labels"] = torch.tensor([self.category_index[r.category_id] for r in record.refs], dtype=torch.int64)
+        sample["labels"] = torch.tensor(
+            [self.category_index[r.category_id] for r in record.refs], dtype=torch.int64
+        )
         return sample
 
 
@@ -226,7 +233,9 @@ class InterleaveDataset(TaskDataset):
                 targets.append(named.index(phrase.segment_id))
                 ref = phrase.reference
                 references.append((ref.image_id, ref.segment_id) if ref is not None else None)
-            entities.append(EntityPrompt(sentence=sentence.sentence, spans=spans, targets=targets, references=references))
+            entities.append(
+                EntityPrompt(sentence=sentence.sentence, spans=spans, targets=targets, references=references)
+            )
         rows = [position[segment_id] for segment_id in named]
         sample["masks"] = panoptic.masks[rows]
         sample["labels"] = torch.tensor(
@@ -238,4 +247,3 @@ class InterleaveDataset(TaskDataset):
 
 def _choice(count: int, generator: torch.Generator) -> int:
     return int(torch.randint(count, (1,), generator=generator))
-

@@ -25,6 +25,7 @@ def read_image(info: ImageInfo, key: str | None = None) -> Tensor:
     Returns:
         uint8[3,H,W]. A missing, corrupt or truncated file, or one whose size differs from the
         annotation's, is a :class:`DataError` naming the file and image id.
+
     """
     pixels = _read_rgb(info.path, f"image_id={info.id}", key)
     height, width = pixels.shape[:2]
@@ -56,12 +57,14 @@ def panoptic_id_map(record: PanopticRecord, key: str | None = None) -> np.ndarra
 
     Returns:
         int64[H,W].
+
     """
     rgb = _read_rgb(record.png_path, f"image_id={record.image.id}", key).astype(np.int64)
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
     if record.image.height is not None and ids.shape != (record.image.height, record.image.width):
         raise DataError(
-            f"panoptic PNG is {ids.shape[0]}x{ids.shape[1]}, image is {record.image.height}x{record.image.width}",
+            f"panoptic PNG is {ids.shape[0]}x{ids.shape[1]}, "
+            f"image is {record.image.height}x{record.image.width}",
             record.png_path,
             f"image_id={record.image.id}",
             key,
@@ -95,10 +98,20 @@ def decode_panoptic(record: PanopticRecord, key: str | None = None) -> PanopticM
     listed = {segment.id for segment in record.segments}
     unlisted = sorted(int(i) for i in present if i != 0 and int(i) not in listed)
     if unlisted:
-        raise DataError(f"segment id(s) {unlisted[:5]} in the PNG are absent from segments_info", record.png_path, name, key)
+        raise DataError(
+            f"segment id(s) {unlisted[:5]} in the PNG are absent from segments_info",
+            record.png_path,
+            name,
+            key,
+        )
     missing = sorted(listed - {int(i) for i in present})
     if missing:
-        raise DataError(f"segment id(s) {missing[:5]} of segments_info are absent from the PNG", record.png_path, name, key)
+        raise DataError(
+            f"segment id(s) {missing[:5]} of segments_info are absent from the PNG",
+            record.png_path,
+            name,
+            key,
+        )
     kept = [segment for segment in record.segments if not segment.iscrowd]
     crowd = [segment.id for segment in record.segments if segment.iscrowd]
     segment_ids = torch.tensor([segment.id for segment in kept], dtype=torch.int64)
@@ -119,6 +132,7 @@ def semantic_map(panoptic: PanopticMasks, category_index: dict[int, int], ignore
 
     Returns:
         int64[H,W] of class indices.
+
     """
     height, width = panoptic.ignore.shape
     semantic = torch.full((height, width), ignore_index, dtype=torch.int64)
@@ -134,7 +148,10 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
     if isinstance(segmentation.get("counts"), list):
         return mask_utils.frPyObjects(segmentation, height, width)
     counts = segmentation["counts"]
-    return {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return {
+        "size": segmentation["size"],
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
 
 
 def decode_instance(annotation: InstanceAnnotation, image: ImageInfo, key: str | None = None) -> Tensor:
@@ -142,11 +159,16 @@ def decode_instance(annotation: InstanceAnnotation, image: ImageInfo, key: str |
 
     Returns:
         bool[H,W]. An undecodable segmentation is a :class:`DataError` naming the ann id.
+
     """
     if image.height is None or image.width is None:
-        raise DataError("image size unknown, cannot decode its masks", image.path, f"image_id={image.id}", key)
+        raise DataError(
+            "image size unknown, cannot decode its masks", image.path, f"image_id={image.id}", key
+        )
     try:
         decoded = mask_utils.decode(to_rle(annotation.segmentation, image.height, image.width))
     except (ValueError, TypeError, KeyError, UnicodeEncodeError) as error:
-        raise DataError(f"undecodable segmentation: {error}", image.path, f"ann_id={annotation.id}", key) from None
+        raise DataError(
+            f"undecodable segmentation: {error}", image.path, f"ann_id={annotation.id}", key
+        ) from None
     return torch.from_numpy(decoded.astype(bool))

@@ -25,9 +25,12 @@ class DataError(Exception):
         file: the file the problem was found in.
         record: which record, e.g. ``"image_id=142238"`` or ``"ref_id=3"``; None for a whole-file problem.
         key: the config key that pointed to the file, e.g. ``"data.train[0].paths.panoptic_json"``.
+
     """
 
-    def __init__(self, message: str, file: str | Path | None, record: str | None = None, key: str | None = None):
+    def __init__(
+        self, message: str, file: str | Path | None, record: str | None = None, key: str | None = None
+    ):
         self.message = message
         self.file = str(file) if file is not None else None
         self.record = record

@@ -23,7 +23,9 @@ SampleKey = tuple[int, int, int]
 
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed mixed from non-negative integers (stable across runs and platforms)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1)
+    )
 
 
 class MultiTaskBatchSampler(Sampler[list[SampleKey]]):
@@ -37,6 +39,7 @@ class MultiTaskBatchSampler(Sampler[list[SampleKey]]):
             about once at its batch size, ``sum(size // (batch_size * world_size))`` (at least 1).
         seed: the run's seed; the task sequence depends on (seed, epoch) only.
         rank, world_size: this process's rank among ``world_size`` data-parallel processes.
+
     """
 
     def __init__(
@@ -90,7 +93,9 @@ class MultiTaskBatchSampler(Sampler[list[SampleKey]]):
     def task_sequence(self, epoch: int) -> torch.Tensor:
         """The dataset position drawn for each step of ``epoch``: int64[steps_per_epoch]."""
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
-        return torch.multinomial(self.probabilities, self.steps_per_epoch, replacement=True, generator=generator)
+        return torch.multinomial(
+            self.probabilities, self.steps_per_epoch, replacement=True, generator=generator
+        )
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         epoch, start = self.epoch, self.start_step

@@ -899,33 +899,6 @@ def _absent_description(rng: np.random.Generator, things: Sequence[Thing]) -> De
     return chosen[int(rng.integers(len(chosen)))]
 
 
-class _SpanBuilder:
-    """Builds a sentence piece by piece and records the character span of every phrase."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.phrases: list[dict[str, Any]] = []
-
-    def add(self, text: str) -> None:
-        self.text += text
-
-    def phrase(self, text: str, segment_id: int, category_id: int, want_reference: bool) -> None:
-        if not self.text:
-            text = _capitalise(text)
-        start = len(self.text)
-        self.text += text
-        self.phrases.append(
-            {
-                "phrase": text,
-                "start_idx": start,
-                "end_idx": len(self.text),
-                "annotation_id": segment_id,
-                "category_id": category_id,
-                "want_reference": want_reference,
-            }
-        )
-
-
 @dataclass(frozen=True)
 class _EntityPiece:
     """A phrase of an entity sentence before it is placed: text, segment and category."""
@@ -936,12 +909,38 @@ class _EntityPiece:
     want_reference: bool
 
 
+class _SpanBuilder:
+    """Builds a sentence piece by piece and records the character span of every phrase."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.phrases: list[dict[str, Any]] = []
+
+    def add(self, text: str) -> None:
+        self.text += text
+
+    def phrase(self, piece: _EntityPiece) -> None:
+        text = piece.text if self.text else _capitalise(piece.text)
+        start = len(self.text)
+        self.text += text
+        self.phrases.append(
+            {
+                "phrase": text,
+                "start_idx": start,
+                "end_idx": len(self.text),
+                "annotation_id": piece.segment_id,
+                "category_id": piece.category_id,
+                "want_reference": piece.want_reference,
+            }
+        )
+
+
 def _add_list(builder: _SpanBuilder, pieces: Sequence[_EntityPiece]) -> None:
     """Append "A", "A and B" or "A, B and C", each piece a phrase."""
     for i, piece in enumerate(pieces):
         if i > 0:
             builder.add(" and " if i == len(pieces) - 1 else ", ")
-        builder.phrase(piece.text, piece.segment_id, piece.category_id, piece.want_reference)
+        builder.phrase(piece)
 
 
 def _entity_sentence(
@@ -957,20 +956,19 @@ def _entity_sentence(
     pattern = int(rng.integers(3))
     if pattern == 0 and sky is not None:
         b.add("Under ")
-        b.phrase(sky.text, sky.segment_id, sky.category_id, sky.want_reference)
+        b.phrase(sky)
         b.add(", ")
         _add_list(b, things)
         if ground is not None:
             b.add(f" {verb} on ")
-            b.phrase(ground.text, ground.segment_id, ground.category_id, ground.want_reference)
+            b.phrase(ground)
         else:
             b.add(" " + _verb(len(things), "float"))
     elif pattern == 1 and ground is not None:
-        b.phrase(ground.text, ground.segment_id, ground.category_id, ground.want_reference)
+        b.phrase(ground)
         if len(grounds) > 1:
             b.add(" and ")
-            g2 = grounds[1]
-            b.phrase(g2.text, g2.segment_id, g2.category_id, g2.want_reference)
+            b.phrase(grounds[1])
             b.add(" surround ")
         else:
             b.add(" surrounds ")
@@ -979,12 +977,12 @@ def _entity_sentence(
         _add_list(b, things)
         if ground is not None:
             b.add(f" {verb} on ")
-            b.phrase(ground.text, ground.segment_id, ground.category_id, ground.want_reference)
+            b.phrase(ground)
         else:
             b.add(" " + _verb(len(things), "float"))
         if sky is not None and rng.random() < 0.6:
             b.add(" below ")
-            b.phrase(sky.text, sky.segment_id, sky.category_id, sky.want_reference)
+            b.phrase(sky)
     b.add(".")
     return b
 
@@ -1376,8 +1374,12 @@ def _assemble(
             for sid, cat, texts in r.refs
         ]
         _dump_json(ann_dir / f"refs_{split}.json", refs[split])
+    # Pickle memoises strings by object identity, and whether two equal strings are one object depends
+    # on where they were built (a worker or this process). Rebuilding the records from JSON text makes
+    # the object graph, hence the pickle bytes, the same for any number of workers.
+    canonical = json.loads(json.dumps([ref for split in results_by_split for ref in refs[split]]))
     with open(ann_dir / "refs(synth).p", "wb") as f:
-        pickle.dump([ref for split in results_by_split for ref in refs[split]], f, protocol=2)
+        pickle.dump(canonical, f, protocol=2)
     # Absent refs continue the ref and sentence ids, so they never collide with present ones.
     absent_counts = {}
     for split, results in results_by_split.items():

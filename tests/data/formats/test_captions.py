@@ -17,11 +17,27 @@ def test_karpathy_split_file(tmp_path: Path, coco_sample: Path) -> None:
     document = {
         "dataset": "coco",
         "images": [
-            {"filepath": "val2017", "filename": "000000142238.jpg", "split": "test", "cocoid": 142238,
-             "imgid": 0, "sentids": [0, 1], "sentences": [{"raw": "Rugby players. ", "tokens": ["rugby"]},
-                                                          {"raw": "A lineout.", "tokens": ["a"]}]},
-            {"filepath": "val2017", "filename": "000000439180.jpg", "split": "restval", "cocoid": 439180,
-             "imgid": 1, "sentids": [2], "sentences": [{"raw": "Riders on horses.", "tokens": ["riders"]}]},
+            {
+                "filepath": "val2017",
+                "filename": "000000142238.jpg",
+                "split": "test",
+                "cocoid": 142238,
+                "imgid": 0,
+                "sentids": [0, 1],
+                "sentences": [
+                    {"raw": "Rugby players. ", "tokens": ["rugby"]},
+                    {"raw": "A lineout.", "tokens": ["a"]},
+                ],
+            },
+            {
+                "filepath": "val2017",
+                "filename": "000000439180.jpg",
+                "split": "restval",
+                "cocoid": 439180,
+                "imgid": 1,
+                "sentids": [2],
+                "sentences": [{"raw": "Riders on horses.", "tokens": ["riders"]}],
+            },
         ],
     }
     split_file = tmp_path / "dataset_coco.json"

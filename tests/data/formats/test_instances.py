@@ -12,7 +12,9 @@ from findlit.data.formats import read_coco_instances, read_coco_panoptic
 
 def test_reads_rle_annotations_matching_panoptic(coco_sample: Path) -> None:
     annotations = coco_sample / "annotations"
-    instances = read_coco_instances(annotations / "panoptic_detection_format_val2017.json", coco_sample / "val2017")
+    instances = read_coco_instances(
+        annotations / "panoptic_detection_format_val2017.json", coco_sample / "val2017"
+    )
     panoptic = read_coco_panoptic(
         annotations / "panoptic_val2017.json", coco_sample / "panoptic_val2017", coco_sample / "val2017"
     )
@@ -30,12 +32,21 @@ def test_reads_rle_annotations_matching_panoptic(coco_sample: Path) -> None:
             assert torch.equal(mask, decoded.masks[row])
 
 
-def _write_instances(path: Path, segmentation: object, height: int = 20, width: int = 30, iscrowd: int = 0) -> None:
+def _write_instances(
+    path: Path, segmentation: object, height: int = 20, width: int = 30, iscrowd: int = 0
+) -> None:
     document = {
         "images": [{"id": 1, "file_name": "a.jpg", "height": height, "width": width}],
         "annotations": [
-            {"id": 7, "image_id": 1, "category_id": 3, "segmentation": segmentation, "iscrowd": iscrowd,
-             "bbox": [0, 0, 1, 1], "area": 1}
+            {
+                "id": 7,
+                "image_id": 1,
+                "category_id": 3,
+                "segmentation": segmentation,
+                "iscrowd": iscrowd,
+                "bbox": [0, 0, 1, 1],
+                "area": 1,
+            }
         ],
         "categories": [{"id": 3, "name": "cup"}],
     }

@@ -10,7 +10,9 @@ from findlit.data.formats import read_coco_panoptic
 
 def read(sample: Path):
     annotations = sample / "annotations"
-    return read_coco_panoptic(annotations / "panoptic_val2017.json", sample / "panoptic_val2017", sample / "val2017")
+    return read_coco_panoptic(
+        annotations / "panoptic_val2017.json", sample / "panoptic_val2017", sample / "val2017"
+    )
 
 
 def test_reads_both_images_with_18_and_32_segments(coco_sample: Path) -> None:

@@ -11,7 +11,10 @@ from findlit.data.formats.refcoco import load_refs_pickle
 def read(sample: Path, refs: str, **kwargs):
     annotations = sample / "annotations"
     return read_refcoco(
-        annotations / refs, annotations / "panoptic_detection_format_val2017.json", sample / "val2017", **kwargs
+        annotations / refs,
+        annotations / "panoptic_detection_format_val2017.json",
+        sample / "val2017",
+        **kwargs,
     )
 
 

@@ -32,7 +32,9 @@ def read_coco_captions(
                 ann_name = f"ann_id={entry.get('id') if isinstance(entry, Mapping) else '?'}"
                 image_id = field(entry, "image_id", json_path, ann_name, int)
                 if image_id not in images:
-                    raise DataError(f"image_id {image_id} is not among the file's images", json_path, ann_name)
+                    raise DataError(
+                        f"image_id {image_id} is not among the file's images", json_path, ann_name
+                    )
                 text = field(entry, "caption", json_path, ann_name, str).strip()
             except DataError as error:
                 raise error.with_key(key) from None
@@ -55,6 +57,9 @@ def read_karpathy(
         karpathy_json: the split file: ``images[].{filename, filepath, split, cocoid, sentences[].raw}``.
         image_root: the COCO root; an image is at ``image_root/filepath/filename``.
         split: keep only these splits, e.g. ``"test"`` or ``["train", "restval"]``; None keeps all.
+        bad_records: policy for per-record problems (default: raise on the first).
+        keys: config key of each argument, for messages.
+
     """
     keys = keys or {}
     bad_records = bad_records or BadRecords()

@@ -14,7 +14,14 @@ from typing import Any
 from findlit.data.errors import BadRecords, DataError
 from findlit.data.formats.jsonfile import existing_path, field, load_json, top_level_list
 from findlit.data.formats.panoptic import read_coco_panoptic
-from findlit.data.records import Dataset, EntityRecord, EntitySentence, PanopticRecord, Phrase, SegmentReference
+from findlit.data.records import (
+    Dataset,
+    EntityRecord,
+    EntitySentence,
+    PanopticRecord,
+    Phrase,
+    SegmentReference,
+)
 
 
 def read_find_entity(
@@ -31,12 +38,15 @@ def read_find_entity(
     Returns:
         A :class:`Dataset` of :class:`EntityRecord`, one per image with at least one sentence,
         carrying the panoptic categories.
+
     """
     keys = keys or {}
     bad_records = bad_records or BadRecords()
     key = keys.get("entity_json")
     json_path = existing_path(entity_json, key)
-    panoptic = read_coco_panoptic(panoptic_json, panoptic_root, image_root, bad_records=bad_records, keys=keys)
+    panoptic = read_coco_panoptic(
+        panoptic_json, panoptic_root, image_root, bad_records=bad_records, keys=keys
+    )
     by_image: dict[int, PanopticRecord] = {record.image.id: record for record in panoptic.records}
     document = load_json(json_path, key)
 
@@ -48,7 +58,9 @@ def read_find_entity(
             except DataError as error:
                 raise error.with_key(key) from None
             sentences.setdefault(image_id, []).append(sentence)
-    records = tuple(EntityRecord(by_image[i], tuple(image_sentences)) for i, image_sentences in sentences.items())
+    records = tuple(
+        EntityRecord(by_image[i], tuple(image_sentences)) for i, image_sentences in sentences.items()
+    )
     return Dataset(records=records, categories=panoptic.categories, source=json_path)
 
 
@@ -70,15 +82,20 @@ def _entity_sentence(
         end = field(phrase, "end_idx", file, phrase_name, int)
         if not (0 <= start < end <= len(text)) or text[start:end] != words:
             raise DataError(
-                f"phrase span [{start}:{end}] gives {text[start:end]!r}, not the phrase {words!r}", file, phrase_name
+                f"phrase span [{start}:{end}] gives {text[start:end]!r}, not the phrase {words!r}",
+                file,
+                phrase_name,
             )
         segment_id = field(phrase, "annotation_id", file, phrase_name, int)
         if segment_id not in segments:
-            raise DataError(f"annotation_id {segment_id} is not a segment of image {image_id}", file, phrase_name)
+            raise DataError(
+                f"annotation_id {segment_id} is not a segment of image {image_id}", file, phrase_name
+            )
         category_id = int(phrase.get("category_id", segments[segment_id].category_id))
         if category_id != segments[segment_id].category_id:
             raise DataError(
-                f"category_id {category_id} differs from segment {segment_id}'s {segments[segment_id].category_id}",
+                f"category_id {category_id} differs from segment {segment_id}'s "
+                f"{segments[segment_id].category_id}",
                 file,
                 phrase_name,
             )
@@ -95,6 +112,8 @@ def _reference(value: Any, file: Path, name: str, by_image: Mapping[int, Panopti
     if image_id not in by_image:
         raise DataError(f"reference image_id {image_id} has no panoptic annotation", file, name)
     if segment_id not in {segment.id for segment in by_image[image_id].segments}:
-        raise DataError(f"reference annotation_id {segment_id} is not a segment of image {image_id}", file, name)
+        raise DataError(
+            f"reference annotation_id {segment_id} is not a segment of image {image_id}", file, name
+        )
     prob = value.get("prob", 1.0)
     return SegmentReference(image_id=image_id, segment_id=segment_id, prob=float(prob))

@@ -26,8 +26,9 @@ def read_coco_instances(
     bad_records: BadRecords | None = None,
     keys: Mapping[str, str] | None = None,
 ) -> Dataset:
-    """Read a COCO instances JSON into one :class:`InstancesRecord` per image (images without
-    annotations are kept, with none).
+    """Read a COCO instances JSON into one :class:`InstancesRecord` per image.
+
+    Images without annotations are kept, with none.
 
     Segmentations are checked for shape here (polygon list, or RLE with ``size`` and ``counts``)
     and decoded later with pycocotools (:func:`findlit.data.masks.decode_instance`).
@@ -77,7 +78,9 @@ def _annotation(
     )
 
 
-def check_segmentation(segmentation: Any, height: int | None, width: int | None, file: Path, name: str) -> None:
+def check_segmentation(
+    segmentation: Any, height: int | None, width: int | None, file: Path, name: str
+) -> None:
     """Raise a :class:`DataError` unless ``segmentation`` is a polygon list or an RLE of the image's size."""
     if isinstance(segmentation, list):
         for polygon in segmentation:

@@ -38,7 +38,9 @@ def load_json(path: str | Path | None, key: str | None) -> Any:
         raise DataError(f"not UTF-8 text: {error.reason}", resolved, key=key) from None
 
 
-def field(record: Any, name: str, file: Path, record_name: str, expected: type | tuple[type, ...] = object) -> Any:
+def field(
+    record: Any, name: str, file: Path, record_name: str, expected: type | tuple[type, ...] = object
+) -> Any:
     """``record[name]`` checked for presence and type; else a :class:`DataError` naming file and record."""
     if not isinstance(record, Mapping):
         raise DataError(f"expected an object, got {type(record).__name__}", file, record_name)
@@ -46,9 +48,9 @@ def field(record: Any, name: str, file: Path, record_name: str, expected: type |
         raise DataError(f"missing required key '{name}'", file, record_name)
     value = record[name]
     # bool is an int subclass; a JSON true where an id is expected is still an error.
-    if expected is not object and (not isinstance(value, expected) or (
-        isinstance(value, bool) and bool not in _as_tuple(expected)
-    )):
+    if expected is not object and (
+        not isinstance(value, expected) or (isinstance(value, bool) and bool not in _as_tuple(expected))
+    ):
         raise DataError(
             f"key '{name}' should be {_type_names(expected)}, got {type(value).__name__}", file, record_name
         )
@@ -99,7 +101,9 @@ def read_images(document: Any, file: Path, image_root: Path, key: str | None) ->
 
 def bbox(value: Any, file: Path, record_name: str) -> tuple[float, float, float, float]:
     """A COCO ``[x, y, w, h]`` box as a tuple of four floats."""
-    if not (isinstance(value, list | tuple) and len(value) == 4 and all(isinstance(v, int | float) for v in value)):
+    if not (
+        isinstance(value, list | tuple) and len(value) == 4 and all(isinstance(v, int | float) for v in value)
+    ):
         raise DataError(f"bbox should be [x, y, w, h], got {value!r}", file, record_name)
     return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
 

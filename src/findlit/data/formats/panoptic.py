@@ -42,6 +42,7 @@ def read_coco_panoptic(
     Returns:
         A :class:`Dataset` whose records are :class:`PanopticRecord` and whose categories keep
         ``isthing`` and names (the vocabulary is open).
+
     """
     keys = keys or {}
     bad_records = bad_records or BadRecords()

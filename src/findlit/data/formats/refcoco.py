@@ -66,13 +66,16 @@ def read_refcoco(
 
     Args:
         refs: ``refs(unc).p`` / ``refs(umd).p`` / ``refs(google).p``, or a JSON list of the same records.
-        instances_json: the COCO instances file the ``ann_id``\\ s point into.
+        instances_json: the COCO instances file that ``ann_id`` points into.
         image_root: folder of the images.
         split: keep refs of these splits (``"val"``, ``"testA"``...); None keeps all.
         absent: the refs describe objects that are NOT in their image (``ann_id`` = -1, no mask).
+        bad_records: policy for per-record problems (default: raise on the first).
+        keys: config key of each argument, for messages.
 
     Returns:
         A :class:`Dataset` of :class:`RefsRecord` (one per image) with the instances' categories.
+
     """
     keys = keys or {}
     bad_records = bad_records or BadRecords()
@@ -94,13 +97,15 @@ def read_refcoco(
 
     per_image: dict[int, list[Ref]] = {}
     for entry in document:
+        # The official pickles hold every split; refs of other splits may point into other instances files.
+        if wanted is not None and isinstance(entry, Mapping) and entry.get("split") not in wanted:
+            continue
         with bad_records.guard():
             try:
                 image_id, ref = _ref(entry, refs_path, images, annotations, instances.categories, absent)
             except DataError as error:
                 raise error.with_key(key) from None
-            if wanted is None or ref.split in wanted:
-                per_image.setdefault(image_id, []).append(ref)
+            per_image.setdefault(image_id, []).append(ref)
     records = tuple(RefsRecord(images[i].image, tuple(image_refs)) for i, image_refs in per_image.items())
     return Dataset(records=records, categories=instances.categories, source=refs_path)
 
