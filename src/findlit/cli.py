@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentParser, Namespace
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -65,7 +66,7 @@ def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"config file not found: {path}")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        except (OmegaConfBaseException, ValueError) as error:
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError) as error:
             raise ConfigError(f"cannot read config {path}: {error}") from None
     try:
         container = OmegaConf.to_container(merged, resolve=True)

@@ -133,6 +133,18 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Read the annotation files the Lightning ``stage`` needs."""
+        trainer = self.trainer
+        # Lightning cannot put its DistributedSampler into our batch sampler, and would pad the
+        # evaluation shards; this DataModule shards by rank itself.
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and trainer._accelerator_connector.use_distributed_sampler
+        ):
+            raise ConfigError(
+                "trainer.use_distributed_sampler must be false with MultiTaskDataModule, "
+                "which shards by rank itself"
+            )
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
             stage, ()
         )

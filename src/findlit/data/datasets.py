@@ -8,19 +8,23 @@ runs on different numbers of processes, see the same samples.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset as TorchDataset
 
-from findlit.data.decode import decode_instance, decode_panoptic, read_image
+from findlit.data.decode import PanopticMasks, decode_instance, decode_panoptic, read_image
 from findlit.data.errors import BadRecordPolicy, BadRecords, DataError
 from findlit.data.records import (
     CaptionsRecord,
     Category,
     Dataset,
     EntityRecord,
+    ImageInfo,
+    InstanceAnnotation,
     InstancesRecord,
     PanopticRecord,
     RefsRecord,
@@ -67,6 +71,7 @@ class TaskDataset(TorchDataset[Sample]):
         self.transforms = transforms
         self.train = train
         self.key = key
+        self.files = dict(data.files)
         self.bad_records = BadRecords(on_bad_record, dataset=name)
         self._warned = False
         # A contiguous vocabulary: labels index class_names.
@@ -80,6 +85,10 @@ class TaskDataset(TorchDataset[Sample]):
 
     def __getitem__(self, index: SampleIndex) -> Sample:
         position, seed = (index, index) if isinstance(index, int) else index
+        if not 0 <= position < len(self.records):
+            raise IndexError(
+                f"index {position} is out of range for dataset '{self.name}' of {len(self.records)}"
+            )
         generator = torch.Generator().manual_seed(seed)
         for attempt in range(_MAX_SKIPS):
             record = self.records[(position + attempt) % len(self.records)]
@@ -103,12 +112,31 @@ class TaskDataset(TorchDataset[Sample]):
         return sample
 
     def _warn_once(self) -> None:
+        # Samples are decoded in worker processes that never see the end of the run, so the
+        # warning comes once, at the first skip, and points at the command that lists them all.
         if not self._warned:
             self._warned = True
-            self.bad_records.warn_summary()
+            warnings.warn(
+                f"dataset '{self.name}': skipping records that fail to decode; first: "
+                f"{self.bad_records.problems[0]}. `findlit data check` lists them all.",
+                stacklevel=3,
+            )
+
+    def path_key(self, name: str) -> str | None:
+        """The config key of path ``name``, e.g. ``data.val[0].paths.image_root``."""
+        return f"{self.key}.paths.{name}" if self.key is not None else None
+
+    def _instance_mask(self, annotation: InstanceAnnotation, image: ImageInfo) -> Tensor:
+        """bool[H,W] of one instance annotation; errors name the instances file and its key."""
+        return decode_instance(
+            annotation, image, self.path_key("instances_json"), self.files.get("instances_json")
+        )
+
+    def _panoptic(self, record: PanopticRecord) -> PanopticMasks:
+        return decode_panoptic(record, self.path_key("panoptic_root"))
 
     def _base(self, record: Any) -> Sample:
-        image = read_image(record.image, self.key)
+        image = read_image(record.image, self.path_key("image_root"))
         return Sample(image_id=record.image.id, image=image, orig_size=(image.shape[1], image.shape[2]))
 
 
@@ -132,7 +160,7 @@ class PanopticSegmentationDataset(_SegmentationDataset):
     def decode(self, record: PanopticRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""
         sample = self._base(record)
-        panoptic = decode_panoptic(record, self.key)
+        panoptic = self._panoptic(record)
         labels = [self.category_index[c] for c in panoptic.category_ids.tolist()]
         sample["masks"] = panoptic.masks
         sample["labels"] = torch.tensor(labels, dtype=torch.int64)
@@ -149,11 +177,11 @@ class InstanceSegmentationDataset(_SegmentationDataset):
         sample = self._base(record)
         height, width = sample["orig_size"]
         kept = [ann for ann in record.annotations if not ann.iscrowd]
-        masks = [decode_instance(ann, record.image, self.key) for ann in kept]
+        masks = [self._instance_mask(ann, record.image) for ann in kept]
         ignore = torch.zeros(height, width, dtype=torch.bool)
         for ann in record.annotations:
             if ann.iscrowd:
-                ignore |= decode_instance(ann, record.image, self.key)
+                ignore |= self._instance_mask(ann, record.image)
         labels = [self.category_index[ann.category_id] for ann in kept]
         sample["masks"] = torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool)
         sample["labels"] = torch.tensor(labels, dtype=torch.int64)
@@ -194,7 +222,7 @@ class GroundingDataset(TaskDataset):
             if ref.annotation is None:
                 masks.append(torch.zeros(height, width, dtype=torch.bool))
             else:
-                masks.append(decode_instance(ref.annotation, record.image, self.key))
+                masks.append(self._instance_mask(ref.annotation, record.image))
             chosen = (
                 [ref.sentences[_choice(len(ref.sentences), generator)]] if self.train else list(ref.sentences)
             )
@@ -217,7 +245,7 @@ class InterleaveDataset(TaskDataset):
     def decode(self, record: EntityRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[M,H,W] (segments named by phrases), labels int64[M], ``entities``."""
         sample = self._base(record)
-        panoptic = decode_panoptic(record.panoptic, self.key)
+        panoptic = self._panoptic(record.panoptic)
         position = {segment_id: k for k, segment_id in enumerate(panoptic.segment_ids.tolist())}
         crowd = {segment.id for segment in record.panoptic.segments if segment.iscrowd}
         named: list[int] = []

@@ -154,21 +154,26 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
     }
 
 
-def decode_instance(annotation: InstanceAnnotation, image: ImageInfo, key: str | None = None) -> Tensor:
+def decode_instance(
+    annotation: InstanceAnnotation, image: ImageInfo, key: str | None = None, source: Path | None = None
+) -> Tensor:
     """Decode one instance annotation with pycocotools.
 
+    Args:
+        annotation: the annotation to decode.
+        image: its image (for the size).
+        key: config key of the annotation file, for messages.
+        source: the annotation file, for messages.
+
     Returns:
-        bool[H,W]. An undecodable segmentation is a :class:`DataError` naming the ann id.
+        bool[H,W]. An undecodable segmentation is a :class:`DataError` naming the file and ann id.
 
     """
+    record = f"image_id={image.id} ann_id={annotation.id}"
     if image.height is None or image.width is None:
-        raise DataError(
-            "image size unknown, cannot decode its masks", image.path, f"image_id={image.id}", key
-        )
+        raise DataError("image size unknown, cannot decode its masks", source or image.path, record, key)
     try:
         decoded = mask_utils.decode(to_rle(annotation.segmentation, image.height, image.width))
     except (ValueError, TypeError, KeyError, UnicodeEncodeError) as error:
-        raise DataError(
-            f"undecodable segmentation: {error}", image.path, f"ann_id={annotation.id}", key
-        ) from None
+        raise DataError(f"undecodable segmentation: {error}", source or image.path, record, key) from None
     return torch.from_numpy(decoded.astype(bool))

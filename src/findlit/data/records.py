@@ -155,9 +155,11 @@ class Dataset:
     """What a reader returns: the records plus the vocabulary they use.
 
     ``categories`` maps category id to :class:`Category`; it is empty for formats without one
-    (captions). ``source`` is the main annotation file, for messages.
+    (captions). ``source`` is the main annotation file; ``files`` maps each path argument of the
+    reader (``instances_json``, ``panoptic_root``...) to the resolved path, for messages.
     """
 
     records: tuple[Any, ...]
     categories: dict[int, Category] = field(default_factory=dict)
     source: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)

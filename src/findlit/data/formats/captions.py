@@ -40,7 +40,9 @@ def read_coco_captions(
                 raise error.with_key(key) from None
             captions.setdefault(image_id, []).append(text)
     records = tuple(CaptionsRecord(images[i], tuple(texts)) for i, texts in captions.items())
-    return Dataset(records=records, source=json_path)
+    return Dataset(
+        records=records, source=json_path, files={"captions_json": json_path, "image_root": images_root}
+    )
 
 
 def read_karpathy(
@@ -77,7 +79,8 @@ def read_karpathy(
                 raise error.with_key(key) from None
             if wanted is None or record.split in wanted:
                 records.append(record)
-    return Dataset(records=tuple(records), source=json_path)
+    files = {"karpathy_json": json_path, "image_root": images_root}
+    return Dataset(records=tuple(records), source=json_path, files=files)
 
 
 def _karpathy_record(entry: object, file: Path, image_root: Path) -> CaptionsRecord:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from findlit.data.errors import BadRecords, DataError
-from findlit.data.formats.jsonfile import existing_path, field, load_json, top_level_list
+from findlit.data.formats.jsonfile import existing_path, field, load_json, optional_number, top_level_list
 from findlit.data.formats.panoptic import read_coco_panoptic
 from findlit.data.records import (
     Dataset,
@@ -61,7 +61,8 @@ def read_find_entity(
     records = tuple(
         EntityRecord(by_image[i], tuple(image_sentences)) for i, image_sentences in sentences.items()
     )
-    return Dataset(records=records, categories=panoptic.categories, source=json_path)
+    files = {**panoptic.files, "entity_json": json_path}
+    return Dataset(records=records, categories=panoptic.categories, source=json_path, files=files)
 
 
 def _entity_sentence(
@@ -91,7 +92,7 @@ def _entity_sentence(
             raise DataError(
                 f"annotation_id {segment_id} is not a segment of image {image_id}", file, phrase_name
             )
-        category_id = int(phrase.get("category_id", segments[segment_id].category_id))
+        category_id = phrase.get("category_id", segments[segment_id].category_id)
         if category_id != segments[segment_id].category_id:
             raise DataError(
                 f"category_id {category_id} differs from segment {segment_id}'s "
@@ -115,5 +116,5 @@ def _reference(value: Any, file: Path, name: str, by_image: Mapping[int, Panopti
         raise DataError(
             f"reference annotation_id {segment_id} is not a segment of image {image_id}", file, name
         )
-    prob = value.get("prob", 1.0)
-    return SegmentReference(image_id=image_id, segment_id=segment_id, prob=float(prob))
+    prob = optional_number(value, "prob", 1.0, file, name)
+    return SegmentReference(image_id=image_id, segment_id=segment_id, prob=prob)

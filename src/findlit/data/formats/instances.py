@@ -12,6 +12,7 @@ from findlit.data.formats.jsonfile import (
     existing_path,
     field,
     load_json,
+    optional_number,
     read_categories,
     read_images,
     top_level_list,
@@ -51,7 +52,8 @@ def read_coco_instances(
                 raise error.with_key(key) from None
             per_image[image_id].append(annotation)
     records = tuple(InstancesRecord(images[i], tuple(anns)) for i, anns in per_image.items())
-    return Dataset(records=records, categories=categories, source=json_path)
+    files = {"instances_json": json_path, "image_root": images_root}
+    return Dataset(records=records, categories=categories, source=json_path, files=files)
 
 
 def _annotation(
@@ -73,7 +75,7 @@ def _annotation(
         category_id=category_id,
         iscrowd=bool(entry.get("iscrowd", 0)),
         bbox=bbox(entry.get("bbox", [0, 0, 0, 0]), file, name),
-        area=float(entry.get("area", 0.0)),
+        area=optional_number(entry, "area", 0.0, file, name),
         segmentation=segmentation,
     )
 
@@ -96,7 +98,9 @@ def check_segmentation(
     if height is not None and width is not None and list(size) != [height, width]:
         raise DataError(f"RLE size {size} differs from the image size [{height}, {width}]", file, name)
     if isinstance(counts, list):
-        if sum(counts) != size[0] * size[1] or any(not isinstance(c, int) or c < 0 for c in counts):
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+            raise DataError("uncompressed RLE counts should be non-negative integers", file, name)
+        if not all(isinstance(v, int) for v in size) or sum(counts) != size[0] * size[1]:
             raise DataError("uncompressed RLE counts do not add up to height x width", file, name)
     elif not isinstance(counts, str | bytes):
         raise DataError("RLE 'counts' should be a string (compressed) or a list (uncompressed)", file, name)

@@ -74,13 +74,16 @@ def read_categories(document: Any, file: Path, key: str | None) -> dict[int, Cat
     categories: dict[int, Category] = {}
     for entry in top_level_list(document, "categories", file, key):
         name = f"category_id={entry.get('id') if isinstance(entry, Mapping) else '?'}"
-        category_id = field(entry, "id", file, name, int)
-        categories[category_id] = Category(
-            id=category_id,
-            name=field(entry, "name", file, name, str),
-            isthing=bool(entry.get("isthing", 1)),
-            supercategory=str(entry.get("supercategory", "")),
-        )
+        try:
+            category_id = field(entry, "id", file, name, int)
+            categories[category_id] = Category(
+                id=category_id,
+                name=field(entry, "name", file, name, str),
+                isthing=bool(entry.get("isthing", 1)),
+                supercategory=str(entry.get("supercategory", "")),
+            )
+        except DataError as error:
+            raise error.with_key(key) from None
     return categories
 
 
@@ -89,14 +92,27 @@ def read_images(document: Any, file: Path, image_root: Path, key: str | None) ->
     images: dict[int, ImageInfo] = {}
     for entry in top_level_list(document, "images", file, key):
         name = f"image_id={entry.get('id') if isinstance(entry, Mapping) else '?'}"
-        image_id = field(entry, "id", file, name, int)
-        images[image_id] = ImageInfo(
-            id=image_id,
-            path=image_root / field(entry, "file_name", file, name, str),
-            height=field(entry, "height", file, name, int),
-            width=field(entry, "width", file, name, int),
-        )
+        try:
+            image_id = field(entry, "id", file, name, int)
+            images[image_id] = ImageInfo(
+                id=image_id,
+                path=image_root / field(entry, "file_name", file, name, str),
+                height=field(entry, "height", file, name, int),
+                width=field(entry, "width", file, name, int),
+            )
+        except DataError as error:
+            raise error.with_key(key) from None
     return images
+
+
+def optional_number(
+    record: Mapping[str, Any], name: str, default: float, file: Path, record_name: str
+) -> float:
+    """``record[name]`` as a number (``default`` when absent); a non-number is a :class:`DataError`."""
+    value = record.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"key '{name}' should be a number, got {value!r}", file, record_name)
+    return float(value)
 
 
 def bbox(value: Any, file: Path, record_name: str) -> tuple[float, float, float, float]:

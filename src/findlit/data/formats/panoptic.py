@@ -15,6 +15,7 @@ from findlit.data.formats.jsonfile import (
     existing_path,
     field,
     load_json,
+    optional_number,
     read_categories,
     read_images,
     top_level_list,
@@ -60,7 +61,8 @@ def read_coco_panoptic(
                 records.append(_panoptic_record(annotation, json_path, png_root, images, categories))
             except DataError as error:
                 raise error.with_key(keys.get("panoptic_json")) from None
-    return Dataset(records=tuple(records), categories=categories, source=json_path)
+    files = {"panoptic_json": json_path, "panoptic_root": png_root, "image_root": images_root}
+    return Dataset(records=tuple(records), categories=categories, source=json_path, files=files)
 
 
 def _panoptic_record(
@@ -92,7 +94,7 @@ def _panoptic_record(
                 category_id=category_id,
                 iscrowd=bool(info.get("iscrowd", 0)),
                 bbox=bbox(info.get("bbox", [0, 0, 0, 0]), file, segment_name),
-                area=int(info.get("area", 0)),
+                area=int(optional_number(info, "area", 0, file, segment_name)),
             )
         )
     image = images[image_id]

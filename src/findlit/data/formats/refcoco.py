@@ -48,8 +48,10 @@ def load_refs_pickle(path: Path) -> Any:
             return _PlainUnpickler(handle, path).load()
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, IndexError) as error:
-        raise DataError(f"corrupt or truncated pickle: {error}", path) from None
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except Exception as error:  # a malformed opcode stream fails with many exception types
+        raise DataError(f"corrupt or truncated pickle: {type(error).__name__}: {error}", path) from None
 
 
 def read_refcoco(
@@ -107,7 +109,8 @@ def read_refcoco(
                 raise error.with_key(key) from None
             per_image.setdefault(image_id, []).append(ref)
     records = tuple(RefsRecord(images[i].image, tuple(image_refs)) for i, image_refs in per_image.items())
-    return Dataset(records=records, categories=instances.categories, source=refs_path)
+    files = {**instances.files, "refs": refs_path}
+    return Dataset(records=records, categories=instances.categories, source=refs_path, files=files)
 
 
 def _ref(
