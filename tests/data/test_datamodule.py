@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +173,36 @@ def test_resumed_fit_sees_exactly_the_batches_it_would_have_seen(coco_sample: Pa
     )
     assert len(uninterrupted.seen) == 12
     assert uninterrupted.seen[:7] + resumed.seen == uninterrupted.seen
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_the_task_and_split_the_samples(coco_sample: Path, tmp_path: Path) -> None:
+    script = Path(__file__).with_name("ddp_recorder.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(coco_sample), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 12
+    for step, (a, b) in enumerate(zip(*ranks, strict=True)):
+        assert a[:2] == b[:2], f"ranks ran different tasks at step {step}"
+        # one image each out of the sample's two: every global batch covers both, no overlap
+        assert sorted(a[2] + b[2]) == [142238, 439180]
+    assert len({step[1] for step in ranks[0]}) == 2
+
+
+def test_ddp_with_lightning_distributed_sampler_is_a_config_error(coco_sample: Path) -> None:
+    datamodule = make(coco_sample)
+
+    class _Trainer:
+        world_size = 2
+
+        class _accelerator_connector:  # noqa: N801
+            use_distributed_sampler = True
+
+    datamodule.trainer = _Trainer()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="use_distributed_sampler"):
+        datamodule.setup("fit")
