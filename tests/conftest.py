@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import stat
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-COCO_SAMPLE = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
+from tests.fixtures import COCO_SAMPLE, copy_sample
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +17,6 @@ def coco_sample() -> Path:
 
 
 @pytest.fixture
-def coco_copy(coco_sample: Path, tmp_path: Path) -> Path:
+def coco_copy(tmp_path: Path) -> Path:
     """A writable copy of the COCO sample, for tests that corrupt it."""
-    target = tmp_path / "coco"
-    shutil.copytree(coco_sample, target)
-    for path in [target, *target.rglob("*")]:
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
-    return target
+    return copy_sample(tmp_path)

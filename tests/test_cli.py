@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +11,10 @@ import yaml
 
 import findlit
 from findlit.cli import main
+from tests.fixtures import COCO_SAMPLE, REPO, copy_sample
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / ".." / "shared" / "data" / "coco_panoptic_sample"
+SAMPLE = COCO_SAMPLE
 SAMPLE_CONFIG = "configs/coco_sample.yaml"
-
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"COCO sample not found at {SAMPLE}")
-
-
-def copy_sample(tmp_path: Path) -> Path:
-    """A writable copy of the COCO sample under ``tmp_path`` (the shared files are read-only)."""
-    root = tmp_path / "coco_panoptic_sample"
-    shutil.copytree(SAMPLE, root)
-    for folder, _, files in os.walk(root):
-        os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        for name in files:
-            path = os.path.join(folder, name)
-            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
-    return root
 
 
 def write_yaml(path: Path, content: object) -> Path:
@@ -78,7 +61,6 @@ def test_check_without_config_is_a_usage_error(capsys: pytest.CaptureFixture[str
 # findlit data check on the real sample
 
 
-@needs_sample
 def test_check_sample_config_from_repo_root(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -91,7 +73,6 @@ def test_check_sample_config_from_repo_root(
     assert "data.val[4] sample_entities" in out
 
 
-@needs_sample
 def test_check_one_stage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(REPO)
     code, out, _ = run(capsys, "data", "check", "--config", SAMPLE_CONFIG, "--stage", "val")
@@ -99,7 +80,6 @@ def test_check_one_stage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert "no problems found" in out
 
 
-@needs_sample
 def test_check_stage_without_datasets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,7 +89,6 @@ def test_check_stage_without_datasets(
     assert "no datasets configured for stage train" in err
 
 
-@needs_sample
 def test_check_data_section_with_init_args(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = sample_config()["data"]
     data["root"] = str(SAMPLE.resolve())
@@ -121,7 +100,6 @@ def test_check_data_section_with_init_args(tmp_path: Path, capsys: pytest.Captur
     assert code == 0, out + err
 
 
-@needs_sample
 def test_later_config_overrides_earlier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = copy_sample(tmp_path)
     (root / "annotations" / "captions_val2017.json").unlink()
@@ -212,7 +190,6 @@ def test_unresolvable_interpolation(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "oops" in err
 
 
-@needs_sample
 def test_missing_required_path_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = sample_config()
     config["data"]["root"] = str(SAMPLE.resolve())
@@ -238,14 +215,12 @@ def _findlit(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@needs_sample
 def test_console_script_clean_sample() -> None:
     result = _findlit("data", "check", "--config", SAMPLE_CONFIG, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no problems found" in result.stdout
 
 
-@needs_sample
 def test_console_script_bad_sample(tmp_path: Path) -> None:
     root = copy_sample(tmp_path)
     (root / "val2017" / "000000142238.jpg").write_bytes(b"not a jpeg")

@@ -14,7 +14,6 @@ import os
 import pickle
 import random
 import shutil
-import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +26,9 @@ from findlit.cli import build_datamodule, main
 from findlit.data.config import DatasetConfig, DatasetPaths, build_dataset, read_records
 from findlit.data.datasets import TaskDataset
 from findlit.data.errors import ConfigError, DataError
+from tests.fixtures import COCO_SAMPLE, REPO, copy_sample
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / ".." / "shared" / "data" / "coco_panoptic_sample"
+SAMPLE = COCO_SAMPLE
 
 pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"COCO sample not found at {SAMPLE}")
 
@@ -71,18 +70,6 @@ FORMATS: dict[str, tuple[str, dict[str, str]]] = {
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
-
-
-def copy_sample(tmp_path: Path) -> Path:
-    """A writable copy of the COCO sample under ``tmp_path`` (the shared files are read-only)."""
-    root = tmp_path / "coco_panoptic_sample"
-    shutil.copytree(SAMPLE, root)
-    for folder, _, files in os.walk(root):
-        os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        for name in files:
-            path = os.path.join(folder, name)
-            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
-    return root
 
 
 def edit_json(root: Path, relative: str, change: Callable[[Any], None]) -> Path:

@@ -1,0 +1,27 @@
+"""Paths and helpers shared by the tests (the fixtures that use them are in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_SAMPLE = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
+
+
+def copy_sample(tmp_path: Path) -> Path:
+    """A writable copy of the real COCO sample under ``tmp_path`` (the shared files are read-only).
+
+    Fails, never skips, when the sample is missing: every reader must be tested on it.
+    """
+    assert COCO_SAMPLE.is_dir(), f"the real-format fixture is missing: {COCO_SAMPLE}"
+    root = tmp_path / "coco_panoptic_sample"
+    shutil.copytree(COCO_SAMPLE, root)
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        for name in files:
+            path = os.path.join(folder, name)
+            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
+    return root
