@@ -30,7 +30,6 @@ from tests.fixtures import COCO_SAMPLE, REPO, copy_sample
 
 SAMPLE = COCO_SAMPLE
 
-pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"COCO sample not found at {SAMPLE}")
 
 KEY = "data.val[0]"
 IMAGE_A, IMAGE_B = 142238, 439180
