@@ -541,6 +541,7 @@ def test_build_eval_transforms() -> None:
 
 def test_config_is_a_jsonargparse_schema() -> None:
     import jsonargparse
+
     parser = jsonargparse.ArgumentParser(exit_on_error=False)
     parser.add_argument("--transforms", type=TransformConfig, default=TransformConfig())
     cfg = parser.parse_args(["--transforms.image_size=512", "--transforms.eval_shortest_edge=400"])
