@@ -35,6 +35,7 @@ class FrozenEncoder(nn.Module):
         model: the wrapped foundation model.
         compute_dtype: dtype of the forward pass (``float32``, ``bfloat16`` or ``float16``); outputs
             are returned in float32 whatever it is.
+
     """
 
     kind: ClassVar[str] = ""

@@ -48,8 +48,10 @@ def encoder_class(name: str) -> type[FrozenEncoder]:
 
 
 def build_encoder(name: str, key: str = "encoder", **options: Any) -> FrozenEncoder:
-    """Build the adapter registered as ``name`` with ``options``; unknown options are a
-    :class:`ConfigError` naming ``<key>.<option>``."""
+    """Build the adapter registered as ``name`` with ``options``.
+
+    Unknown options are a :class:`ConfigError` naming ``<key>.<option>``.
+    """
     cls = encoder_class(name)
     parameters = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(options) - set(parameters) - {"self"})
@@ -69,6 +71,7 @@ class EncoderConfig:
     Args:
         name: ``timm``, ``open_clip_vision``, ``open_clip_text``, ``sam`` or ``hf_text``.
         options: keyword arguments of that adapter's constructor.
+
     """
 
     name: str

@@ -28,6 +28,7 @@ class EncoderSpec:
             text: the maximum number of tokens.
         dtype: the compute dtype (``"float32"``, ``"bfloat16"``, ``"float16"``).
         options: anything else that changes the output (hidden layer, pooling, pyramid levels...).
+
     """
 
     kind: str
