@@ -1,7 +1,8 @@
 """The ``findlit`` command.
 
 ``findlit data synth`` writes the embedded default dataset; ``findlit data check`` reads and
-decodes every record of the datasets an experiment config names and reports what is wrong.
+decodes every record of the datasets an experiment config names and reports what is wrong;
+``findlit cache`` fills the vision feature caches of a split (see :mod:`findlit.cache_cli`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def run_synth(args: Namespace) -> int:
     return 0
 
 
-def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
-    """Merge experiment YAMLs with OmegaConf and return their ``data`` section (init args)."""
+def load_config(config_paths: Sequence[str]) -> dict[str, Any]:
+    """Merge experiment YAMLs with OmegaConf (later files win) into one resolved mapping."""
     merged: Any = OmegaConf.create()
     for path in config_paths:
         if not Path(path).is_file():
@@ -72,7 +73,15 @@ def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
         container = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as error:
         raise ConfigError(f"cannot resolve config {', '.join(config_paths)}: {error}") from None
-    if not isinstance(container, dict) or "data" not in container:
+    if not isinstance(container, dict):
+        raise ConfigError(f"{', '.join(config_paths)} should hold a mapping")
+    return {str(key): value for key, value in container.items()}
+
+
+def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
+    """Merge experiment YAMLs with OmegaConf and return their ``data`` section (init args)."""
+    container = load_config(config_paths)
+    if "data" not in container:
         raise ConfigError(f"no 'data' section in {', '.join(config_paths)}")
     data = container["data"]
     if isinstance(data, dict) and "init_args" in data:
@@ -116,9 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments in (["--version"], ["-V"]):
         print(f"findlit {__version__}")
         return 0
+    if arguments and arguments[0] == "cache":
+        from findlit.cache_cli import main as cache_main
+
+        return cache_main(arguments[1:])
     if not arguments or arguments[0] != "data":
         print(
             "usage: findlit data {synth,check} ...\n"
+            "       findlit cache --config EXPERIMENT.yaml --split {train,val,test} ...\n"
             "The training and evaluation subcommands (fit, validate, test, predict) arrive with the "
             "FIND module.",
             file=sys.stderr,

@@ -2,7 +2,9 @@
 
 Images are padded (bottom and right) to a common size, rounded up to a multiple of
 ``size_divisibility`` so every level of a stride-32 pyramid has whole pixels; masks are padded
-the same way so they stay aligned with the image.
+the same way so they stay aligned with the image. Samples read from a feature cache carry
+``features`` instead of an image: every level is padded with zeros to the batch's frame, in step
+with the masks and the padding mask.
 """
 
 from __future__ import annotations
@@ -16,29 +18,46 @@ from torch import Tensor
 
 from findlit.data.sample import Sample
 
-_PER_IMAGE_META = ("task", "dataset", "image_id", "image", "orig_size")
+_PER_IMAGE_META = (
+    "task",
+    "dataset",
+    "image_id",
+    "image",
+    "orig_size",
+    "features",
+    "image_size",
+    "padding_mask",
+)
 
 
-class Batch(TypedDict):
-    """A task-homogeneous batch of B images padded to H x W.
+class _BatchFields(TypedDict):
+    task: str
+    dataset: str
+    padding_mask: Tensor
+    image_ids: list[int]
+    image_sizes: list[tuple[int, int]]
+    orig_sizes: list[tuple[int, int]]
+    targets: list[dict[str, Any]]
+
+
+class Batch(_BatchFields, total=False):
+    """A task-homogeneous batch of B images padded to H x W; exactly one of ``images`` and ``features``.
 
     images: uint8[B,3,H,W] (the encoders convert to float in 0..1 and normalise).
-    padding_mask: bool[B,H,W], True on padded pixels.
-    image_sizes: (h, w) of each image after transforms, before padding.
+    features: instead of ``images`` for a dataset read from a feature cache: level (``res2``..
+    ``res5``) -> float16[B,C_l,H/s_l,W/s_l] (the cache dtype; cast before use), zero beyond each
+    image's own padded frame.
+    padding_mask: bool[B,H,W], True on padded pixels (for flipped cached features, also on the left).
+    image_sizes: (h, w) of each image after transforms, before padding (top left, except for
+    flipped cached features, whose image sits at the right of its own padded frame).
     orig_sizes: (h, w) of each image on disk.
     targets: per-image dicts with the task's keys of :class:`Sample` (``masks`` bool[N,H,W]
     padded with False, ``ignore_mask`` bool[H,W] padded with True, ``labels``, ``captions``,
     ``sentences``, ``entities``...).
     """
 
-    task: str
-    dataset: str
     images: Tensor
-    padding_mask: Tensor
-    image_ids: list[int]
-    image_sizes: list[tuple[int, int]]
-    orig_sizes: list[tuple[int, int]]
-    targets: list[dict[str, Any]]
+    features: dict[str, Tensor]
 
 
 def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> Batch:
@@ -51,31 +70,67 @@ def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> B
         raise ValueError(
             f"a batch must hold one task and one dataset, got tasks {tasks} and datasets {datasets}"
         )
-    sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in samples]
-    height = _round_up(max(h for h, _ in sizes), size_divisibility)
-    width = _round_up(max(w for _, w in sizes), size_divisibility)
-    images = torch.zeros(len(samples), 3, height, width, dtype=samples[0]["image"].dtype)
+    cached = ["features" in s for s in samples]
+    if any(cached) and not all(cached):
+        raise ValueError("a batch cannot mix samples with images and samples with cached features")
+    if all(cached):
+        # Each sample is already in its padded frame (padding_mask's size); pad to the largest.
+        frames = [(int(s["padding_mask"].shape[0]), int(s["padding_mask"].shape[1])) for s in samples]
+        sizes = [(int(s["image_size"][0]), int(s["image_size"][1])) for s in samples]
+    else:
+        frames = sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in samples]
+    height = _round_up(max(h for h, _ in frames), size_divisibility)
+    width = _round_up(max(w for _, w in frames), size_divisibility)
     padding_mask = torch.ones(len(samples), height, width, dtype=torch.bool)
     targets = []
-    for row, (sample, (h, w)) in enumerate(zip(samples, sizes, strict=True)):
-        images[row, :, :h, :w] = sample["image"]
-        padding_mask[row, :h, :w] = False
+    for row, (sample, (h, w)) in enumerate(zip(samples, frames, strict=True)):
+        if "padding_mask" in sample:
+            padding_mask[row, :h, :w] = sample["padding_mask"]
+        else:
+            padding_mask[row, :h, :w] = False
         target: dict[str, Any] = {k: v for k, v in sample.items() if k not in _PER_IMAGE_META}
         if "masks" in target:
             target["masks"] = _pad(target["masks"], height, width, value=False)
         if "ignore_mask" in target:
             target["ignore_mask"] = _pad(target["ignore_mask"], height, width, value=True)
         targets.append(target)
-    return Batch(
+    batch = Batch(
         task=samples[0]["task"],
         dataset=samples[0]["dataset"],
-        images=images,
         padding_mask=padding_mask,
         image_ids=[int(s["image_id"]) for s in samples],
         image_sizes=sizes,
         orig_sizes=[tuple(s["orig_size"]) for s in samples],  # type: ignore[misc]
         targets=targets,
     )
+    if all(cached):
+        batch["features"] = _stack_features(samples, frames, height, width)
+    else:
+        images = torch.zeros(len(samples), 3, height, width, dtype=samples[0]["image"].dtype)
+        for row, (sample, (h, w)) in enumerate(zip(samples, frames, strict=True)):
+            images[row, :, :h, :w] = sample["image"]
+        batch["images"] = images
+    return batch
+
+
+def _stack_features(
+    samples: Sequence[Sample], frames: Sequence[tuple[int, int]], height: int, width: int
+) -> dict[str, Tensor]:
+    """Per level, float[B,C,height/s,width/s]: each sample's [C,H_i/s,W_i/s] top left, zeros elsewhere."""
+    out: dict[str, Tensor] = {}
+    for level, first in samples[0]["features"].items():
+        stride = frames[0][0] // int(first.shape[-2])
+        stacked = first.new_zeros(len(samples), int(first.shape[0]), height // stride, width // stride)
+        for row, (sample, (h, w)) in enumerate(zip(samples, frames, strict=True)):
+            value = sample["features"][level]
+            if (int(value.shape[-2]) * stride, int(value.shape[-1]) * stride) != (h, w):
+                raise ValueError(
+                    f"sample {sample['image_id']}: features {level} {tuple(value.shape)} do not cover its "
+                    f"{h}x{w} frame at stride {stride}"
+                )
+            stacked[row, :, : h // stride, : w // stride] = value
+        out[level] = stacked
+    return out
 
 
 def _pad(tensor: Tensor, height: int, width: int, value: bool) -> Tensor:

@@ -22,7 +22,8 @@ from findlit.data.formats import (
     read_refcoco,
 )
 from findlit.data.records import Dataset
-from findlit.data.transforms import TransformConfig, build_transforms
+from findlit.data.transforms import TransformConfig, build_feature_transforms, build_transforms
+from findlit.encoders.feature_cache import FeatureCache, Preprocessing
 
 TaskName = Literal["segmentation", "retrieval", "grounding", "interleave"]
 FormatName = Literal[
@@ -72,6 +73,9 @@ class DatasetConfig:
         ratio: relative sampling frequency among the training datasets.
         batch_size: images per batch and per process.
         transforms: augmentation (training) and resizing (evaluation).
+        features: folder of this dataset's vision feature cache (relative to ``root``), filled by
+            ``findlit cache``; samples then carry the cached features instead of the image, and
+            training augmentation is only the flip (``transforms.lsj`` must be false).
 
     """
 
@@ -82,6 +86,7 @@ class DatasetConfig:
     ratio: float = 1.0
     batch_size: int = 2
     transforms: TransformConfig = field(default_factory=TransformConfig)
+    features: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,24 @@ def read_records(
     return fmt.reader(*arguments, bad_records=bad_records, keys=keys, **fmt.extra)
 
 
+def feature_cache(
+    config: DatasetConfig,
+    key: str,
+    data: Dataset,
+    root: str | Path | None = None,
+    size_divisibility: int = 32,
+) -> FeatureCache:
+    """The feature cache that ``config.features`` names, for the records ``data`` (nothing is read yet)."""
+    if config.features is None:
+        raise ConfigError(f"{key}.features is not set")
+    return FeatureCache(
+        _resolve(config.features, root),
+        [record.image for record in data.records],
+        Preprocessing.from_transforms(config.transforms, size_divisibility),
+        key=f"{key}.features",
+    )
+
+
 def build_dataset(
     config: DatasetConfig,
     key: str,
@@ -155,27 +178,40 @@ def build_dataset(
     train: bool,
     root: str | Path | None = None,
     on_bad_record: BadRecordPolicy = "error",
+    size_divisibility: int = 32,
 ) -> datasets.TaskDataset:
     """Read a dataset's records and wrap them in the task's dataset with the stage's transforms.
 
     Per-record problems found while reading follow ``on_bad_record``; with ``"skip"`` one summary
-    warning is emitted for this dataset.
+    warning is emitted for this dataset. With ``features`` set, the feature cache is opened and
+    checked against this config (a stale, incomplete or corrupt cache is an error here).
     """
     if config.batch_size <= 0:
         raise ConfigError(f"{key}.batch_size must be positive, got {config.batch_size}")
     if config.ratio < 0:
         raise ConfigError(f"{key}.ratio must be >= 0, got {config.ratio}")
+    if config.features is not None and train and config.transforms.lsj:
+        raise ConfigError(
+            f"{key}.transforms.lsj: large-scale jitter cannot rescale or crop cached features "
+            f"({key}.features is set); set lsj: false (training then only flips)"
+        )
     bad_records = BadRecords(on_bad_record, dataset=config.name)
     data = read_records(config, key, root, bad_records)
     bad_records.warn_summary()
     dataset_type = TASK_DATASETS[(config.task, config.format)]
+    transforms = build_transforms(config.transforms, train=train)
+    features = None
+    if config.features is not None:
+        features = feature_cache(config, key, data, root, size_divisibility).open()
+        transforms = build_feature_transforms(config.transforms, train=train)
     return dataset_type(
         config.name,
         data,
-        build_transforms(config.transforms, train=train),
+        transforms,
         train=train,
         on_bad_record=on_bad_record,
         key=key,
+        features=features,
     )
 
 

@@ -20,6 +20,7 @@ from findlit.data.datasets import TaskDataset
 from findlit.data.errors import BadRecordPolicy, ConfigError
 from findlit.data.sample import Sample
 from findlit.data.sampler import MultiTaskBatchSampler, SampleKey, ShardedSampler
+from findlit.encoders.spec import EncoderSpec
 
 
 class MultiTaskDataset(TorchDataset[Sample]):
@@ -126,6 +127,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                     train=stage == "train",
                     root=self.root,
                     on_bad_record=self.on_bad_record,
+                    size_divisibility=self.size_divisibility,
                 )
                 for i, config in enumerate(self.configs[stage])
             ]
@@ -152,6 +154,21 @@ class MultiTaskDataModule(L.LightningDataModule):
             if split == "train" and not self.configs["train"]:
                 raise ConfigError("data.train: fitting needs at least one training dataset")
             self.stage_datasets(split)
+
+    def check_feature_encoder(self, spec: EncoderSpec) -> None:
+        """Require the datasets read so far from a feature cache to have been cached by encoder ``spec``.
+
+        The DataModule checks preprocessing and records against each cache but does not know the
+        model's vision encoder: the model calls this (after ``setup``) with its encoder's spec.
+
+        Raises:
+            StaleCacheError: naming the dataset's ``features`` key and the differing spec fields.
+
+        """
+        for stage, datasets in self.datasets.items():
+            for index, dataset in enumerate(datasets):
+                if dataset.features is not None:
+                    dataset.features.check_encoder(spec, f"data.{stage}[{index}].features")
 
     def names(self, stage: str) -> list[str]:
         """Dataset names of ``stage`` in loader order (``dataloader_idx`` -> name)."""

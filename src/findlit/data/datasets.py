@@ -4,6 +4,9 @@ A dataset is indexed either by an int (evaluation: no randomness) or by a
 ``(index, seed)`` pair from the training sampler: the seed drives every random choice for that
 sample (augmentation, which caption or sentence is drawn), so a run and its resumed copy, or
 runs on different numbers of processes, see the same samples.
+
+Given a :class:`~findlit.encoders.feature_cache.FeatureReader`, a dataset reads each image's
+cached vision features instead of decoding the image; targets are decoded as usual.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from findlit.data.records import (
     RefsRecord,
 )
 from findlit.data.sample import EntityPrompt, Sample
+from findlit.encoders.feature_cache import FeatureReader
 
 Transform = Callable[[Sample, torch.Generator], Sample]
 SampleIndex = int | tuple[int, int]
@@ -50,6 +54,8 @@ class TaskDataset(TorchDataset[Sample]):
         on_bad_record: ``"error"`` raises on a record that fails to decode; ``"skip"`` replaces it
             by the next good record and warns once.
         key: the config key that configured this dataset, for messages.
+        features: read each image's cached features instead of the image (samples then have
+            ``features``, ``image_size`` and ``padding_mask`` and no ``image``).
 
     """
 
@@ -64,8 +70,10 @@ class TaskDataset(TorchDataset[Sample]):
         train: bool = False,
         on_bad_record: BadRecordPolicy = "error",
         key: str | None = None,
+        features: FeatureReader | None = None,
     ):
         self.name = name
+        self.features = features
         self.records: tuple[Any, ...] = data.records
         self.categories: dict[int, Category] = dict(data.categories)
         self.transforms = transforms
@@ -136,6 +144,15 @@ class TaskDataset(TorchDataset[Sample]):
         return decode_panoptic(record, self.path_key("panoptic_root"))
 
     def _base(self, record: Any) -> Sample:
+        if self.features is not None:
+            cached = self.features.read(self.features.position(record.image.id))
+            return Sample(
+                image_id=record.image.id,
+                orig_size=cached.orig_size,
+                features=cached.features,
+                image_size=cached.image_size,
+                padding_mask=cached.padding_mask(),
+            )
         image = read_image(record.image, self.path_key("image_root"))
         return Sample(image_id=record.image.id, image=image, orig_size=(image.shape[1], image.shape[2]))
 

@@ -3,7 +3,8 @@
 A sample is a plain dict so that DataLoader workers can pickle it cheaply; this TypedDict
 documents the keys and shapes. Which keys are present depends on the task:
 
-- every task: ``task``, ``dataset``, ``image_id``, ``image``, ``orig_size``;
+- every task: ``task``, ``dataset``, ``image_id``, ``orig_size``, and either ``image`` or, for a
+  dataset read from a feature cache, ``features``, ``image_size`` and ``padding_mask``;
 - segmentation: ``masks``, ``labels``, ``is_thing``, ``ignore_mask``;
 - retrieval: ``captions``;
 - grounding: ``masks`` (one per referred object), ``sentences``, ``sentence_targets``;
@@ -39,6 +40,11 @@ class Sample(TypedDict, total=False):
     ignore_mask: bool[H,W], True on crowd and unlabelled pixels.
     sentence_targets: int64[S], index into ``masks`` for each sentence.
     orig_size: (height, width) of the image on disk, before transforms.
+
+    From a feature cache (instead of ``image``): features: level (``res2``..``res5``) ->
+    float16[C_l,H/s_l,W/s_l] (the cache dtype), computed from the image resized to ``image_size``
+    (h, w) and padded to H x W; padding_mask: bool[H,W], True on the padding (on the left after a
+    flip). Targets are then in the H x W frame too.
     """
 
     task: str
@@ -54,3 +60,6 @@ class Sample(TypedDict, total=False):
     sentences: list[str]
     sentence_targets: Tensor
     entities: list[EntityPrompt]
+    features: dict[str, Tensor]
+    image_size: tuple[int, int]
+    padding_mask: Tensor

@@ -5,6 +5,11 @@ Geometric transforms move ``image`` (uint8[3,H,W]), ``masks`` (bool[N,H,W], N ma
 ``entities`` and keep entity phrase spans exact. Any field may be absent. ``orig_size`` is never
 changed: it is the size on disk.
 
+A sample read from a feature cache carries ``features`` (level -> [C,H/s,W/s]) and
+``padding_mask`` instead of ``image``: :func:`build_feature_transforms` resizes its targets to the
+cached image size, pads them to the features' frame (:class:`PadToFeatures`) and, in training,
+only flips (the features cannot be rescaled or cropped).
+
 Every transform takes an explicit ``torch.Generator`` and draws all its randomness from it (the
 dataset seeds one per sample from (seed, epoch, index)), so a run and its resumed run see the
 same augmentations. Transforms return a new dict and never modify the input's tensors in place.
@@ -28,10 +33,12 @@ from findlit.data.sample import EntityPrompt, Sample
 __all__ = [
     "Compose",
     "LargeScaleJitter",
+    "PadToFeatures",
     "RandomHorizontalFlip",
     "Resize",
     "Transform",
     "TransformConfig",
+    "build_feature_transforms",
     "build_transforms",
     "swap_left_right",
     "swap_left_right_spans",
@@ -364,6 +371,9 @@ class RandomHorizontalFlip:
     Flips ``image`` [3,H,W], ``masks`` [N,H,W] and ``ignore_mask`` [H,W] along W; when
     ``swap_left_right``, also swaps "left"/"right" in ``captions``, ``sentences`` and
     ``entities`` (spans recomputed), since "the left dog" names the other dog after a flip.
+    A cached-features sample has its ``features`` (every level [C,h,w]) and ``padding_mask``
+    [H,W] flipped along W too: the whole padded frame is mirrored, so its padding moves to the
+    left and ``padding_mask`` (not ``image_size``) says where the image is.
 
     Args:
         p: probability of flipping.
@@ -384,10 +394,12 @@ class RandomHorizontalFlip:
         out = sample.copy()
         if u >= self.p:
             return out
-        for key in ("image", "masks", "ignore_mask"):
+        for key in ("image", "masks", "ignore_mask", "padding_mask"):
             value = sample.get(key)
             if isinstance(value, Tensor):
                 out[key] = value.flip(-1)
+        if "features" in sample:
+            out["features"] = {level: value.flip(-1) for level, value in sample["features"].items()}
         if self.swap_left_right:
             if "captions" in sample:
                 out["captions"] = [swap_left_right(c) for c in sample["captions"]]
@@ -399,6 +411,43 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p}, swap_left_right={self.swap_left_right})"
+
+
+class PadToFeatures:
+    """Pad the targets of a cached-features sample to the frame its features cover.
+
+    The cache stores the features of the resized image padded (bottom, right) to H x W, a
+    multiple of 32; ``padding_mask`` bool[H,W] gives that frame. ``masks`` (resized to the
+    cached ``image_size`` h x w) are padded with False and ``ignore_mask`` with True, as collate
+    pads them, so a later flip mirrors features and targets alike. Deterministic.
+    """
+
+    def __call__(self, sample: Sample, generator: torch.Generator) -> Sample:
+        """Pad ``masks`` and ``ignore_mask`` from ``image_size`` to ``padding_mask``'s size."""
+        out = sample.copy()
+        frame_h, frame_w = (int(n) for n in sample["padding_mask"].shape)
+        height, width = sample["image_size"]
+        padding = (0, frame_w - width, 0, frame_h - height)
+        if "masks" in sample:
+            out["masks"] = torch.nn.functional.pad(self._checked(sample, "masks"), padding, value=False)
+        if "ignore_mask" in sample:
+            out["ignore_mask"] = torch.nn.functional.pad(
+                self._checked(sample, "ignore_mask"), padding, value=True
+            )
+        return out
+
+    @staticmethod
+    def _checked(sample: Sample, key: str) -> Tensor:
+        mask: Tensor = sample[key]  # type: ignore[literal-required]
+        if tuple(mask.shape[-2:]) != tuple(sample["image_size"]):
+            raise ValueError(
+                f"sample {sample.get('image_id')}: {key} is {tuple(mask.shape[-2:])} after the resize, "
+                f"but the cached image is {tuple(sample['image_size'])}"
+            )
+        return mask
+
+    def __repr__(self) -> str:
+        return "PadToFeatures()"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,4 +507,20 @@ def build_transforms(cfg: TransformConfig, train: bool) -> Compose:
         transforms.append(LargeScaleJitter(cfg.image_size, cfg.min_scale, cfg.max_scale))
     else:
         transforms.append(resize)
+    return Compose(transforms)
+
+
+def build_feature_transforms(cfg: TransformConfig, train: bool) -> Compose:
+    """The pipeline of a dataset read from a feature cache: resize targets, pad them, flip (training).
+
+    The features were computed at the evaluation resize of ``cfg``; the targets get the same
+    resize, then :class:`PadToFeatures`. Large-scale jitter cannot apply to cached features, so
+    the caller rejects ``lsj: true`` in training.
+    """
+    transforms: list[Transform] = [
+        Resize(shortest_edge=cfg.eval_shortest_edge, longest_edge=cfg.image_size),
+        PadToFeatures(),
+    ]
+    if train and cfg.flip:
+        transforms.append(RandomHorizontalFlip(p=0.5, swap_left_right=cfg.swap_left_right))
     return Compose(transforms)
