@@ -13,7 +13,7 @@ from findlit.cache_cli import rank_from_environment
 from findlit.cli import build_datamodule, load_data_section, main
 from findlit.data.errors import ConfigError
 from findlit.data.synthetic import generate
-from tests.encoders import tiny_vision  # noqa: F401 - registers the "tiny_test_vision" encoder
+from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder
 
 
 @pytest.fixture(scope="module")

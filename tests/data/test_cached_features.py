@@ -16,7 +16,7 @@ from findlit.data.errors import ConfigError
 from findlit.data.transforms import swap_left_right
 from findlit.encoders.base import STRIDES
 from findlit.encoders.feature_cache import IncompleteCacheError, StaleCacheError
-from tests.encoders.tiny_vision import CHANNELS, TinyVisionEncoder
+from tests.encoders.tiny import CHANNELS, TinyVision
 
 ANN = "annotations/"
 SIZE = 100  # the two COCO images (640x427, 640x360) resize to 100x67 and 100x56: two frame sizes
@@ -85,7 +85,7 @@ def make(root: Path, cache_root: Path, **kwargs: Any) -> MultiTaskDataModule:
     return build_datamodule(data)
 
 
-def fill(datamodule: MultiTaskDataModule, stage: str, encoder: TinyVisionEncoder) -> int:
+def fill(datamodule: MultiTaskDataModule, stage: str, encoder: TinyVision) -> int:
     """Fill every cache of ``stage`` as ``findlit cache`` does; returns the shards computed."""
     computed = 0
     for index, config in enumerate(datamodule.configs[stage]):
@@ -101,7 +101,7 @@ def caches(tmp_path_factory: pytest.TempPathFactory, coco_sample: Path) -> Path:
     """Caches of the four COCO-sample datasets (train and val share them: same records, same resize)."""
     cache_root = tmp_path_factory.mktemp("caches")
     datamodule = make(coco_sample, cache_root)
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     assert fill(datamodule, "train", encoder) == 8
     assert fill(datamodule, "val", encoder) == 0, "val has the same records and resize: all reused"
     return cache_root
@@ -166,7 +166,7 @@ def test_cached_batch_features_equal_fresh_encoder_output(coco_sample: Path, cac
     cached.setup("validate")
     plain = image_datamodule(coco_sample)
     plain.setup("validate")
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     for index in range(2):
         batch = collate_samples([cached.stage_datasets("val")[0][index]])
         fresh_batch = collate_samples([plain.stage_datasets("val")[0][index]])
@@ -311,7 +311,7 @@ def test_missing_cache_is_an_error_at_setup(coco_sample: Path, tmp_path: Path) -
 def test_model_checks_the_encoder_of_the_cached_features(coco_sample: Path, caches: Path) -> None:
     datamodule = make(coco_sample, caches)
     datamodule.setup("fit")
-    datamodule.check_feature_encoder(TinyVisionEncoder().spec)
+    datamodule.check_feature_encoder(TinyVision().spec)
     with pytest.raises(StaleCacheError, match=r"encoder\.weights_digest") as raised:
-        datamodule.check_feature_encoder(TinyVisionEncoder(seed=3).spec)
+        datamodule.check_feature_encoder(TinyVision(seed=3).spec)
     assert "data.train[0].features" in str(raised.value)

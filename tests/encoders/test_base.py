@@ -4,7 +4,7 @@ from torch import nn
 
 from findlit.encoders.base import STRIDES
 from findlit.encoders.spec import EncoderSpec, weights_digest
-from tests.encoders.fake import TinyText, TinyVision
+from tests.encoders.tiny import CHANNELS, TinyText, TinyVision
 
 
 class Interface(nn.Module):
@@ -14,7 +14,7 @@ class Interface(nn.Module):
         super().__init__()
         self.vision = TinyVision()
         self.text = TinyText()
-        self.head = nn.Conv2d(8, 6, 1)
+        self.head = nn.Conv2d(CHANNELS["res4"], 6, 1)
 
     def forward(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         features = self.head(self.vision(images)["res4"]).mean((2, 3))  # [B, 6]
@@ -65,7 +65,7 @@ def test_vision_outputs_follow_the_contract() -> None:
     features = TinyVision()(torch.rand(2, 3, 64, 96))
     assert list(features) == list(STRIDES)
     for level, stride in STRIDES.items():
-        assert features[level].shape == (2, 8, 64 // stride, 96 // stride)
+        assert features[level].shape == (2, CHANNELS[level], 64 // stride, 96 // stride)
         assert features[level].dtype == torch.float32 and not features[level].requires_grad
     with pytest.raises(ValueError, match="multiples of 32"):
         TinyVision()(torch.rand(1, 3, 40, 64))

@@ -12,7 +12,7 @@ from findlit.encoders.checkpoint import (
     check_encoder_specs,
     record_encoder_specs,
 )
-from tests.encoders.fake import TinyText, TinyVision
+from tests.encoders.tiny import CHANNELS, TinyText, TinyVision
 
 
 class Module(L.LightningModule):
@@ -20,7 +20,7 @@ class Module(L.LightningModule):
         super().__init__()
         self.vision = TinyVision(seed=vision_seed)
         self.text = TinyText()
-        self.head = nn.Linear(8, 1)
+        self.head = nn.Linear(CHANNELS["res5"], 1)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         features = self.vision(torch.rand(2, 3, 32, 32))["res5"].flatten(1)

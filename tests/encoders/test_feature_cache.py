@@ -31,7 +31,7 @@ from findlit.encoders.feature_cache import (
     ShardResult,
     StaleCacheError,
 )
-from tests.encoders.tiny_vision import CHANNELS, EncoderInterruptedError, TinyVisionEncoder
+from tests.encoders.tiny import CHANNELS, EncoderInterruptedError, TinyVision
 from tests.fixtures import REPO
 
 SHARD = 3  # 10 synthetic images -> shards of 3, 3, 3, 1
@@ -72,9 +72,7 @@ def cache(folder: Path, images: list[ImageInfo], image_size: int = 48) -> Featur
     return FeatureCache(folder, images, Preprocessing(image_size), key="data.train[0].features")
 
 
-def fresh(
-    encoder: TinyVisionEncoder, info: ImageInfo, preprocessing: Preprocessing
-) -> dict[str, torch.Tensor]:
+def fresh(encoder: TinyVision, info: ImageInfo, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
     """What the encoder gives for the image alone in a collated batch (resized, zero-padded)."""
     image = preprocessing.resize()(Sample(image=read_image(info)), torch.Generator())["image"]
     height, width = preprocessing.frame(image.shape[1], image.shape[2])
@@ -94,7 +92,7 @@ def shard_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_cached_features_equal_fresh_ones_within_fp16(tmp_path: Path, coco_sample: Path) -> None:
     images = coco_images(coco_sample)
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     store = FeatureCache(tmp_path / "cache", images, Preprocessing(100))
     report = store.fill(encoder, shard_size=1, batch_size=4)
     assert report.complete and len(report.computed) == 2 and not report.reused
@@ -122,7 +120,7 @@ def test_cached_features_equal_fresh_ones_within_fp16(tmp_path: Path, coco_sampl
 
 def test_float32_storage_is_exact_up_to_batching(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)[:4]
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     store = cache(tmp_path / "cache", images)
     store.fill(encoder, dtype="float32", batch_size=3)
     reader = store.open()
@@ -137,7 +135,7 @@ def test_float32_storage_is_exact_up_to_batching(tmp_path: Path, synth: Path) ->
 
 def test_reads_are_memory_mapped_and_lazy(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     reader = store.open()
     assert reader._maps == {}
     reader.read(4)  # shard 1
@@ -153,7 +151,7 @@ def test_reads_are_memory_mapped_and_lazy(tmp_path: Path, synth: Path) -> None:
 
 def test_manifest_records_encoder_preprocessing_dataset_and_storage(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     store.fill(encoder, shard_size=SHARD)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["encoder"] == encoder.spec.to_dict()
@@ -173,7 +171,7 @@ def test_manifest_records_encoder_preprocessing_dataset_and_storage(tmp_path: Pa
 
 def test_changed_preprocessing_is_a_stale_cache_error(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)
-    cache(tmp_path / "cache", images, image_size=48).fill(TinyVisionEncoder(), shard_size=SHARD)
+    cache(tmp_path / "cache", images, image_size=48).fill(TinyVision(), shard_size=SHARD)
     changed = cache(tmp_path / "cache", images, image_size=64)
     with pytest.raises(StaleCacheError) as opened:
         changed.open()
@@ -183,13 +181,13 @@ def test_changed_preprocessing_is_a_stale_cache_error(tmp_path: Path, synth: Pat
     assert "findlit cache" in message
     before = shard_bytes(tmp_path / "cache")
     with pytest.raises(StaleCacheError, match=r"preprocessing.image_size"):
-        changed.fill(TinyVisionEncoder(), shard_size=SHARD)
+        changed.fill(TinyVision(), shard_size=SHARD)
     assert shard_bytes(tmp_path / "cache") == before, "a stale cache must never be overwritten"
 
 
 def test_changed_padding_multiple_is_stale(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)
-    cache(tmp_path / "cache", images).fill(TinyVisionEncoder())
+    cache(tmp_path / "cache", images).fill(TinyVision())
     other = FeatureCache(tmp_path / "cache", images, Preprocessing(48, size_divisibility=64))
     with pytest.raises(StaleCacheError, match=r"preprocessing.size_divisibility: 32 != 64"):
         other.open()
@@ -197,8 +195,8 @@ def test_changed_padding_multiple_is_stale(tmp_path: Path, synth: Path) -> None:
 
 def test_changed_encoder_is_a_stale_cache_error(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(seed=0), shard_size=SHARD)
-    other = TinyVisionEncoder(seed=1)
+    store.fill(TinyVision(seed=0), shard_size=SHARD)
+    other = TinyVision(seed=1)
     with pytest.raises(StaleCacheError, match=r"encoder.weights_digest"):
         store.fill(other)
     with pytest.raises(StaleCacheError, match=r"encoder.weights_digest"):
@@ -207,12 +205,12 @@ def test_changed_encoder_is_a_stale_cache_error(tmp_path: Path, synth: Path) -> 
     with pytest.raises(StaleCacheError, match=r"encoder.weights_digest") as checked:
         reader.check_encoder(other.spec, "data.val[1].features")
     assert "data.val[1].features" in str(checked.value)
-    reader.check_encoder(TinyVisionEncoder(seed=0).spec)
+    reader.check_encoder(TinyVision(seed=0).spec)
 
 
 def test_changed_dataset_is_a_stale_cache_error(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)
-    cache(tmp_path / "cache", images).fill(TinyVisionEncoder(), shard_size=SHARD)
+    cache(tmp_path / "cache", images).fill(TinyVision(), shard_size=SHARD)
     with pytest.raises(StaleCacheError, match=r"dataset.images: 10 != 9") as subset:
         cache(tmp_path / "cache", images[:9]).open()
     assert "dataset.digest" in str(subset.value)
@@ -232,20 +230,20 @@ def test_changed_dataset_is_a_stale_cache_error(tmp_path: Path, synth: Path) -> 
 
 def test_changed_storage_on_refill_is_stale(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     with pytest.raises(StaleCacheError, match=r"storage.shard_size: 3 != 4"):
-        store.fill(TinyVisionEncoder(), shard_size=4)
+        store.fill(TinyVision(), shard_size=4)
     with pytest.raises(StaleCacheError, match=r"storage.dtype"):
-        store.fill(TinyVisionEncoder(), dtype="float32")
+        store.fill(TinyVision(), dtype="float32")
     # Without explicit storage options, a refill takes them from the manifest.
-    assert len(store.fill(TinyVisionEncoder()).reused) == 4
+    assert len(store.fill(TinyVision()).reused) == 4
 
 
 def test_missing_and_incomplete_caches_are_named(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
     with pytest.raises(IncompleteCacheError, match=r"no feature cache .*findlit cache"):
         store.open()
-    store.fill(TinyVisionEncoder(), shard_size=SHARD, rank=0, world_size=2)
+    store.fill(TinyVision(), shard_size=SHARD, rank=0, world_size=2)
     with pytest.raises(IncompleteCacheError, match=r"2 of 4 shards missing \(1, 3\)"):
         store.open()
 
@@ -256,7 +254,7 @@ def test_missing_and_incomplete_caches_are_named(tmp_path: Path, synth: Path) ->
 
 def test_corrupted_shard_is_named(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     path = tmp_path / "cache" / "shard-00001.bin"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -270,7 +268,7 @@ def test_corrupted_shard_is_named(tmp_path: Path, synth: Path) -> None:
     with pytest.raises(CorruptShardError, match=r"shard-00001.bin.*sha256"):
         store.open(verify=True)
     # A refill recomputes exactly that shard, and says why.
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     report = store.fill(encoder)
     assert [r.shard for r in report.computed] == [1]
     assert "shard-00001.bin" in (report.computed[0].note or "")
@@ -280,7 +278,7 @@ def test_corrupted_shard_is_named(tmp_path: Path, synth: Path) -> None:
 
 def test_truncated_shard_is_named(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     path = tmp_path / "cache" / "shard-00002.bin"
     with open(path, "r+b") as handle:
         handle.truncate(path.stat().st_size - 10)
@@ -291,7 +289,7 @@ def test_truncated_shard_is_named(tmp_path: Path, synth: Path) -> None:
 
 def test_unreadable_sidecar_is_named(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     sidecar = tmp_path / "cache" / "shard-00000.json"
     sidecar.write_text(sidecar.read_text()[:50])
     with pytest.raises(CorruptShardError, match=r"shard-00000.json.*unreadable sidecar"):
@@ -307,17 +305,17 @@ def test_interrupted_fill_resumes_without_recomputing_finished_shards(tmp_path: 
     store = cache(tmp_path / "cache", images)
     # batch_size 3 == shard size and one frame size: one encoder call per shard; fail in shard 2.
     with pytest.raises(EncoderInterruptedError):
-        store.fill(TinyVisionEncoder(fail_on_call=3), shard_size=SHARD, batch_size=3)
+        store.fill(TinyVision(fail_on_call=3), shard_size=SHARD, batch_size=3)
     assert store.missing_shards() == [2, 3]
     assert not list((tmp_path / "cache").glob("*.tmp.*")), "an exception cleans its temporary file"
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     report = store.fill(encoder, batch_size=3)
     assert [r.shard for r in report.reused] == [0, 1]
     assert [r.shard for r in report.computed] == [2, 3]
     assert encoder.images == 4 and encoder.calls == 2
     assert report.complete
     reference = cache(tmp_path / "reference", images)
-    reference.fill(TinyVisionEncoder(), shard_size=SHARD, batch_size=3)
+    reference.fill(TinyVision(), shard_size=SHARD, batch_size=3)
     assert shard_bytes(tmp_path / "cache") == shard_bytes(tmp_path / "reference")
 
 
@@ -331,9 +329,9 @@ def test_interruption_between_shards_via_progress_hook(tmp_path: Path, synth: Pa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        store.fill(TinyVisionEncoder(), shard_size=SHARD, progress=stop_after_two)
+        store.fill(TinyVision(), shard_size=SHARD, progress=stop_after_two)
     assert store.missing_shards() == [2, 3]
-    encoder = TinyVisionEncoder()
+    encoder = TinyVision()
     report = store.fill(encoder, progress=seen.append)
     assert len(report.reused) == 2 and len(report.computed) == 2 and encoder.images == 4
     assert [r.status for r in seen[2:]] == ["reused", "reused", "computed", "computed"]
@@ -343,9 +341,9 @@ KILLED_WRITER = """
 import sys
 from pathlib import Path
 from tests.encoders.test_feature_cache import cache, synth_images
-from tests.encoders.tiny_vision import TinyVisionEncoder
+from tests.encoders.tiny import TinyVision
 root, folder = Path(sys.argv[1]), Path(sys.argv[2])
-cache(folder, synth_images(root)).fill(TinyVisionEncoder(kill_on_call=3), shard_size=3, batch_size=1)
+cache(folder, synth_images(root)).fill(TinyVision(kill_on_call=3), shard_size=3, batch_size=1)
 """
 
 
@@ -366,7 +364,7 @@ def test_killed_writer_leaves_no_shard_that_passes(tmp_path: Path, synth: Path) 
     assert store.missing_shards() == [0, 1, 2, 3]
     with pytest.raises(IncompleteCacheError):
         store.open()
-    report = store.fill(TinyVisionEncoder())
+    report = store.fill(TinyVision())
     assert report.complete and len(report.computed) == 4
     assert not list(folder.glob("*.tmp.*")), "the dead writer's temporary file is removed"
 
@@ -374,7 +372,7 @@ def test_killed_writer_leaves_no_shard_that_passes(tmp_path: Path, synth: Path) 
 def test_leftover_temporaries_are_ignored(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)
     store = cache(tmp_path / "cache", images)
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     folder = tmp_path / "cache"
     # A half-written copy of a real shard from another host, and a dead writer's on this host.
     foreign = folder / "shard-00001.bin.tmp.other-host.example.12345"
@@ -384,7 +382,7 @@ def test_leftover_temporaries_are_ignored(tmp_path: Path, synth: Path) -> None:
     dead.write_bytes(b"partial")
     with pytest.raises(IncompleteCacheError, match=r"1 of 4 shards missing \(2\)"):
         store.open()
-    report = store.fill(TinyVisionEncoder())
+    report = store.fill(TinyVision())
     assert [r.shard for r in report.computed] == [2] and len(report.reused) == 3
     assert foreign.exists(), "another host's temporary file is left alone"
     assert not dead.exists()
@@ -399,14 +397,14 @@ def _dead_pid() -> int:
 
 def test_deleted_manifest_is_recreated_and_shards_reused(tmp_path: Path, synth: Path) -> None:
     store = cache(tmp_path / "cache", synth_images(synth))
-    store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    store.fill(TinyVision(), shard_size=SHARD)
     (tmp_path / "cache" / "manifest.json").unlink()
-    assert len(store.fill(TinyVisionEncoder(), shard_size=SHARD).reused) == 4
+    assert len(store.fill(TinyVision(), shard_size=SHARD).reused) == 4
 
 
 def test_shards_of_another_configuration_are_recomputed_not_reused(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)
-    cache(tmp_path / "cache", images, image_size=48).fill(TinyVisionEncoder(), shard_size=SHARD)
+    cache(tmp_path / "cache", images, image_size=48).fill(TinyVision(), shard_size=SHARD)
     (tmp_path / "cache" / "manifest.json").unlink()  # a user "resets" the folder by hand
     store = cache(tmp_path / "cache", images, image_size=40)
     with pytest.raises(IncompleteCacheError, match="no manifest"):
@@ -416,11 +414,11 @@ def test_shards_of_another_configuration_are_recomputed_not_reused(tmp_path: Pat
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        store.fill(TinyVisionEncoder(), shard_size=SHARD, progress=stop)
+        store.fill(TinyVision(), shard_size=SHARD, progress=stop)
     # Shard 0 is recomputed; shard 1 still holds the old configuration's features and is refused.
     with pytest.raises(StaleCacheError, match=r"shard-00001\.json belongs to another configuration"):
         store.open()
-    report = store.fill(TinyVisionEncoder(), shard_size=SHARD)
+    report = store.fill(TinyVision(), shard_size=SHARD)
     assert [r.shard for r in report.reused] == [0]
     assert len(report.computed) == 3 and all("manifest key" in (r.note or "") for r in report.computed)
     assert max(store.open().read(0).image_size) == 40
@@ -436,9 +434,9 @@ def test_bad_image_policy(tmp_path: Path, synth: Path) -> None:
     images = synth_images(root)
     images[1].path.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=images[1].path.name):
-        cache(tmp_path / "strict", images).fill(TinyVisionEncoder())
+        cache(tmp_path / "strict", images).fill(TinyVision())
     store = cache(tmp_path / "lenient", images)
-    report = store.fill(TinyVisionEncoder(), on_bad_image="skip")
+    report = store.fill(TinyVision(), on_bad_image="skip")
     assert report.computed[0].bad_images == 1 and report.computed[0].images == 3
     reader = store.open()
     reader.read(2)
@@ -453,12 +451,12 @@ def test_bad_image_policy(tmp_path: Path, synth: Path) -> None:
 def test_two_ranks_fill_disjoint_shards_equal_to_one_rank(tmp_path: Path, synth: Path) -> None:
     images = synth_images(synth)
     shared = cache(tmp_path / "shared", images)
-    first = shared.fill(TinyVisionEncoder(), rank=0, world_size=2, shard_size=SHARD)
+    first = shared.fill(TinyVision(), rank=0, world_size=2, shard_size=SHARD)
     assert [r.shard for r in first.computed] == [0, 2] and not first.complete
-    second = shared.fill(TinyVisionEncoder(), rank=1, world_size=2, shard_size=SHARD)
+    second = shared.fill(TinyVision(), rank=1, world_size=2, shard_size=SHARD)
     assert [r.shard for r in second.computed] == [1, 3] and second.complete
     single = cache(tmp_path / "single", images)
-    single.fill(TinyVisionEncoder(), shard_size=SHARD)
+    single.fill(TinyVision(), shard_size=SHARD)
     assert shard_bytes(tmp_path / "shared") == shard_bytes(tmp_path / "single")
     assert (tmp_path / "shared" / "manifest.json").read_bytes() == (
         tmp_path / "single" / "manifest.json"
@@ -469,9 +467,9 @@ RANK_WRITER = """
 import sys
 from pathlib import Path
 from tests.encoders.test_feature_cache import cache, synth_images
-from tests.encoders.tiny_vision import TinyVisionEncoder
+from tests.encoders.tiny import TinyVision
 root, folder, rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-report = cache(folder, synth_images(root)).fill(TinyVisionEncoder(), rank=rank, world_size=2, shard_size=1)
+report = cache(folder, synth_images(root)).fill(TinyVision(), rank=rank, world_size=2, shard_size=1)
 print(len(report.computed))
 """
 
@@ -496,5 +494,5 @@ def test_two_concurrent_processes_fill_one_cache(tmp_path: Path, synth: Path) ->
     assert len(store.open(verify=True)) == 10
     assert not [p for p in os.listdir(folder) if ".tmp." in p]
     single = cache(tmp_path / "single", synth_images(synth))
-    single.fill(TinyVisionEncoder(), shard_size=1)
+    single.fill(TinyVision(), shard_size=1)
     assert shard_bytes(folder) == shard_bytes(tmp_path / "single")
