@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import string
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +32,6 @@ from findlit.encoders import build_encoder
 from findlit.encoders.hf_text import PACKAGE_MODEL, HFTextEncoder, resolve_model_source
 
 TEXTS = ["a photo of a cat", "a kitten sitting on a sofa", "a red sports car"]
-
-
-def _refuse_network(*args: object, **kwargs: object) -> None:
-    raise RuntimeError("a test tried to open a network connection")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network() -> Iterator[None]:
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", _refuse_network)
-        patch.setattr(socket, "create_connection", _refuse_network)
-        # in case huggingface_hub was imported (and read the environment) before this module
-        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
 
 
 @pytest.fixture(scope="module")

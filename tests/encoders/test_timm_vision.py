@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 # Before anything imports huggingface_hub: no hub, ever (timm only goes there for pretrained=True).
@@ -27,18 +25,6 @@ from findlit.encoders.timm_vision import (
 )
 
 EGYPTIAN_CAT = 285
-
-
-def _refuse_network(*args: object, **kwargs: object) -> None:
-    raise RuntimeError("a test tried to open a network connection")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", _refuse_network)
-        patch.setattr(socket, "create_connection", _refuse_network)
-        yield
 
 
 @pytest.fixture(scope="module")
