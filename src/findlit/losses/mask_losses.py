@@ -1,0 +1,328 @@
+"""Set-prediction losses of Mask2Former / FIND: CE with a no-object weight, BCE and Dice on sampled points.
+
+Mask losses are read on importance-sampled points of the matched masks and normalised by the
+number of target masks averaged over ranks, so every rank's loss has the same scale. Deep
+supervision sums the weighted terms of every decoder layer (each layer is matched on its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from findlit.losses.matcher import HungarianMatcher, Match
+from findlit.losses.points import DEFAULT_NUM_POINTS, PointSampling, point_sample, uncertain_points
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of every loss term; the defaults are FIND's (``configs/find/focalt_unicl_lang.yaml``).
+
+    Args:
+        ce: segmentation classification (cross-entropy) weight.
+        bce: segmentation mask BCE weight.
+        dice: segmentation mask Dice weight.
+        no_object: CE weight of the no-object class (relative to 1 for real classes).
+        grounding_ce: grounding cross-entropy over proposals.
+        grounding_bce: grounding mask BCE.
+        grounding_dice: grounding mask Dice.
+        retrieval: symmetric InfoNCE image-query vs caption-query.
+        interleave_retrieval: symmetric InfoNCE legend-query vs image-query.
+
+    """
+
+    ce: float = 2.0
+    bce: float = 5.0
+    dice: float = 5.0
+    no_object: float = 0.1
+    grounding_ce: float = 0.4
+    grounding_bce: float = 1.0
+    grounding_dice: float = 1.0
+    retrieval: float = 8.0
+    interleave_retrieval: float = 8.0
+
+    def segmentation(self) -> dict[str, float]:
+        """Per-term weights for ``deep_supervision`` of segmentation losses."""
+        return {"ce": self.ce, "bce": self.bce, "dice": self.dice}
+
+    def grounding(self) -> dict[str, float]:
+        """Per-term weights for ``deep_supervision`` of grounding losses."""
+        return {"ce": self.grounding_ce, "bce": self.grounding_bce, "dice": self.grounding_dice}
+
+
+def num_masks_across_ranks(num_local: int, device: torch.device) -> Tensor:
+    """The loss normaliser: target masks of this rank, averaged over ranks when distributed, at least 1."""
+    num = torch.tensor(float(num_local), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        num = num / dist.get_world_size()
+    return num.clamp(min=1.0)
+
+
+def _query_indices(matches: Sequence[Match]) -> tuple[Tensor, Tensor]:
+    """(batch_idx, query_idx) of every match, images in order."""
+    batch_idx = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(matches)])
+    query_idx = torch.cat([query for query, _ in matches])
+    return batch_idx, query_idx
+
+
+def _zero(like: Tensor) -> Tensor:
+    # keeps the graph: every parameter still gets a (zero) gradient, which DDP needs
+    return like.sum() * 0.0
+
+
+def classification_loss(
+    class_logits: Tensor,
+    matches: Sequence[Match],
+    target_labels: Sequence[Tensor],
+    num_classes: int,
+    no_object_weight: float = 0.1,
+) -> Tensor:
+    """Cross-entropy over K classes + no object; unmatched queries are no object.
+
+    Args:
+        class_logits: float[B, Q, K+1].
+        matches: per image (query_idx, target_idx) from the matcher.
+        target_labels: per image int64[N_i] in [0, K).
+        num_classes: K.
+        no_object_weight: class weight of the no-object class (the others weigh 1).
+
+    Returns:
+        scalar: the weighted mean over all B*Q queries.
+
+    """
+    if class_logits.shape[-1] != num_classes + 1:
+        raise ValueError(f"class_logits has {class_logits.shape[-1]} classes; expected {num_classes} + 1")
+    target = torch.full(class_logits.shape[:2], num_classes, dtype=torch.int64, device=class_logits.device)
+    batch_idx, query_idx = _query_indices(matches)
+    labels = [target_labels[b].to(class_logits.device)[tgt] for b, (_, tgt) in enumerate(matches)]
+    target[batch_idx, query_idx] = torch.cat(labels)
+    weight = torch.ones(num_classes + 1, device=class_logits.device)
+    weight[-1] = no_object_weight
+    return F.cross_entropy(class_logits.float().transpose(1, 2), target, weight)
+
+
+def grounding_classification_loss(
+    similarity: Tensor, matches: Sequence[Match], sentence_valid: Tensor
+) -> Tensor:
+    """FIND's grounding CE: each sentence classifies the proposals, its matched proposal is the target.
+
+    Args:
+        similarity: float[B, Q, S_max] proposal-sentence logits.
+        matches: per image (query_idx, sentence_idx) from ``match_by_similarity``.
+        sentence_valid: bool[B, S_max].
+
+    Returns:
+        scalar: mean over the matched sentences of the batch (0 with a graph if none).
+
+    """
+    rows, targets = [], []
+    for b, (query, sentence) in enumerate(matches):
+        per_sentence = similarity[b][:, sentence_valid[b].to(similarity.device)].T  # [S_i, Q]
+        rows.append(per_sentence[sentence])
+        targets.append(query)
+    logits = torch.cat(rows)
+    if logits.shape[0] == 0:
+        return _zero(similarity)
+    return F.cross_entropy(logits.float(), torch.cat(targets))
+
+
+def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-mask soft Dice loss float[M] of logits float[M, P] against targets float[M, P] (+1 smoothing)."""
+    prob = logits.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def mask_losses(
+    mask_logits: Tensor,
+    matches: Sequence[Match],
+    target_masks: Sequence[Tensor],
+    num_points: int = DEFAULT_NUM_POINTS,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
+    num_masks: Tensor | float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sigmoid BCE and Dice of the matched masks on importance-sampled points.
+
+    Args:
+        mask_logits: float[B, Q, H, W].
+        matches: per image (query_idx, target_idx).
+        target_masks: per image bool[N_i, H_t, W_t] in the padded frame of the predictions.
+        num_points: points per matched mask.
+        oversample_ratio: see ``uncertain_points``.
+        importance_sample_ratio: see ``uncertain_points``.
+        num_masks: the normaliser; default: ``num_masks_across_ranks`` of the target masks (an all_reduce
+            when distributed, so pass it when calling per layer).
+        generator: a generator on ``mask_logits.device`` for the points.
+
+    Returns:
+        (bce, dice): sums over matched masks of the per-mask mean BCE and the Dice, divided by num_masks.
+
+    """
+    if num_masks is None:
+        num_masks = num_masks_across_ranks(sum(int(m.shape[0]) for m in target_masks), mask_logits.device)
+    batch_idx, query_idx = _query_indices(matches)
+    if batch_idx.numel() == 0:
+        zero = _zero(mask_logits)
+        return zero, zero.clone()
+    pred = mask_logits[batch_idx.to(mask_logits.device), query_idx.to(mask_logits.device)][:, None].float()
+    coords = uncertain_points(pred.detach(), num_points, oversample_ratio, importance_sample_ratio, generator)
+    labels, start = [], 0
+    with torch.no_grad():
+        for b, (_, tgt) in enumerate(matches):
+            count = int(tgt.numel())
+            if count:
+                masks = target_masks[b][tgt.to(target_masks[b].device)].to(mask_logits.device, torch.float32)
+                labels.append(point_sample(masks[:, None], coords[start : start + count])[:, 0])
+            start += count
+    point_labels = torch.cat(labels)
+    point_logits = point_sample(pred, coords)[:, 0]  # [M, P]
+    bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1)
+    return bce.sum() / num_masks, dice_loss(point_logits, point_labels).sum() / num_masks
+
+
+def deep_supervision(
+    layer_terms: Sequence[Mapping[str, Tensor]], weights: Mapping[str, float]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of the loss terms of every decoder layer.
+
+    Args:
+        layer_terms: per layer (first to last) ``{term name: scalar}``.
+        weights: ``{term name: weight}``; every term must have one.
+
+    Returns:
+        (total, logs): the weighted sum over layers and terms, and the detached unweighted terms
+        keyed ``"{name}_{layer}"`` (the last layer also as ``name``).
+
+    """
+    if not layer_terms:
+        raise ValueError("deep_supervision needs at least one layer")
+    total: Tensor | None = None
+    logs: dict[str, Tensor] = {}
+    for layer, terms in enumerate(layer_terms):
+        for name, value in terms.items():
+            if name not in weights:
+                raise KeyError(f"no weight for loss term {name!r}; weights have {sorted(weights)}")
+            weighted = weights[name] * value
+            total = weighted if total is None else total + weighted
+            logs[f"{name}_{layer}"] = value.detach()
+    logs.update({name: value.detach() for name, value in layer_terms[-1].items()})
+    assert total is not None
+    return total, logs
+
+
+def segmentation_losses(
+    class_logits: Sequence[Tensor],
+    mask_logits: Sequence[Tensor],
+    targets: Sequence[Mapping[str, Tensor]],
+    matcher: HungarianMatcher,
+    num_classes: int,
+    weights: LossWeights = LossWeights(),
+    sampling: PointSampling = PointSampling(),  # noqa: B008 (a frozen dataclass)
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CE + BCE + Dice on every decoder layer, each layer matched on its own (Mask2Former).
+
+    Args:
+        class_logits: per layer float[B, Q, K+1].
+        mask_logits: per layer float[B, Q, H, W].
+        targets: per image ``{"labels": int64[N_i], "masks": bool[N_i, H_t, W_t]}``.
+        matcher: the Hungarian matcher.
+        num_classes: K.
+        weights: loss weights (``ce``, ``bce``, ``dice``, ``no_object`` are used).
+        sampling: points of the mask losses.
+        generator: for reproducible points.
+
+    Returns:
+        (total, logs) as ``deep_supervision``.
+
+    """
+    device = mask_logits[-1].device
+    num_masks = num_masks_across_ranks(sum(int(t["masks"].shape[0]) for t in targets), device)
+    labels = [t["labels"] for t in targets]
+    masks = [t["masks"] for t in targets]
+
+    def layer(cls: Tensor, msk: Tensor) -> dict[str, Tensor]:
+        matches = matcher(cls, msk, targets, generator=generator)
+        bce, dice = _mask_terms(msk, matches, masks, sampling, num_masks, generator)
+        return {
+            "ce": classification_loss(cls, matches, labels, num_classes, weights.no_object),
+            "bce": bce,
+            "dice": dice,
+        }
+
+    return deep_supervision(_per_layer(layer, class_logits, mask_logits), weights.segmentation())
+
+
+def grounding_losses(
+    similarity: Sequence[Tensor],
+    mask_logits: Sequence[Tensor],
+    sentence_valid: Tensor,
+    targets: Sequence[Mapping[str, Tensor]],
+    matcher: HungarianMatcher,
+    weights: LossWeights = LossWeights(),
+    sampling: PointSampling = PointSampling(),  # noqa: B008 (a frozen dataclass)
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Grounding CE (over proposals) + BCE + Dice on every layer, matched by ``match_by_similarity``.
+
+    Args:
+        similarity: per layer float[B, Q, S_max] proposal-sentence logits.
+        mask_logits: per layer float[B, Q, H, W].
+        sentence_valid: bool[B, S_max].
+        targets: per image ``{"masks": bool[S_i, H_t, W_t]}``.
+        matcher: supplies the matching cost weights and points.
+        weights: loss weights (the ``grounding_*`` ones are used).
+        sampling: points of the mask losses.
+        generator: for reproducible points.
+
+    Returns:
+        (total, logs) as ``deep_supervision``.
+
+    """
+    device = mask_logits[-1].device
+    num_masks = num_masks_across_ranks(sum(int(t["masks"].shape[0]) for t in targets), device)
+    masks = [t["masks"] for t in targets]
+
+    def layer(sim: Tensor, msk: Tensor) -> dict[str, Tensor]:
+        matches = matcher.match_by_similarity(sim, sentence_valid, msk, targets, generator=generator)
+        bce, dice = _mask_terms(msk, matches, masks, sampling, num_masks, generator)
+        return {"ce": grounding_classification_loss(sim, matches, sentence_valid), "bce": bce, "dice": dice}
+
+    return deep_supervision(_per_layer(layer, similarity, mask_logits), weights.grounding())
+
+
+def _mask_terms(
+    mask_logits: Tensor,
+    matches: Sequence[Match],
+    masks: Sequence[Tensor],
+    sampling: PointSampling,
+    num_masks: Tensor,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    return mask_losses(
+        mask_logits,
+        matches,
+        masks,
+        sampling.num_points,
+        sampling.oversample_ratio,
+        sampling.importance_sample_ratio,
+        num_masks,
+        generator,
+    )
+
+
+def _per_layer(
+    fn: Callable[[Tensor, Tensor], dict[str, Tensor]], first: Sequence[Tensor], second: Sequence[Tensor]
+) -> list[dict[str, Tensor]]:
+    if len(first) != len(second) or not first:
+        raise ValueError(f"per-layer predictions disagree: {len(first)} vs {len(second)} layers")
+    return [fn(a, b) for a, b in zip(first, second, strict=True)]
