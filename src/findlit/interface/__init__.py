@@ -1,5 +1,6 @@
-"""The FIND interface: attention prototypes compiled to masks (more modules to come)."""
+"""The FIND interface: attention prototypes compiled to masks, the decoder and its heads."""
 
+from findlit.interface.find import FINDInterface, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.interface.prototype import (
     FEATURES,
     KINDS,
@@ -14,6 +15,10 @@ __all__ = [
     "FEATURES",
     "KINDS",
     "CompiledPrototype",
+    "FINDInterface",
+    "InterfaceOutput",
+    "InterfacePrompts",
+    "PromptTokens",
     "Prototype",
     "TypeName",
     "TypeRule",

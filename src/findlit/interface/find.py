@@ -1,0 +1,395 @@
+"""The FIND interface: a trainable transformer decoder over frozen image features and prompt tokens.
+
+A pixel decoder turns the frozen ``res2..res5`` pyramid into mask features (stride 4) and three
+levels (strides 32, 16, 8). The embeddings of a batch (learnable proposals and queries, projected
+prompt tokens) are laid out as one sequence by the attention :class:`Prototype`, then L layers of
+
+    masked cross-attention (one level per layer, round robin; proposals read only inside the previous
+    layer's predicted masks, as Mask2Former; other readers of the features are unmasked) ->
+    prototyped self-attention (one fused SDPA call over the whole sequence) -> FFN
+
+update it. After a shared decoder ``LayerNorm``, proposals give mask logits and semantic embeddings,
+queries give semantic embeddings; this happens before the first layer and after every layer (deep
+supervision), so there are ``num_layers + 1`` predictions.
+
+Learnable embeddings (FIND's duplication): only *root* types (those without ``init_from`` in the
+prototype, e.g. ``proposals.vision.object`` and ``queries.vision.image``) own parameters. A type with
+``init_from`` (grounding / segment / entity proposals, every other query type) uses its source's
+parameters, expanded, so the copies share them and their gradients add up on the source. A root
+proposal type owns ``num_proposals`` feature and positional embeddings (a batch uses the first n);
+any other root type owns one, expanded to however many embeddings of that type a batch needs (the
+queries differ through the prompts they read, not through their initial value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from findlit.interface.heads import (
+    LogitScale,
+    MaskHead,
+    SemanticProjection,
+    attention_mask_from_logits,
+    class_logits,
+)
+from findlit.interface.layers import DecoderLayer
+from findlit.interface.pixel_decoder import PixelDecoder, PixelDecoderOutput
+from findlit.interface.prompts import LanguageProjection
+from findlit.interface.prototype import CompiledPrototype, Prototype, default_prototype, kind_of
+
+LayerOutput = dict[str, dict[str, Tensor]]
+"""One prediction: ``{output type: {"embeddings": float[B,n,E], "valid": bool[B,n]}}``; proposal
+types also carry ``"mask_logits": float[B,n,H/4,W/4]``."""
+
+
+@dataclass
+class PromptTokens:
+    """The prompts of one token type (e.g. ``tokens.language.class``) for a batch.
+
+    Args:
+        tokens: float[N,L,C], N prompts of at most L tokens: C = ``text_dim`` (raw text-encoder
+            output, projected by the interface's :class:`LanguageProjection`) or, with
+            ``projected=True``, C = ``hidden_dim`` (e.g. from a ``VisualPromptEncoder``).
+        mask: bool[N,L], True on real tokens; padding is dropped.
+        image: long[N], the image each prompt belongs to (captions, sentences); None = every
+            prompt is shared by every image of the batch (class names).
+        projected: whether ``tokens`` are already at the interface width.
+
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    image: Tensor | None = None
+    projected: bool = False
+
+    @property
+    def num_prompts(self) -> int:
+        """N."""
+        return int(self.mask.shape[0])
+
+
+@dataclass
+class InterfacePrompts:
+    """What to instantiate in a batch: any subset of the prototype's types.
+
+    Args:
+        learned: ``{proposal, query or memory type: count}`` of embeddings started from the learnable
+            parameters, an int (every image) or long[B] (per image, padded); e.g.
+            ``{"proposals.vision.object": 100, "queries.vision.image": 1}``. Proposal counts are at
+            most ``num_proposals``.
+        tokens: ``{token type: PromptTokens}``; inside an image, the token rows of a type are the real
+            tokens of its prompts, concatenated in prompt order.
+        per_prompt: ``{query type: token type}``: one query per prompt of that token type (per image,
+            or all shared prompts), which reads only its own prompt's tokens in cross-attention; e.g.
+            ``{"queries.language.class": "tokens.language.class"}``. Query j of an image is its
+            j-th prompt.
+
+    """
+
+    learned: dict[str, int | Tensor] = field(default_factory=dict)
+    tokens: dict[str, PromptTokens] = field(default_factory=dict)
+    per_prompt: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class InterfaceOutput:
+    """What the interface returns.
+
+    Args:
+        layers: ``num_layers + 1`` predictions (before the first layer, then after each layer; the
+            last is the final one), each a :data:`LayerOutput`.
+        logit_scale: float scalar, the learned temperature of cosine logits.
+        compiled: the batch's compiled prototype (layout and masks).
+
+    """
+
+    layers: list[LayerOutput]
+    logit_scale: Tensor
+    compiled: CompiledPrototype
+
+    @property
+    def last(self) -> LayerOutput:
+        """The final prediction."""
+        return self.layers[-1]
+
+    def class_logits(
+        self,
+        proposal_type: str,
+        class_embeddings: Tensor,
+        layer: int = -1,
+        no_object: Tensor | None = None,
+    ) -> Tensor:
+        """Open-vocabulary class logits of a proposal type at one layer.
+
+        Args:
+            proposal_type: e.g. ``"proposals.vision.object"``.
+            class_embeddings: float[K,E] or float[B,K,E], e.g. the same layer's
+                ``layers[layer]["queries.language.class"]["embeddings"]``.
+            layer: which prediction.
+            no_object: optional float[E] appended as class K.
+
+        Returns:
+            float[B,Q,K] (or K+1 with ``no_object``), see :func:`~findlit.interface.heads.class_logits`.
+
+        """
+        embeddings = self.layers[layer][proposal_type]["embeddings"]
+        return class_logits(embeddings, class_embeddings, self.logit_scale, no_object)
+
+
+def _parameter_key(type_name: str) -> str:
+    return type_name.replace(".", "__")
+
+
+def _rank_within(owner: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """For items owned by images: each item's rank among its image's items (in order), and counts.
+
+    Args:
+        owner: long[R], the image of each item.
+        batch: B.
+
+    Returns:
+        ``(rank long[R], counts long[B])``.
+
+    """
+    counts = torch.bincount(owner, minlength=batch)
+    starts = counts.cumsum(0) - counts
+    order = torch.argsort(owner, stable=True)
+    rank = torch.empty_like(owner)
+    rank[order] = torch.arange(owner.numel(), device=owner.device) - starts[owner[order]]
+    return rank, counts
+
+
+class FINDInterface(nn.Module):
+    """FIND's interface: pixel decoder, prototyped decoder layers, heads.
+
+    Args:
+        in_channels: channels of the frozen pyramid, ``{"res2": C2, ..., "res5": C5}``.
+        text_dim: width of the frozen text encoder's token embeddings.
+        hidden_dim: interface width D (also the mask-feature channels).
+        num_layers: decoder layers L.
+        num_heads: attention heads.
+        ffn_dim: hidden width of the decoder FFNs.
+        num_proposals: learnable embeddings of each root proposal type (100 object proposals).
+        embed_dim: width E of the joint semantic space.
+        prototype: the attention prototype; None = FIND's default (:func:`default_prototype`).
+
+    """
+
+    def __init__(
+        self,
+        in_channels: dict[str, int],
+        text_dim: int,
+        hidden_dim: int = 256,
+        num_layers: int = 9,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        num_proposals: int = 100,
+        embed_dim: int = 512,
+        prototype: Prototype | None = None,
+    ):
+        super().__init__()
+        self.prototype = default_prototype() if prototype is None else prototype
+        for name, rule in self.prototype.types.items():
+            if rule.cross_masked and kind_of(name) != "proposals":
+                raise ValueError(
+                    f"{name}: cross_masked needs predicted masks, which only proposal types have"
+                )
+        self.hidden_dim = hidden_dim
+        self.num_proposals = num_proposals
+        self.pixel_decoder = PixelDecoder(in_channels, hidden_dim, hidden_dim, heads=num_heads)
+        self.language_projection = LanguageProjection(text_dim, hidden_dim)
+        roots = {
+            _parameter_key(name): num_proposals if kind_of(name) == "proposals" else 1
+            for name, rule in self.prototype.types.items()
+            if rule.init_from is None and kind_of(name) != "tokens"
+        }
+        # feature and positional embeddings of root types, N(0, 1) as Mask2Former's nn.Embedding
+        self.embeddings = nn.ParameterDict(
+            {key: nn.Parameter(torch.randn(n, hidden_dim)) for key, n in roots.items()}
+        )
+        self.positions = nn.ParameterDict(
+            {key: nn.Parameter(torch.randn(n, hidden_dim)) for key, n in roots.items()}
+        )
+        self.layers = nn.ModuleList(DecoderLayer(hidden_dim, num_heads, ffn_dim) for _ in range(num_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.mask_head = MaskHead(hidden_dim, hidden_dim)
+        self.semantic = SemanticProjection(hidden_dim, embed_dim)
+        self.logit_scale = LogitScale()
+
+    def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
+        """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
+        root = self.prototype.types[name].init_from or name
+        key = _parameter_key(root)
+        if key not in self.embeddings:
+            raise ValueError(f"{name!r} is not a learnable type (proposals, queries or memories)")
+        content: Tensor = self.embeddings[key]
+        position: Tensor = self.positions[key]
+        if content.shape[0] == 1:
+            return content.expand(count, -1), position.expand(count, -1)
+        if count > content.shape[0]:
+            raise ValueError(f"{name!r}: {count} embeddings requested, only {content.shape[0]} learned")
+        return content[:count], position[:count]
+
+    def _tokens(self, prompt: PromptTokens, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Pack a token type's real tokens per image.
+
+        Returns:
+            ``(tokens float[B,M,D], counts long[B], groups long[B,M])``, groups = the token's prompt
+            rank within its image (its prompt index when shared).
+
+        """
+        mask = prompt.mask.bool()
+        num_prompts, length = mask.shape
+        prompt_index = torch.arange(num_prompts, device=mask.device)[:, None].expand(num_prompts, length)[
+            mask
+        ]
+        values = prompt.tokens[mask]
+        if not prompt.projected:
+            values = self.language_projection.project(values)
+        if prompt.image is None:
+            counts = torch.full((batch,), values.shape[0], dtype=torch.long, device=mask.device)
+            return (
+                values.unsqueeze(0).expand(batch, -1, -1),
+                counts,
+                prompt_index.unsqueeze(0).expand(batch, -1),
+            )
+        image = prompt.image.to(device=mask.device, dtype=torch.long)
+        prompt_rank, _ = _rank_within(image, batch)
+        owner = image[prompt_index]
+        rank, counts = _rank_within(owner, batch)
+        width = int(counts.max()) if batch else 0
+        packed = values.new_zeros(batch, width, values.shape[-1])
+        packed = packed.index_put((owner, rank), values)
+        groups = torch.zeros(batch, width, dtype=torch.long, device=mask.device)
+        groups = groups.index_put((owner, rank), prompt_rank[prompt_index])
+        return packed, counts, groups
+
+    def _assemble(
+        self, prompts: InterfacePrompts, batch: int, device: torch.device
+    ) -> tuple[CompiledPrototype, Tensor, Tensor]:
+        """Compile the batch's layout; the sequence float[B,S,D] and its positions float[B,S,D]."""
+        sizes: dict[str, int | Tensor] = {}
+        groups: dict[str, Tensor] = {}
+        tokens: dict[str, Tensor] = {}
+        for name, prompt in prompts.tokens.items():
+            if kind_of(name) != "tokens":
+                raise ValueError(f"prompts.tokens names {name!r}, which is not a token type")
+            tokens[name], sizes[name], groups[name] = self._tokens(prompt, batch)
+        for name, size in prompts.learned.items():
+            if kind_of(name) == "tokens":
+                raise ValueError(f"prompts.learned names the token type {name!r}; pass it in prompts.tokens")
+            sizes[name] = size
+        for name, token_type in prompts.per_prompt.items():
+            if name in sizes:
+                raise ValueError(f"{name!r} is both in prompts.learned and prompts.per_prompt")
+            if token_type not in prompts.tokens:
+                raise ValueError(
+                    f"prompts.per_prompt[{name!r}] reads {token_type!r}, absent from prompts.tokens"
+                )
+            prompt = prompts.tokens[token_type]
+            if prompt.image is None:
+                count: int | Tensor = prompt.num_prompts
+                width = prompt.num_prompts
+            else:
+                count = torch.bincount(prompt.image.to(device=device, dtype=torch.long), minlength=batch)
+                width = int(count.max()) if batch else 0
+            sizes[name] = count
+            groups[name] = torch.arange(width, device=device).unsqueeze(0).expand(batch, -1)
+        compiled = self.prototype.compile(sizes, batch, device, groups)
+
+        contents, positions = [], []
+        for name in compiled.order:
+            width = compiled.slices[name].stop - compiled.slices[name].start
+            if kind_of(name) == "tokens":
+                block = tokens[name]
+                contents.append(block)
+                positions.append(torch.zeros_like(block))
+            else:
+                content, position = self._learned(name, width)
+                contents.append(content.unsqueeze(0).expand(batch, -1, -1))
+                positions.append(position.unsqueeze(0).expand(batch, -1, -1))
+        dtype = contents[0].dtype
+        for block in contents:
+            dtype = torch.promote_types(dtype, block.dtype)
+        sequence = torch.cat([block.to(dtype) for block in contents], dim=1)
+        return compiled, sequence, torch.cat([block.to(dtype) for block in positions], dim=1)
+
+    def _predict(
+        self,
+        x: Tensor,
+        compiled: CompiledPrototype,
+        num_proposal_rows: int,
+        mask_features: Tensor,
+        target_size: tuple[int, int] | None,
+    ) -> tuple[LayerOutput, Tensor | None]:
+        """Heads on the normalised sequence; the next layer's feature mask bool[B,P,h*w] of proposal rows."""
+        y = self.decoder_norm(x)
+        embeddings = self.semantic(y)
+        logits = self.mask_head(y[:, :num_proposal_rows], mask_features)[1] if num_proposal_rows else None
+        output: LayerOutput = {}
+        for name in compiled.outputs:
+            span = compiled.slices[name]
+            entry = {"embeddings": embeddings[:, span], "valid": compiled.valid[:, span]}
+            if logits is not None and kind_of(name) == "proposals":
+                entry["mask_logits"] = logits[:, span]
+            output[name] = entry
+        attend = None
+        if logits is not None and target_size is not None:
+            attend = attention_mask_from_logits(logits, target_size)
+        return output, attend
+
+    @staticmethod
+    def _feature_mask(compiled: CompiledPrototype, previous: Tensor | None, num_keys: int) -> Tensor:
+        """bool[B,S,h*w]: who reads which feature position (masked proposal rows: inside ``previous``)."""
+        batch, length = compiled.batch_size, compiled.length
+        reads = compiled.reads_features[None, :, None].expand(batch, length, num_keys)
+        if previous is None:
+            return reads
+        rows = previous.shape[1]
+        # Mask2Former: a proposal whose previous mask is empty reads every position
+        previous = previous | ~previous.any(dim=-1, keepdim=True)
+        masked = compiled.features_masked[None, :rows, None]
+        proposals = reads[:, :rows] & (~masked | previous)
+        return torch.cat([proposals, reads[:, rows:]], dim=1)
+
+    def forward(self, features: Mapping[str, Tensor], prompts: InterfacePrompts) -> InterfaceOutput:
+        """Run the interface.
+
+        Args:
+            features: the frozen pyramid ``{"res2": float[B,C2,H/4,W/4], ..., "res5":
+                float[B,C5,H/32,W/32]}``.
+            prompts: the types to instantiate and the prompt tokens (:class:`InterfacePrompts`).
+
+        Returns:
+            :class:`InterfaceOutput` with ``num_layers + 1`` predictions.
+
+        """
+        pixel: PixelDecoderOutput = self.pixel_decoder(features)
+        mask_features = pixel.mask_features
+        batch = int(mask_features.shape[0])
+        compiled, x, pos = self._assemble(prompts, batch, mask_features.device)
+        num_proposal_rows = sum(
+            compiled.slices[name].stop - compiled.slices[name].start
+            for name in compiled.order
+            if kind_of(name) == "proposals"
+        )
+        cross_rows = (compiled.reads_features | compiled.reads_tokens)[None] & compiled.valid
+        sizes = pixel.sizes
+
+        prediction, previous = self._predict(x, compiled, num_proposal_rows, mask_features, sizes[0])
+        predictions = [prediction]
+        for i, layer in enumerate(self.layers):
+            keys, key_pos = pixel.memory(i % len(sizes))
+            memory = torch.cat([keys, compiled.tokens(x).to(keys.dtype)], dim=1)
+            memory_pos = torch.cat([key_pos, compiled.tokens(pos).to(key_pos.dtype)], dim=1)
+            feature_mask = self._feature_mask(compiled, previous, keys.shape[1])
+            cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
+            x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
+            target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None
+            prediction, previous = self._predict(x, compiled, num_proposal_rows, mask_features, target)
+            predictions.append(prediction)
+        return InterfaceOutput(layers=predictions, logit_scale=self.logit_scale(), compiled=compiled)
