@@ -174,7 +174,8 @@ def test_gradients_reach_interface_parameters_only() -> None:
     interface = _interface()
     features = _features(2)
     out = interface(features, _mixed(2))
-    loss = out.logit_scale
+    # class logits with the learned no-object class, as segmentation uses them
+    loss = out.class_logits(OBJECT, out.last[CLASS_Q]["embeddings"], no_object=interface.no_object()).mean()
     for layer in out.layers:
         for entry in layer.values():
             loss = loss + entry["embeddings"].pow(2).mean()

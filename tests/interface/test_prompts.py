@@ -43,7 +43,13 @@ def test_language_projection() -> None:
     assert out.tokens.shape == (2, 3, DIM) and out.sentence.shape == (2, DIM)
     assert torch.equal(out.mask, mask)
     assert (out.tokens[~mask] == 0).all()
-    (out.tokens.sum() + out.sentence.sum() * 2).backward()
+    # a weighted sum: the plain sum of a LayerNorm's output has (almost) zero gradient upstream
+    g = torch.Generator().manual_seed(0)
+    weights_tokens, weights_sentence = (
+        torch.randn(out.tokens.shape, generator=g),
+        torch.randn(2, DIM, generator=g),
+    )
+    ((out.tokens * weights_tokens).sum() + (out.sentence * weights_sentence).sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projection.parameters())
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from findlit.interface.heads import (
     LogitScale,
     MaskHead,
+    NoObjectEmbedding,
     SemanticProjection,
     attention_mask_from_logits,
     class_logits,
@@ -219,6 +220,9 @@ class FINDInterface(nn.Module):
         self.mask_head = MaskHead(hidden_dim, hidden_dim)
         self.semantic = SemanticProjection(hidden_dim, embed_dim)
         self.logit_scale = LogitScale()
+        # The "no object" class of open-vocabulary classification: a learned class embedding
+        # (pass ``no_object=self.no_object()`` to ``InterfaceOutput.class_logits``).
+        self.no_object = NoObjectEmbedding(embed_dim)
 
     def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
         """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
