@@ -1,0 +1,1 @@
+"""Tasks: prompts, targets, matching, losses and post-processing per task."""
