@@ -1,0 +1,295 @@
+"""Generic segmentation (panoptic, instance, semantic) as a FIND task.
+
+Prompts: the class names of the batch's dataset are shared ``tokens.language.class`` prompts with
+one ``queries.language.class`` each; ``proposals.vision.object`` proposals and one
+``queries.vision.image`` query are learned. A proposal's class logits are its scaled cosines with
+the same layer's class-query embeddings plus the interface's no-object class (index K).
+
+Losses: Mask2Former's CE + BCE + Dice on every layer (:func:`~findlit.losses.segmentation_losses`).
+Targets are in the padded frame and the mask logits at stride 4 of it; the matcher and the losses
+sample points in normalised coordinates of that frame, so the two align.
+
+Predictions: Mask2Former's inference on the last layer. The stride-4 logits are upsampled
+bilinearly to the padded frame, then cropped to each image's ``image_sizes`` (where the padding
+mask says the image is). The post-processing of one image is in the module-level functions
+:func:`semantic_inference`, :func:`panoptic_inference` and :func:`instance_inference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from findlit.data.collate import Batch
+from findlit.interface.find import InterfaceOutput, InterfacePrompts, PromptTokens
+from findlit.losses import HungarianMatcher, LossWeights, PointSampling, segmentation_losses
+from findlit.tasks.base import Task, TaskContext, Vocabulary
+
+OBJECT = "proposals.vision.object"
+IMAGE = "queries.vision.image"
+CLASS_QUERY = "queries.language.class"
+CLASS_TOKENS = "tokens.language.class"
+OUTPUTS: tuple[str, ...] = ("panoptic", "instance", "semantic")
+
+
+def semantic_inference(class_probs: Tensor, mask_logits: Tensor) -> Tensor:
+    """Mask2Former's semantic inference of one image.
+
+    Args:
+        class_probs: float[Q,K+1] softmax class probabilities (last: no object).
+        mask_logits: float[Q,h,w].
+
+    Returns:
+        int64[h,w], per pixel the argmax over the K classes of ``sum_q p[q,k] * sigmoid(mask[q])``.
+
+    """
+    scores = torch.einsum("qk,qhw->khw", class_probs[:, :-1].float(), mask_logits.float().sigmoid())
+    return scores.argmax(dim=0).to(torch.int64)
+
+
+def panoptic_inference(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    is_thing: Sequence[bool] | Tensor,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Mask2Former's panoptic inference of one image.
+
+    Queries whose top class is not no-object and whose top probability exceeds
+    ``object_mask_threshold`` are kept; each pixel goes to the kept query of highest
+    ``score * sigmoid(mask)`` if that query's mask probability there is >= 0.5 (else void). A query
+    whose kept area is less than ``overlap_threshold`` of its own mask area (prob >= 0.5) is dropped;
+    the stuff queries of one class are merged into one segment.
+
+    Args:
+        class_probs: float[Q,K+1] softmax class probabilities (last: no object).
+        mask_logits: float[Q,h,w].
+        is_thing: K flags, whether each class is a thing.
+        object_mask_threshold: minimum top class probability of a kept query.
+        overlap_threshold: minimum kept area / mask area of a segment.
+
+    Returns:
+        (segment ids int64[h,w] with 0 = void and segments numbered from 1, segments in id order as
+        ``{"id", "category" (class index), "isthing", "score"}``; a merged stuff segment has the
+        highest score of its queries).
+
+    """
+    num_classes = int(class_probs.shape[-1]) - 1
+    height, width = int(mask_logits.shape[-2]), int(mask_logits.shape[-1])
+    things = torch.as_tensor(is_thing, dtype=torch.bool).tolist()
+    if len(things) != num_classes:
+        raise ValueError(f"is_thing has {len(things)} flags for {num_classes} classes")
+    scores, labels = class_probs.float().max(dim=-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    segment_ids = torch.zeros(height, width, dtype=torch.int64, device=mask_logits.device)
+    if not bool(keep.any()):
+        return segment_ids, []
+    scores, labels = scores[keep], labels[keep]
+    probs = mask_logits[keep].float().sigmoid()  # [n,h,w]
+    owner = (scores[:, None, None] * probs).argmax(dim=0)  # [h,w], index into the kept queries
+    count = int(scores.shape[0])
+    foreground = probs.gather(0, owner[None])[0] >= 0.5
+    # per kept query: pixels it wins, its own mask area, and what it keeps (wins and prob >= 0.5)
+    won_area = torch.bincount(owner.flatten(), minlength=count).tolist()
+    mask_area = (probs >= 0.5).flatten(1).sum(dim=1).tolist()
+    kept_area = torch.bincount(owner[foreground], minlength=count).tolist()
+    segment_of = [0] * count
+    segments: list[dict[str, Any]] = []
+    stuff: dict[int, dict[str, Any]] = {}
+    for k, (label, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
+        if won_area[k] == 0 or mask_area[k] == 0 or kept_area[k] == 0:
+            continue
+        if won_area[k] / mask_area[k] < overlap_threshold:
+            continue
+        if not things[label] and label in stuff:
+            segment = stuff[label]
+            segment["score"] = max(segment["score"], score)
+        else:
+            segment = {"id": len(segments) + 1, "category": label, "isthing": things[label], "score": score}
+            segments.append(segment)
+            if not things[label]:
+                stuff[label] = segment
+        segment_of[k] = segment["id"]
+    lookup = torch.tensor(segment_of, dtype=torch.int64, device=mask_logits.device)
+    segment_ids = torch.where(foreground, lookup[owner], segment_ids)
+    return segment_ids, segments
+
+
+def instance_inference(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    is_thing: Sequence[bool] | Tensor,
+    max_detections: int = 100,
+) -> dict[str, Tensor]:
+    """Mask2Former's instance inference of one image.
+
+    The ``max_detections`` (query, class) pairs of highest class probability over the thing classes
+    are kept; each gets the query's binary mask (logit > 0) and the score class probability times
+    the mask score (mean sigmoid inside the binary mask).
+
+    Args:
+        class_probs: float[Q,K+1] softmax class probabilities (last: no object).
+        mask_logits: float[Q,h,w].
+        is_thing: K flags, whether each class is a thing.
+        max_detections: at most this many detections.
+
+    Returns:
+        ``{"masks": bool[n,h,w], "labels": int64[n], "scores": float[n]}``, by decreasing score.
+
+    """
+    num_classes = int(class_probs.shape[-1]) - 1
+    things = torch.as_tensor(is_thing, dtype=torch.bool, device=class_probs.device)
+    if int(things.numel()) != num_classes:
+        raise ValueError(f"is_thing has {int(things.numel())} flags for {num_classes} classes")
+    thing_classes = things.nonzero().flatten()
+    num_things = int(thing_classes.numel())
+    probs = class_probs[:, :-1].float()[:, thing_classes]  # [Q,T]
+    top, index = probs.flatten().topk(min(max_detections, int(probs.numel())))
+    queries = torch.div(index, max(num_things, 1), rounding_mode="floor")
+    labels = thing_classes[index % max(num_things, 1)] if num_things else index
+    logits = mask_logits[queries].float()
+    masks = logits > 0
+    mask_scores = (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
+    scores = top * mask_scores
+    order = scores.argsort(descending=True)
+    return {
+        "masks": masks[order],
+        "labels": labels[order].to(torch.int64),
+        "scores": scores[order],
+    }
+
+
+class SegmentationTask(Task):
+    """Panoptic, instance and semantic segmentation over the dataset's class names.
+
+    Args:
+        num_proposals: object proposals per image (at most the interface's ``num_proposals``).
+        weights: loss weights (``ce``, ``bce``, ``dice``, ``no_object``); ``ce``, ``bce`` and
+            ``dice`` are also the matcher's costs, as in FIND.
+        num_points: points per mask of the matcher and the mask losses.
+        oversample_ratio: candidates drawn per point of the mask losses.
+        importance_sample_ratio: fraction of the loss points taken from the most uncertain ones.
+        overlap_threshold: panoptic: minimum kept area / mask area of a segment.
+        object_mask_threshold: panoptic: minimum top class probability of a kept query.
+        max_detections: instance: detections per image.
+        outputs: which predictions ``predict`` returns, among ``panoptic``, ``instance``,
+            ``semantic``.
+
+    """
+
+    name: ClassVar[str] = "segmentation"
+
+    def __init__(
+        self,
+        num_proposals: int = 100,
+        weights: LossWeights = LossWeights(),  # noqa: B008 (a frozen dataclass)
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        overlap_threshold: float = 0.8,
+        object_mask_threshold: float = 0.8,
+        max_detections: int = 100,
+        outputs: tuple[str, ...] = OUTPUTS,
+    ):
+        super().__init__()
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown segmentation outputs {sorted(unknown)}; choose from {list(OUTPUTS)}")
+        if num_proposals < 1 or max_detections < 1:
+            raise ValueError("num_proposals and max_detections must be >= 1")
+        self.num_proposals = num_proposals
+        self.weights = weights
+        self.matcher = HungarianMatcher(
+            cost_class=weights.ce, cost_mask=weights.bce, cost_dice=weights.dice, num_points=num_points
+        )
+        self.sampling = PointSampling(num_points, oversample_ratio, importance_sample_ratio)
+        self.overlap_threshold = overlap_threshold
+        self.object_mask_threshold = object_mask_threshold
+        self.max_detections = max_detections
+        self.outputs = tuple(outputs)
+
+    @staticmethod
+    def vocabulary(batch: Batch, context: TaskContext) -> Vocabulary:
+        """The vocabulary of the batch's dataset."""
+        dataset = batch["dataset"]
+        if dataset not in context.vocabularies:
+            raise KeyError(f"no vocabulary for dataset {dataset!r}; known: {sorted(context.vocabularies)}")
+        return context.vocabularies[dataset]
+
+    def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
+        """Shared class-name prompts, one class query each, object proposals and the image query."""
+        names = context.encode_text(self.vocabulary(batch, context).class_names)
+        device = batch["padding_mask"].device
+        return InterfacePrompts(
+            learned={OBJECT: self.num_proposals, IMAGE: 1},
+            tokens={CLASS_TOKENS: PromptTokens(names.tokens.to(device), names.mask.to(device))},
+            per_prompt={CLASS_QUERY: CLASS_TOKENS},
+        )
+
+    @staticmethod
+    def class_logits(output: InterfaceOutput, context: TaskContext, layer: int = -1) -> Tensor:
+        """float[B,Q,K+1]: a layer's object proposals against its class queries and no object."""
+        return output.class_logits(
+            OBJECT,
+            output.layers[layer][CLASS_QUERY]["embeddings"],
+            layer=layer,
+            no_object=context.interface.no_object(),
+        )
+
+    def losses(
+        self, output: InterfaceOutput, batch: Batch, context: TaskContext
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mask2Former's CE + BCE + Dice on every layer, each matched on its own."""
+        num_classes = len(self.vocabulary(batch, context).class_names)
+        classes = [self.class_logits(output, context, i) for i in range(len(output.layers))]
+        masks = [layer[OBJECT]["mask_logits"] for layer in output.layers]
+        targets = [{"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"]]
+        return segmentation_losses(
+            classes, masks, targets, self.matcher, num_classes, self.weights, self.sampling
+        )
+
+    @torch.no_grad()
+    def predict(self, output: InterfaceOutput, batch: Batch, context: TaskContext) -> list[dict[str, Any]]:
+        """Per image the requested outputs at its ``image_sizes``.
+
+        ``"semantic"``: int64[h,w]; ``"panoptic"``: (int64[h,w] segment ids, segments); ``"instance"``:
+        ``{"masks", "labels", "scores"}`` (see the module-level inference functions).
+        """
+        is_thing = self.vocabulary(batch, context).thing_classes
+        probs = self.class_logits(output, context).float().softmax(dim=-1)  # [B,Q,K+1]
+        mask_logits = output.last[OBJECT]["mask_logits"]
+        padding = batch["padding_mask"]
+        frame = (int(padding.shape[-2]), int(padding.shape[-1]))
+        results: list[dict[str, Any]] = []
+        for b, (h, w) in enumerate(batch["image_sizes"]):
+            top, left = _image_origin(padding[b])
+            logits = F.interpolate(
+                mask_logits[b : b + 1].float(), size=frame, mode="bilinear", align_corners=False
+            )
+            logits = logits[0, :, top : top + h, left : left + w]
+            result: dict[str, Any] = {}
+            if "panoptic" in self.outputs:
+                result["panoptic"] = panoptic_inference(
+                    probs[b], logits, is_thing, self.object_mask_threshold, self.overlap_threshold
+                )
+            if "instance" in self.outputs:
+                result["instance"] = instance_inference(probs[b], logits, is_thing, self.max_detections)
+            if "semantic" in self.outputs:
+                result["semantic"] = semantic_inference(probs[b], logits)
+            results.append(result)
+        return results
+
+
+def _image_origin(padding_mask: Tensor) -> tuple[int, int]:
+    """(top, left) of the image in its padded frame: the first unpadded row and column (0, 0 if none)."""
+    valid = ~padding_mask
+    rows = valid.any(dim=1).nonzero()
+    cols = valid.any(dim=0).nonzero()
+    if rows.numel() == 0 or cols.numel() == 0:
+        return 0, 0
+    return int(rows[0]), int(cols[0])
