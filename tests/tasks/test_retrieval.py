@@ -1,0 +1,75 @@
+"""RetrievalTask on the tiny interface of test_grounding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from findlit.data.collate import Batch
+from findlit.tasks.retrieval import RetrievalTask
+from tests.tasks.test_grounding import FULL, SMALL, TEXT_DIM, context, features, make_batch, tiny_interface
+
+
+def retrieval_batch(counts: Sequence[int], sizes: Sequence[tuple[int, int]] | None = None) -> Batch:
+    sizes = list(sizes or [FULL] * len(counts))
+    targets = [{"captions": [f"caption {k} of picture {i}" for k in range(c)]} for i, c in enumerate(counts)]
+    return make_batch("retrieval", sizes, targets)
+
+
+def test_prompts_shapes() -> None:
+    interface = tiny_interface()
+    task = RetrievalTask()
+    batch = retrieval_batch([2, 3])
+    prompts = task.prompts(batch, context(interface))
+    tokens = prompts.tokens["tokens.language.caption"]
+    assert tokens.image is not None and tokens.image.tolist() == [0, 0, 1, 1, 1]
+    assert tokens.tokens.shape[-1] == TEXT_DIM
+    assert prompts.learned == {"queries.vision.image": 1}
+    assert prompts.per_prompt == {"queries.language.caption": "tokens.language.caption"}
+    output = interface(features(batch), prompts)
+    assert output.last["queries.language.caption"]["embeddings"].shape == (2, 3, 16)
+    assert output.last["queries.vision.image"]["embeddings"].shape == (2, 1, 16)
+
+
+def test_missing_caption_is_an_error() -> None:
+    interface = tiny_interface()
+    with pytest.raises(ValueError, match="at least one caption"):
+        RetrievalTask().prompts(retrieval_batch([1, 0]), context(interface))
+
+
+@pytest.mark.parametrize("counts", [[1], [1, 1, 1], [2, 1, 3]])
+def test_losses_finite_and_backpropagate(counts: list[int]) -> None:
+    interface = tiny_interface()
+    task = RetrievalTask()
+    batch = retrieval_batch(counts)
+    ctx = context(interface)
+    output = interface(features(batch), task.prompts(batch, ctx))
+    total, logs = task.losses(output, batch, ctx)
+    assert torch.isfinite(total)
+    assert torch.allclose(total.detach(), 8 * logs["retrieval"])
+    total.backward()
+    assert next(interface.logit_scale.parameters()).grad is not None
+    assert interface.language_projection.linear.weight.grad is not None
+    if len(counts) > 1:  # one pair is its own only candidate: InfoNCE is exactly 0
+        assert float(interface.language_projection.linear.weight.grad.abs().sum()) > 0
+    else:
+        assert float(total.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert interface.embeddings["queries__vision__image"].grad is not None
+
+
+def test_predict_normalised_embeddings() -> None:
+    interface = tiny_interface()
+    task = RetrievalTask()
+    batch = retrieval_batch([2, 3], sizes=[FULL, SMALL])
+    ctx = context(interface)
+    with torch.no_grad():
+        predictions = task.predict(interface(features(batch), task.prompts(batch, ctx)), batch, ctx)
+    assert [p["caption_embeddings"].shape for p in predictions] == [(2, 16), (3, 16)]
+    for prediction in predictions:
+        assert prediction["image_embedding"].shape == (16,)
+        assert torch.allclose(prediction["image_embedding"].norm(), torch.tensor(1.0), atol=1e-5)
+        assert torch.allclose(
+            prediction["caption_embeddings"].norm(dim=-1), torch.ones(len(prediction["caption_embeddings"]))
+        )
