@@ -1,0 +1,454 @@
+"""FINDModule: the LightningModule that trains a FIND interface over frozen encoders.
+
+The constructor's signature is the ``model`` section of a config. It builds the frozen vision and
+text encoders (their weights stay outside the module tree: checkpoints hold their specs, see
+:mod:`findlit.encoders.checkpoint`), a :class:`~findlit.encoders.PromptCache` over the text encoder,
+the :class:`~findlit.interface.find.FINDInterface` and one :class:`~findlit.tasks.base.Task` per
+task name. Each batch is routed to its task by ``batch["task"]``.
+
+Optimisation follows FIND (X-Decoder's detectron2 solver): AdamW, lr 1e-4, weight decay 0.05 except
+on norms, biases and embeddings (see :func:`parameter_groups`), a linear warmup then two steps down
+by ``lr_gamma`` at ``lr_milestones`` of training (see :func:`lr_factor`), stepped per batch.
+Gradient clipping is the Trainer's business: set ``trainer.gradient_clip_val`` (and
+``gradient_clip_algorithm: norm``). FIND clips the full model's gradient norm; its configs set
+``CLIP_VALUE: 5.0`` (to be checked against FIND's ``focalt_unicl_lang.yaml``; Mask2Former uses
+0.01 with the same clip type).
+
+Evaluation metrics per (stage, dataset), logged as ``<stage>/<dataset>/<metric>``:
+
+- segmentation: semantic mIoU (from the ``semantic`` predictions, against a target painted from the
+  masks and labels with ``ignore_mask`` pixels ignored). PQ and mask AP are not wired yet.
+- grounding: cIoU, mIoU and P@0.5/0.7/0.9 of each sentence's predicted mask against its target mask.
+- retrieval: IR@k / TR@k of the image query against every caption query over the whole dataset.
+- interleave: the grounding metrics of each phrase against its referred segment. The interleave
+  retrieval recall (legend query vs image query) is not wired: ``InterleaveTask.predict`` does not
+  return the legend embeddings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict
+from functools import partial
+from typing import Any, cast
+
+import lightning as L  # noqa: N812
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from findlit.data.collate import Batch
+from findlit.encoders.base import TextEncoder, VisionEncoder
+from findlit.encoders.checkpoint import check_encoder_specs, record_encoder_specs
+from findlit.encoders.prompt_cache import PromptCache
+from findlit.encoders.registry import EncoderConfig
+from findlit.interface.find import FINDInterface
+from findlit.interface.heads import LogitScale, NoObjectEmbedding
+from findlit.losses import LossWeights
+from findlit.metrics import (
+    GroundingMetrics,
+    RetrievalRecall,
+    SegmentationMetrics,
+    clone_for_stage,
+    grounding_metrics,
+    retrieval_metrics,
+    segmentation_metrics,
+)
+from findlit.tasks.base import Task, TaskContext, Vocabulary
+from findlit.tasks.grounding import GroundingTask
+from findlit.tasks.interleave import InterleaveTask, phrases_of
+from findlit.tasks.retrieval import RetrievalTask
+from findlit.tasks.segmentation import SegmentationTask
+
+TASKS: dict[str, type[Task]] = {
+    "segmentation": SegmentationTask,
+    "grounding": GroundingTask,
+    "retrieval": RetrievalTask,
+    "interleave": InterleaveTask,
+}
+"""Task name (``batch["task"]``) -> task class."""
+
+IGNORE_INDEX = 255
+"""Semantic target value of unlabelled and ignored pixels."""
+
+NO_DECAY_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.Embedding,
+    LogitScale,
+    NoObjectEmbedding,
+)
+"""Modules whose own parameters get no weight decay (norms, embeddings, the logit scale, no object)."""
+
+NO_DECAY_NAMES: frozenset[str] = frozenset(
+    {"bias", "embeddings", "positions", "level_embed", "logit_scale", "no_object", "pos_embed"}
+)
+"""A parameter gets no weight decay when one of the dotted parts of its name is one of these."""
+
+VOCABULARY_KEY = "findlit_vocabularies"
+"""Checkpoint key of the vocabularies (dataset name -> Vocabulary fields), for inference after loading."""
+
+STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+def lr_factor(
+    step: int,
+    total_steps: float,
+    warmup_steps: int = 10,
+    milestones: tuple[float, float] = (0.89, 0.96),
+    gamma: float = 0.1,
+) -> float:
+    """Learning-rate multiplier of optimiser step ``step`` (0-based).
+
+    Linear warmup ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then 1; times
+    ``gamma`` from step ``int(milestones[0] * total_steps)`` on and ``gamma ** 2`` from
+    ``int(milestones[1] * total_steps)`` on. With an infinite ``total_steps`` there is no step down.
+    """
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if math.isfinite(total_steps):
+        for milestone in milestones:
+            if step >= int(milestone * total_steps):
+                factor *= gamma
+    return factor
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split the trainable parameters into a decayed group and a group without weight decay.
+
+    No decay (FIND's ``WEIGHT_DECAY_NORM: 0`` and ``WEIGHT_DECAY_EMBED: 0``, plus biases): parameters
+    owned by a module of :data:`NO_DECAY_TYPES` (type rule), and parameters whose dotted name has a
+    part in :data:`NO_DECAY_NAMES` (name rule: biases, the interface's learned ``embeddings`` and
+    ``positions``, level embeddings, the logit scale and the no-object embedding). Every other
+    trainable parameter (linear and convolution weights) decays. Frozen parameters are left out.
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay, "names": [...]},
+        {"params": not decayed, "weight_decay": 0.0, "names": [...]}]``.
+
+    """
+    decay: dict[str, nn.Parameter] = {}
+    no_decay: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module_name, child in module.named_modules():
+        for name, parameter in child.named_parameters(recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(child, NO_DECAY_TYPES) or NO_DECAY_NAMES & set(full.split(".")):
+                no_decay[full] = parameter
+            else:
+                decay[full] = parameter
+    return [
+        {"params": list(decay.values()), "weight_decay": weight_decay, "names": list(decay)},
+        {"params": list(no_decay.values()), "weight_decay": 0.0, "names": list(no_decay)},
+    ]
+
+
+def _encoder_config(value: EncoderConfig | dict[str, Any]) -> EncoderConfig:
+    """An EncoderConfig from itself or from its plain-dict form (as stored in hyperparameters)."""
+    if isinstance(value, EncoderConfig):
+        return value
+    return EncoderConfig(str(value["name"]), dict(value.get("options") or {}))
+
+
+def _task_options(task: type[Task], options: dict[str, Any], num_proposals: int) -> dict[str, Any]:
+    """A task's kwargs: ``weights`` as LossWeights; ``num_proposals`` defaults to the interface's."""
+    options = dict(options)
+    if isinstance(options.get("weights"), dict):
+        options["weights"] = LossWeights(**options["weights"])
+    if "num_proposals" in inspect.signature(task.__init__).parameters:
+        options.setdefault("num_proposals", num_proposals)
+    return options
+
+
+def _image_origin(padding_mask: Tensor) -> tuple[int, int]:
+    """(top, left) of the image in its padded frame: first unpadded row and column (0, 0 if none)."""
+    valid = ~padding_mask
+    rows = valid.any(dim=1).nonzero()
+    cols = valid.any(dim=0).nonzero()
+    if rows.numel() == 0 or cols.numel() == 0:
+        return 0, 0
+    return int(rows[0]), int(cols[0])
+
+
+def semantic_target(target: dict[str, Any], padding_mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """int64[h,w] semantic target of one image from its padded ``masks``, ``labels`` and ``ignore_mask``.
+
+    Cropped to the image (``size`` from its padding mask's origin); pixels of no mask or in
+    ``ignore_mask`` are :data:`IGNORE_INDEX`.
+    """
+    top, left = _image_origin(padding_mask)
+    h, w = size
+    masks = target["masks"][:, top : top + h, left : left + w]
+    out = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64, device=masks.device)
+    for mask, label in zip(masks, target["labels"].tolist(), strict=True):
+        out[mask] = int(label)
+    if "ignore_mask" in target:
+        out[target["ignore_mask"][top : top + h, left : left + w].to(out.device)] = IGNORE_INDEX
+    return out
+
+
+class FINDModule(L.LightningModule):
+    """FIND interfaces over frozen encoders, trained on several tasks.
+
+    Args:
+        vision_encoder: the frozen image encoder (registry name and options).
+        text_encoder: the frozen text encoder (registry name and options).
+        interface: keyword arguments of :class:`~findlit.interface.find.FINDInterface` besides
+            ``in_channels`` and ``text_dim`` (``hidden_dim``, ``num_layers``, ``num_heads``,
+            ``ffn_dim``, ``num_proposals``, ``embed_dim``).
+        tasks: the tasks to build, among ``segmentation``, ``grounding``, ``retrieval``,
+            ``interleave`` (default: all four).
+        task_options: task name -> keyword arguments of its task class (``weights`` as a dict of
+            LossWeights fields); ``num_proposals`` defaults to the interface's.
+        lr: AdamW base learning rate (FIND: 1e-4).
+        weight_decay: AdamW weight decay of the decayed group (FIND: 0.05).
+        warmup_steps: optimiser steps of linear warmup (FIND: 10).
+        lr_milestones: fractions of the total optimiser steps where the learning rate is multiplied
+            by ``lr_gamma`` (FIND: 0.889 and 0.963).
+        lr_gamma: factor of each step down (FIND: 0.1).
+        prompt_cache_size: most prompt strings whose text embeddings are kept in memory.
+
+    """
+
+    def __init__(
+        self,
+        vision_encoder: EncoderConfig = EncoderConfig("timm"),  # noqa: B008 (a config value)
+        text_encoder: EncoderConfig = EncoderConfig("hf_text"),  # noqa: B008 (a config value)
+        interface: dict[str, Any] | None = None,
+        tasks: list[str] | None = None,
+        task_options: dict[str, dict[str, Any]] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 10,
+        lr_milestones: tuple[float, float] = (0.89, 0.96),
+        lr_gamma: float = 0.1,
+        prompt_cache_size: int = 100_000,
+    ):
+        super().__init__()
+        vision_config = _encoder_config(vision_encoder)
+        text_config = _encoder_config(text_encoder)
+        tasks = list(TASKS) if tasks is None else list(tasks)
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"model.tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
+        extra = sorted(set(task_options or {}) - set(tasks))
+        if extra:
+            raise ValueError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
+        # hyperparameters are plain data (checkpoints load with weights_only=True)
+        self.save_hyperparameters(ignore=["vision_encoder", "text_encoder", "tasks"])
+        self.hparams["vision_encoder"] = asdict(vision_config)
+        self.hparams["text_encoder"] = asdict(text_config)
+        self.hparams["tasks"] = tasks
+        self.hparams["lr_milestones"] = tuple(float(m) for m in lr_milestones)
+
+        vision = vision_config.build("model.vision_encoder")
+        text = text_config.build("model.text_encoder")
+        if not isinstance(vision, VisionEncoder):
+            raise TypeError(f"model.vision_encoder: {vision_config.name!r} is not a vision encoder")
+        if not isinstance(text, TextEncoder):
+            raise TypeError(f"model.text_encoder: {text_config.name!r} is not a text encoder")
+        self.vision_encoder = vision
+        self.text_encoder = text
+        self.prompt_cache = PromptCache(text, max_entries=prompt_cache_size)
+        self.interface = FINDInterface(
+            in_channels=dict(vision.channels), text_dim=text.dim, **(interface or {})
+        )
+        self.tasks = nn.ModuleDict(
+            {
+                name: TASKS[name](
+                    **_task_options(
+                        TASKS[name], (task_options or {}).get(name, {}), self.interface.num_proposals
+                    )
+                )
+                for name in tasks
+            }
+        )
+        self.vocabularies: dict[str, Vocabulary] = {}
+        self.context = TaskContext(self.interface, self.prompt_cache, self.vocabularies)
+        # "<stage>/<dataset>" -> metrics; ModuleDict keys may not hold dots, hence the index
+        self.metrics = nn.ModuleDict()
+        self._metric_keys: dict[tuple[str, str], str] = {}
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Read the datamodule's vocabularies, check its cached features, build the metrics."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "stage_datasets"):
+            return
+        splits = STAGES.get(stage, ())
+        for split in splits:
+            for dataset in datamodule.stage_datasets(split):
+                self.vocabularies[dataset.name] = Vocabulary(
+                    list(getattr(dataset, "class_names", [])),
+                    list(getattr(dataset, "thing_classes", [])),
+                    list(getattr(dataset, "category_ids", [])),
+                )
+        datamodule.check_feature_encoder(self.vision_encoder.spec)
+        for split in splits:
+            if split == "train":
+                continue
+            for dataset in datamodule.stage_datasets(split):
+                self._build_metrics(split, dataset.name, dataset.task)
+
+    def _build_metrics(self, split: str, dataset: str, task: str) -> None:
+        """Metrics of one evaluation dataset, kept under ``self.metrics`` (moved with the module)."""
+        if (split, dataset) in self._metric_keys or task not in self.tasks:
+            return
+        metrics: nn.Module
+        if task == "segmentation":
+            vocabulary = self.vocabularies[dataset]
+            ids = vocabulary.category_ids or list(range(len(vocabulary.class_names)))
+            things = [c for c, thing in zip(ids, vocabulary.thing_classes, strict=True) if thing]
+            stuffs = [c for c, thing in zip(ids, vocabulary.thing_classes, strict=True) if not thing]
+            base = segmentation_metrics(
+                things, stuffs, len(vocabulary.class_names), include=("mIoU",), ignore_index=IGNORE_INDEX
+            )
+            metrics = clone_for_stage(base, split, dataset)
+        elif task == "retrieval":
+            metrics = clone_for_stage(retrieval_metrics(), split, dataset)
+        else:  # grounding, interleave (its retrieval recall is not wired)
+            metrics = clone_for_stage(grounding_metrics(), split, dataset)
+        key = str(len(self._metric_keys))
+        self._metric_keys[(split, dataset)] = key
+        self.metrics[key] = metrics
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def features(self, batch: Batch) -> dict[str, Tensor]:
+        """The frozen pyramid of a batch: its cached ``features`` as float, else the vision encoder's."""
+        if "features" in batch:
+            return {level: value.float() for level, value in batch["features"].items()}
+        return cast(dict[str, Tensor], self.vision_encoder(batch["images"].float() / 255))
+
+    def task(self, batch: Batch) -> Task:
+        """The task of ``batch["task"]``."""
+        name = batch["task"]
+        if name not in self.tasks:
+            raise KeyError(f"batch of task {name!r} but the model has tasks {list(self.tasks)}")
+        return cast(Task, self.tasks[name])
+
+    def forward(self, batch: Batch) -> Any:
+        """Run the interface on a batch: its task's prompts over the batch's features."""
+        prompts = self.task(batch).prompts(batch, self.context)
+        return self.interface(self.features(batch), prompts)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Loss of the batch's task; logs ``train/<task>/<term>`` and ``train/loss``."""
+        task = self.task(batch)
+        output = self(batch)
+        total, terms = task.losses(output, batch, self.context)
+        size = len(batch["image_ids"])
+        for term, value in terms.items():
+            self.log(f"train/{batch['task']}/{term}", value, batch_size=size)
+        self.log("train/loss", total.detach(), batch_size=size, prog_bar=True)
+        return total
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Log ``val/<dataset>/loss`` and update the dataset's metrics."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Log ``test/<dataset>/loss`` and update the dataset's metrics."""
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Batch, split: str) -> None:
+        task = self.task(batch)
+        output = self(batch)
+        total, _ = task.losses(output, batch, self.context)
+        dataset = batch["dataset"]
+        size = len(batch["image_ids"])
+        self.log(f"{split}/{dataset}/loss", total, batch_size=size, add_dataloader_idx=False)
+        key = self._metric_keys.get((split, dataset))
+        if key is None:
+            return
+        predictions = task.predict(output, batch, self.context)
+        self._update_metrics(self.metrics[key], batch, predictions)
+
+    def _update_metrics(self, metrics: nn.Module, batch: Batch, predictions: list[dict[str, Any]]) -> None:
+        """Feed one batch's predictions and targets to its dataset's metrics."""
+        name = batch["task"]
+        targets = batch["targets"]
+        if name == "segmentation":
+            segmentation = cast(SegmentationMetrics, metrics)
+            for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
+                semantic = prediction["semantic"]
+                truth = semantic_target(target, batch["padding_mask"][b], tuple(semantic.shape[-2:]))
+                segmentation.update(semantic_pred=semantic[None], semantic_target=truth[None])
+        elif name == "retrieval":
+            recall = cast(RetrievalRecall, metrics["retrieval"])  # type: ignore[index]
+            images = torch.stack([p["image_embedding"] for p in predictions])
+            captions = [p["caption_embeddings"] for p in predictions]
+            ids = torch.tensor(batch["image_ids"], device=images.device)
+            counts = torch.tensor([len(c) for c in captions], device=images.device)
+            recall.update(images, ids, torch.cat(captions), ids.repeat_interleave(counts))
+        else:
+            grounding = cast(GroundingMetrics, metrics["grounding"])  # type: ignore[index]
+            for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
+                if name == "grounding":
+                    index = target["sentence_targets"]
+                else:
+                    index = torch.as_tensor(phrases_of(target)[1], dtype=torch.int64)
+                masks = prediction["masks"]
+                if masks.shape[0] == 0:
+                    continue
+                top, left = _image_origin(batch["padding_mask"][b])
+                h, w = masks.shape[-2:]
+                truth = target["masks"][index.to(target["masks"].device)][:, top : top + h, left : left + w]
+                grounding.update(masks, truth.to(masks.device))
+
+    def on_validation_epoch_end(self) -> None:
+        """Compute, log and reset the validation metrics."""
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Compute, log and reset the test metrics."""
+        self._log_metrics("test")
+
+    def _log_metrics(self, split: str) -> None:
+        for (stage, _), key in self._metric_keys.items():
+            if stage != split:
+                continue
+            metrics = self.metrics[key]
+            values = cast(dict[str, Tensor], metrics.compute())  # type: ignore[operator]
+            self.log_dict({k: v.float() for k, v in values.items()}, add_dataloader_idx=False)
+            metrics.reset()  # type: ignore[operator]
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the encoder specs and the vocabularies (plain data)."""
+        record_encoder_specs(checkpoint, self)
+        checkpoint[VOCABULARY_KEY] = {name: asdict(v) for name, v in self.vocabularies.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of other encoders; restore the vocabularies."""
+        check_encoder_specs(checkpoint, self)
+        for name, fields in checkpoint.get(VOCABULARY_KEY, {}).items():
+            self.vocabularies.setdefault(name, Vocabulary(**fields))
+
+    # -- optimisation ----------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        """AdamW over :func:`parameter_groups` and a per-step LambdaLR of :func:`lr_factor`."""
+        groups = [
+            {"params": group["params"], "weight_decay": group["weight_decay"]}
+            for group in parameter_groups(self, self.hparams["weight_decay"])
+            if group["params"]
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams["lr"])
+        total = float(self.trainer.estimated_stepping_batches)
+        schedule = partial(
+            lr_factor,
+            total_steps=total,
+            warmup_steps=self.hparams["warmup_steps"],
+            milestones=tuple(self.hparams["lr_milestones"]),
+            gamma=self.hparams["lr_gamma"],
+        )
+        scheduler = LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

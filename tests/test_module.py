@@ -1,0 +1,325 @@
+"""FINDModule: construction, optimiser groups, LR schedule, and a tiny fit / validate / reload round trip."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L  # noqa: N812
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from findlit.cli import build_datamodule
+from findlit.data.synthetic import generate
+from findlit.encoders import EncoderConfig
+from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
+from findlit.module import FINDModule, lr_factor, parameter_groups, semantic_target
+
+VISION = EncoderConfig("timm", {"model": "test_resnet", "weights": None})
+INTERFACE = {
+    "hidden_dim": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "ffn_dim": 64,
+    "num_proposals": 8,
+    "embed_dim": 16,
+}
+TASK_OPTIONS = {
+    "segmentation": {"num_points": 64},
+    "grounding": {"num_points": 64},
+    "interleave": {"num_points": 64},
+}
+
+
+def tiny_module(**kwargs: Any) -> FINDModule:
+    torch.manual_seed(0)
+    options: dict[str, Any] = {
+        "vision_encoder": VISION,
+        "text_encoder": EncoderConfig("hf_text"),
+        "interface": INTERFACE,
+        "task_options": TASK_OPTIONS,
+    }
+    return FINDModule(**(options | kwargs))
+
+
+def data_section(root: Path) -> dict[str, Any]:
+    small = {"image_size": 64}
+    fixed = {"image_size": 64, "lsj": False}
+    return {
+        "root": str(root),
+        "num_workers": 0,
+        "seed": 0,
+        "steps_per_epoch": 4,
+        "train": [
+            {
+                "name": "demo_panoptic",
+                "task": "segmentation",
+                "format": "coco_panoptic",
+                "batch_size": 2,
+                "paths": {
+                    "panoptic_json": "annotations/panoptic_train.json",
+                    "panoptic_root": "panoptic_train",
+                    "image_root": "train",
+                },
+                "transforms": small,
+            },
+            {
+                "name": "demo_captions",
+                "task": "retrieval",
+                "format": "coco_captions",
+                "batch_size": 2,
+                "paths": {"captions_json": "annotations/captions_train.json", "image_root": "train"},
+                "transforms": fixed,
+            },
+            {
+                "name": "demo_refs",
+                "task": "grounding",
+                "format": "refcoco",
+                "batch_size": 2,
+                "paths": {
+                    "refs": "annotations/refs(synth).p",
+                    "instances_json": "annotations/instances_train.json",
+                    "image_root": "train",
+                    "split": "train",
+                },
+                "transforms": fixed,
+            },
+            {
+                "name": "demo_entities",
+                "task": "interleave",
+                "format": "find_entity",
+                "batch_size": 2,
+                "paths": {
+                    "entity_json": "annotations/entity_train.json",
+                    "panoptic_json": "annotations/panoptic_train.json",
+                    "panoptic_root": "panoptic_train",
+                    "image_root": "train",
+                },
+                "transforms": fixed,
+            },
+        ],
+        "val": [
+            {
+                "name": "demo_panoptic",
+                "task": "segmentation",
+                "format": "coco_panoptic",
+                "batch_size": 2,
+                "paths": {
+                    "panoptic_json": "annotations/panoptic_val.json",
+                    "panoptic_root": "panoptic_val",
+                    "image_root": "val",
+                },
+                "transforms": small,
+            },
+            {
+                "name": "demo_captions",
+                "task": "retrieval",
+                "format": "karpathy",
+                "batch_size": 2,
+                "paths": {
+                    "karpathy_json": "annotations/dataset_coco.json",
+                    "image_root": ".",
+                    "split": "val",
+                },
+                "transforms": small,
+            },
+            {
+                "name": "demo_refs",
+                "task": "grounding",
+                "format": "refcoco",
+                "batch_size": 2,
+                "paths": {
+                    "refs": "annotations/refs_val.json",
+                    "instances_json": "annotations/instances_val.json",
+                    "image_root": "val",
+                    "split": "val",
+                },
+                "transforms": small,
+            },
+            {
+                "name": "demo_entities",
+                "task": "interleave",
+                "format": "find_entity",
+                "batch_size": 2,
+                "paths": {
+                    "entity_json": "annotations/entity_val.json",
+                    "panoptic_json": "annotations/panoptic_val.json",
+                    "panoptic_root": "panoptic_val",
+                    "image_root": "val",
+                },
+                "transforms": small,
+            },
+        ],
+    }
+
+
+def read_metrics(logger: CSVLogger) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    with open(Path(logger.log_dir) / "metrics.csv") as file:
+        for row in csv.DictReader(file):
+            for key, value in row.items():
+                if value not in ("", None):
+                    values.setdefault(key, []).append(float(value))
+    return values
+
+
+def test_lr_factor_warmup_and_steps() -> None:
+    factor = lambda step: lr_factor(step, 100, warmup_steps=10, milestones=(0.89, 0.96), gamma=0.1)  # noqa: E731
+    assert factor(0) == pytest.approx(0.1)
+    assert factor(4) == pytest.approx(0.5)
+    assert factor(9) == pytest.approx(1.0)
+    assert factor(50) == pytest.approx(1.0)
+    assert factor(88) == pytest.approx(1.0)
+    assert factor(89) == pytest.approx(0.1)
+    assert factor(95) == pytest.approx(0.1)
+    assert factor(96) == pytest.approx(0.01)
+    assert factor(99) == pytest.approx(0.01)
+    assert lr_factor(10**9, math.inf, warmup_steps=0) == 1.0
+    assert lr_factor(0, 10, warmup_steps=0) == 1.0
+
+
+def test_parameter_groups_by_type_and_name() -> None:
+    model = torch.nn.ModuleDict(
+        {
+            "linear": torch.nn.Linear(4, 4),
+            "norm": torch.nn.LayerNorm(4),
+            "embed": torch.nn.Embedding(3, 4),
+            "frozen": torch.nn.Linear(2, 2).requires_grad_(False),
+        }
+    )
+    model.register_parameter("positions", torch.nn.Parameter(torch.zeros(2, 4)))
+    decay, no_decay = parameter_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["names"] == ["linear.weight"]
+    assert sorted(no_decay["names"]) == [
+        "embed.weight",
+        "linear.bias",
+        "norm.bias",
+        "norm.weight",
+        "positions",
+    ]
+
+
+def test_semantic_target_paints_labels_and_ignores() -> None:
+    masks = torch.zeros(2, 4, 6, dtype=torch.bool)
+    masks[0, :2, :3] = True
+    masks[1, 2:, :3] = True
+    ignore = torch.ones(4, 6, dtype=torch.bool)
+    ignore[:, :4] = False
+    ignore[0, 0] = True
+    padding = torch.ones(4, 6, dtype=torch.bool)
+    padding[:, :4] = False
+    target = semantic_target(
+        {"masks": masks, "labels": torch.tensor([3, 1]), "ignore_mask": ignore}, padding, (4, 4)
+    )
+    expected = torch.tensor([[255, 3, 3, 255], [3, 3, 3, 255], [1, 1, 1, 255], [1, 1, 1, 255]])
+    assert torch.equal(target, expected)
+
+
+def test_construction_groups_and_hparams() -> None:
+    module = tiny_module()
+    assert list(module.tasks) == ["segmentation", "grounding", "retrieval", "interleave"]
+    assert module.hparams["vision_encoder"] == {
+        "name": "timm",
+        "options": {"model": "test_resnet", "weights": None},
+    }
+    # frozen encoders are not in the parameters nor in the state dict
+    names = {name for name, _ in module.named_parameters()}
+    assert all(name.startswith(("interface.", "tasks.")) for name in names)
+    assert not any(key.startswith(("vision_encoder", "text_encoder")) for key in module.state_dict())
+    decay, no_decay = parameter_groups(module, 0.05)
+    assert set(decay["names"]) | set(no_decay["names"]) == names
+    assert not set(decay["names"]) & set(no_decay["names"])
+    for name in no_decay["names"]:
+        assert name.endswith(("bias", "norm.weight")) or any(
+            part in name
+            for part in ("embeddings", "positions", "level_embed", "logit_scale", "no_object", ".1.")
+        ), name
+    assert "interface.no_object.embedding" in no_decay["names"]
+    assert "interface.decoder_norm.weight" in no_decay["names"]
+    assert "interface.pixel_decoder.level_embed.weight" in no_decay["names"]
+    assert any(name.startswith("interface.embeddings.") for name in no_decay["names"])
+    assert all(not name.endswith("bias") for name in decay["names"])
+    with pytest.raises(ValueError, match="unknown task"):
+        tiny_module(tasks=["segmentation", "depth"])
+
+
+def test_fit_validate_checkpoint_round_trip(tmp_path: Path) -> None:
+    generate(tmp_path / "data", train=8, val=4, size=64, seed=0)
+    datamodule = build_datamodule(data_section(tmp_path / "data"))
+    module = tiny_module(warmup_steps=2)
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    encoder_before = [p.detach().clone() for p in module.vision_encoder.frozen_parameters()]
+    logger = CSVLogger(tmp_path / "logs")
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=logger,
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+        gradient_clip_val=5.0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+    # LR schedule stepped per batch: warmup of 2 steps, both milestones at int(0.89 * 4) = int(0.96 * 4) = 3
+    optimizer = trainer.optimizers[0]
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.01)
+    assert [lr_factor(step, 4, 2) for step in range(4)] == pytest.approx([0.5, 1.0, 1.0, 0.01])
+
+    logged = read_metrics(logger)
+    assert "train/loss" in logged
+    train_terms = [key for key in logged if key.startswith("train/") and key != "train/loss"]
+    assert train_terms and all(len(key.split("/")) == 3 for key in train_terms)
+    assert {key.split("/")[1] for key in train_terms} <= {
+        "segmentation",
+        "grounding",
+        "retrieval",
+        "interleave",
+    }
+    for dataset in ("demo_panoptic", "demo_captions", "demo_refs", "demo_entities"):
+        assert f"val/{dataset}/loss" in logged, sorted(logged)
+    assert "val/demo_panoptic/mIoU" in logged
+    assert "val/demo_refs/cIoU" in logged and "val/demo_entities/mIoU" in logged
+    assert "val/demo_captions/IR@1" in logged
+
+    changed = [name for name, p in module.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert changed
+    for old, new in zip(encoder_before, module.vision_encoder.frozen_parameters(), strict=True):
+        assert torch.equal(old, new)
+
+    # the checkpoint holds specs and vocabularies, no encoder tensors, and loads back
+    path = next((tmp_path / "logs").rglob("*.ckpt"))
+    checkpoint = torch.load(path, weights_only=True)
+    assert set(checkpoint[CHECKPOINT_KEY]) == {"vision_encoder", "text_encoder"}
+    assert not any(key.startswith(("vision_encoder", "text_encoder")) for key in checkpoint["state_dict"])
+    assert "demo_panoptic" in checkpoint["findlit_vocabularies"]
+    loaded = FINDModule.load_from_checkpoint(path, weights_only=True)
+    assert loaded.vocabularies["demo_panoptic"] == module.vocabularies["demo_panoptic"]
+    for name, parameter in module.named_parameters():
+        assert torch.equal(parameter.detach(), loaded.state_dict()[name]), name
+
+    # validate on the loaded module logs the metrics again
+    results = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).validate(loaded, datamodule=datamodule)
+    merged = {key: value for result in results for key, value in result.items()}
+    assert "val/demo_panoptic/mIoU" in merged and "val/demo_refs/P@0.5" in merged
+
+    # a checkpoint of another vision encoder is refused
+    checkpoint[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
+    with pytest.raises(EncoderMismatchError):
+        loaded.on_load_checkpoint(checkpoint)
