@@ -1,8 +1,10 @@
 """The ``findlit`` command.
 
-``findlit data synth`` writes the embedded default dataset; ``findlit data check`` reads and
-decodes every record of the datasets an experiment config names and reports what is wrong;
-``findlit cache`` fills the vision feature caches of a split (see :mod:`findlit.cache_cli`).
+``findlit fit|validate|test|predict`` train and evaluate a FINDModule with LightningCLI (see
+:mod:`findlit.lightning_cli`). ``findlit data synth`` writes the embedded default dataset;
+``findlit data check`` reads and decodes every record of the datasets an experiment config names
+and reports what is wrong; ``findlit cache`` fills the vision feature caches of a split (see
+:mod:`findlit.cache_cli`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from findlit import __version__
 from findlit.data.errors import ConfigError
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+"""The LightningCLI subcommands (see :mod:`findlit.lightning_cli`)."""
 
 
 def data_parser() -> ArgumentParser:
@@ -119,24 +124,45 @@ def run_check(args: Namespace) -> int:
     return 0 if all(report.ok for report in reports) else 1
 
 
+USAGE = """\
+usage: findlit data {synth,check} ...
+       findlit cache --config EXPERIMENT.yaml --split {train,val,test} ...
+       findlit {fit,validate,test,predict} --config EXPERIMENT.yaml [--config PARTIAL.yaml ...] ...
+       findlit --version
+
+subcommands:
+  fit        train a FINDModule (LightningCLI; --print_config shows the merged config)
+  validate   evaluate a checkpoint on the validation datasets (--ckpt_path)
+  test       evaluate a checkpoint on the test datasets (--ckpt_path)
+  predict    run a checkpoint on the predict datasets (--ckpt_path)
+  data       synth: write the embedded default dataset; check: read every configured record
+  cache      fill the vision feature caches of a split
+  `findlit <subcommand> --help` describes each one."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``findlit`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments in (["--version"], ["-V"]):
         print(f"findlit {__version__}")
         return 0
+    if arguments in (["--help"], ["-h"]):
+        print(USAGE)
+        return 0
+    if arguments and arguments[0] in SUBCOMMANDS:
+        if len(arguments) == 1:  # nothing to train or evaluate: no config, no model
+            print(USAGE, file=sys.stderr)
+            return 2
+        from findlit.lightning_cli import run
+
+        # None: LightningCLI reads sys.argv itself (it warns when given both)
+        return run(None if argv is None else arguments)
     if arguments and arguments[0] == "cache":
         from findlit.cache_cli import main as cache_main
 
         return cache_main(arguments[1:])
     if not arguments or arguments[0] != "data":
-        print(
-            "usage: findlit data {synth,check} ...\n"
-            "       findlit cache --config EXPERIMENT.yaml --split {train,val,test} ...\n"
-            "The training and evaluation subcommands (fit, validate, test, predict) arrive with the "
-            "FIND module.",
-            file=sys.stderr,
-        )
+        print(USAGE, file=sys.stderr)
         return 2
     args = data_parser().parse_args(arguments[1:])
     try:
