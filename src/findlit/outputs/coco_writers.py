@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -113,32 +113,35 @@ def _refuse_existing_file(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
 
 
-class _JsonListWriter:
-    """Accumulates JSON entries and writes them as one list on :meth:`close`.
+_Writer = TypeVar("_Writer", bound="_WriteOnce")
 
-    Used as a context manager, the file is written only when the block ends without an exception.
+
+class _WriteOnce:
+    """A writer that accumulates, then writes once on :meth:`close`.
+
+    Used as a context manager, it writes only when the block ends without an exception.
+    Subclasses set ``_target`` (named in messages) and implement :meth:`_write`.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        _refuse_existing_file(self.path, overwrite)
-        self.entries: list[dict[str, Any]] = []
-        self.closed = False
+    _target: Path
+    closed: bool = False
 
-    def _append(self, entry: dict[str, Any]) -> None:
+    def _check_open(self) -> None:
         if self.closed:
-            raise RuntimeError(f"writer of {self.path} is closed")
-        self.entries.append(entry)
+            raise RuntimeError(f"writer of {self._target} is closed")
+
+    def _write(self) -> Path:
+        raise NotImplementedError
 
     def close(self) -> Path:
-        """Write the accumulated entries; returns the path written."""
+        """Write what was accumulated; returns the path written."""
         if self.closed:
-            raise RuntimeError(f"writer of {self.path} is already closed")
-        write_json_atomic(self.path, self.entries)
+            raise RuntimeError(f"writer of {self._target} is already closed")
+        written = self._write()
         self.closed = True
-        return self.path
+        return written
 
-    def __enter__(self) -> _JsonListWriter:
+    def __enter__(self: _Writer) -> _Writer:
         return self
 
     def __exit__(
@@ -146,6 +149,23 @@ class _JsonListWriter:
     ) -> None:
         if kind is None and not self.closed:
             self.close()
+
+
+class _JsonListWriter(_WriteOnce):
+    """Accumulates JSON entries and writes them as one list on :meth:`close`."""
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
+        self.path = self._target = Path(path)
+        _refuse_existing_file(self.path, overwrite)
+        self.entries: list[dict[str, Any]] = []
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self._check_open()
+        self.entries.append(entry)
+
+    def _write(self) -> Path:
+        write_json_atomic(self.path, self.entries)
+        return self.path
 
 
 class InstanceResultsWriter(_JsonListWriter):
@@ -294,7 +314,7 @@ def _mask_bbox(mask: np.ndarray) -> list[int]:
     return [x, y, int(columns[-1]) - x + 1, int(rows[-1]) - y + 1]
 
 
-class PanopticWriter:
+class PanopticWriter(_WriteOnce):
     """COCO panoptic predictions: ``<folder>/panoptic/<stem>.png`` and ``<folder>/panoptic_predictions.json``.
 
     The JSON has ``annotations`` (``image_id``, ``file_name`` of the PNG, ``segments_info`` with
@@ -320,7 +340,7 @@ class PanopticWriter:
         *,
         overwrite: bool = False,
     ) -> None:
-        self.folder = Path(folder)
+        self.folder = self._target = Path(folder)
         if self.folder.exists():
             if not self.folder.is_dir():
                 raise NotADirectoryError(f"{self.folder} exists and is not a folder")
@@ -332,7 +352,6 @@ class PanopticWriter:
         self.annotations: list[dict[str, Any]] = []
         self.images: list[dict[str, Any]] = []
         self._png_names: set[str] = set()
-        self.closed = False
 
     @property
     def json_path(self) -> Path:
@@ -364,8 +383,7 @@ class PanopticWriter:
             The annotation added to the JSON.
 
         """
-        if self.closed:
-            raise RuntimeError(f"writer of {self.folder} is closed")
+        self._check_open()
         ids = (
             segment_ids.detach().cpu().numpy() if isinstance(segment_ids, Tensor) else np.asarray(segment_ids)
         )
@@ -429,20 +447,7 @@ class PanopticWriter:
             info.append(entry)
         return info
 
-    def close(self) -> Path:
-        """Write the JSON; returns its path."""
-        if self.closed:
-            raise RuntimeError(f"writer of {self.folder} is already closed")
+    def _write(self) -> Path:
         document = {"annotations": self.annotations, "categories": self.categories, "images": self.images}
         write_json_atomic(self.json_path, document)
-        self.closed = True
         return self.json_path
-
-    def __enter__(self) -> PanopticWriter:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        if kind is None and not self.closed:
-            self.close()
