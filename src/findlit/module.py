@@ -353,22 +353,26 @@ class FINDModule(L.LightningModule):
         """Log ``val/<dataset>/loss`` and update the dataset's metrics."""
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Log ``test/<dataset>/loss`` and update the dataset's metrics."""
-        self._evaluate(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Log ``test/<dataset>/loss``, update the dataset's metrics and return the predictions.
 
-    def _evaluate(self, batch: Batch, split: str) -> None:
+        The predictions (one dict per image, as the batch's task's ``predict`` gives them) reach
+        callbacks' ``on_test_batch_end`` as ``outputs``, e.g. the writers of standard-format results.
+        """
+        return self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Batch, split: str) -> list[dict[str, Any]]:
         task = self.task(batch)
         output = self(batch)
         total, _ = task.losses(output, batch, self.context)
         dataset = batch["dataset"]
         size = len(batch["image_ids"])
         self.log(f"{split}/{dataset}/loss", total, batch_size=size, add_dataloader_idx=False)
-        key = self._metric_keys.get((split, dataset))
-        if key is None:
-            return
         predictions = task.predict(output, batch, self.context)
-        self._update_metrics(self.metrics[key], batch, predictions)
+        key = self._metric_keys.get((split, dataset))
+        if key is not None:
+            self._update_metrics(self.metrics[key], batch, predictions)
+        return predictions
 
     def _update_metrics(self, metrics: nn.Module, batch: Batch, predictions: list[dict[str, Any]]) -> None:
         """Feed one batch's predictions and targets to its dataset's metrics."""
