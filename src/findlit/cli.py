@@ -1,7 +1,8 @@
 """The ``findlit`` command.
 
 ``findlit fit|validate|test|predict`` train and evaluate a FINDModule with LightningCLI (see
-:mod:`findlit.lightning_cli`). ``findlit data synth`` writes the embedded default dataset;
+:mod:`findlit.lightning_cli`); ``findlit predict`` without ``--config`` predicts on image files
+instead (see :mod:`findlit.predict_cli`). ``findlit data synth`` writes the embedded default dataset;
 ``findlit data check`` reads and decodes every record of the datasets an experiment config names
 and reports what is wrong; ``findlit cache`` fills the vision feature caches of a split (see
 :mod:`findlit.cache_cli`).
@@ -128,16 +129,24 @@ USAGE = """\
 usage: findlit data {synth,check} ...
        findlit cache --config EXPERIMENT.yaml --split {train,val,test} ...
        findlit {fit,validate,test,predict} --config EXPERIMENT.yaml [--config PARTIAL.yaml ...] ...
+       findlit predict --ckpt_path CKPT --images IMAGE ... --prompts TEXT ... --out DIR
        findlit --version
 
 subcommands:
   fit        train a FINDModule (LightningCLI; --print_config shows the merged config)
   validate   evaluate a checkpoint on the validation datasets (--ckpt_path)
   test       evaluate a checkpoint on the test datasets (--ckpt_path)
-  predict    run a checkpoint on the predict datasets (--ckpt_path)
+  predict    masks for free-text prompts (and class names) on image files:
+             --ckpt_path CKPT --images A.jpg ... --prompts "TEXT" ... [--classes a,b] --out DIR
+             (overlay PNG and RLE JSON per image); with --config, LightningCLI's predict
   data       synth: write the embedded default dataset; check: read every configured record
   cache      fill the vision feature caches of a split
   `findlit <subcommand> --help` describes each one."""
+
+
+def _has_config(arguments: Sequence[str]) -> bool:
+    """Whether ``--config`` is among the arguments: ``predict`` then goes to LightningCLI."""
+    return any(argument == "--config" or argument.startswith("--config=") for argument in arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(arguments) == 1:  # nothing to train or evaluate: no config, no model
             print(USAGE, file=sys.stderr)
             return 2
+        if arguments[0] == "predict" and not _has_config(arguments[1:]):
+            from findlit.predict_cli import main as predict_main
+
+            return predict_main(arguments[1:])
         from findlit.lightning_cli import run
 
         # None: LightningCLI reads sys.argv itself (it warns when given both)

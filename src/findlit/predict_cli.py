@@ -1,0 +1,89 @@
+r"""``findlit predict`` on image files: overlays and RLE JSON per image (see :mod:`findlit.predictor`).
+
+::
+
+    findlit predict --ckpt_path run.ckpt --images a.jpg b.jpg --prompts "the cat" "a red car" \
+        [--classes person,dog] [--stuff sky,grass] --out predictions/
+
+writes ``predictions/a.png``, ``predictions/a.json``, ``predictions/b.png``, ``predictions/b.json``.
+Bad input (no prompt, a missing image, an existing output without ``--overwrite``, a checkpoint of
+other encoders) is reported before anything runs. ``findlit predict --config ...`` is LightningCLI's
+predict instead (see :mod:`findlit.lightning_cli`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from jsonargparse import ArgumentParser
+
+from findlit.data.errors import ConfigError
+from findlit.encoders.checkpoint import EncoderMismatchError
+
+
+def _names(value: str | None) -> list[str]:
+    """Comma-separated class names as a list (blank entries kept, so they are reported)."""
+    return [] if value is None else [name.strip() for name in value.split(",")]
+
+
+def parser() -> ArgumentParser:
+    """The parser of ``findlit predict`` on images."""
+    parser = ArgumentParser(
+        prog="findlit predict",
+        description="Predict masks for free-text prompts (and class names) on image files; write an "
+        "overlay PNG and a JSON of COCO RLE masks per image. With --config, LightningCLI's predict runs.",
+    )
+    parser.add_argument("--ckpt_path", type=str, required=True, help="findlit checkpoint")
+    parser.add_argument("--images", type=str, nargs="+", required=True, help="image files")
+    parser.add_argument(
+        "--prompts", type=str, nargs="*", default=[], help="free-text referring expressions, one mask each"
+    )
+    parser.add_argument("--classes", type=str, default=None, help="comma-separated thing class names")
+    parser.add_argument("--stuff", type=str, default=None, help="comma-separated stuff class names")
+    parser.add_argument("--out", type=str, required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--mode",
+        type=str,
+        choices=["panoptic", "instance"],
+        default="panoptic",
+        help="what class names give: non-overlapping segments or instance detections",
+    )
+    parser.add_argument("--min_score", type=float, default=0.5, help="instance mode: lowest detection score")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="longest side of the resize (default: the checkpoint's training config, else 1024)",
+    )
+    parser.add_argument(
+        "--device", type=str, default=None, help="cpu, cuda, cuda:1... (default: cuda if any)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``findlit predict`` on images (``argv`` without the subcommand); returns the exit code."""
+    from findlit.predictor import PredictError, Predictor, check_files, check_prompts
+
+    args = parser().parse_args(list(argv))
+    classes, stuff = _names(args.classes), _names(args.stuff)
+    try:
+        # the request and the files first: a bad one should not wait for the checkpoint to load
+        check_prompts(args.prompts, classes, stuff)
+        check_files(args.images, args.out, args.overwrite)
+        predictor = Predictor.from_checkpoint(
+            args.ckpt_path,
+            image_size=args.image_size,
+            device=args.device,
+            mode=args.mode,
+            min_score=args.min_score,
+        )
+        written = predictor.write(args.images, args.out, args.prompts, classes, stuff, args.overwrite)
+    except (PredictError, ConfigError, EncoderMismatchError, FileNotFoundError, FileExistsError) as error:
+        print(f"findlit predict: {error}", file=sys.stderr)
+        return 2
+    for overlay, document in written:
+        print(f"{overlay}\n{document}")
+    return 0
