@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L  # noqa: N812
 import pytest
@@ -13,10 +13,15 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from findlit.cli import build_datamodule
+from findlit.data.collate import Batch
+from findlit.data.decode import decode_panoptic
+from findlit.data.formats import read_coco_panoptic
 from findlit.data.synthetic import generate
 from findlit.encoders import EncoderConfig
 from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
+from findlit.metrics import SegmentationMetrics
 from findlit.module import FINDModule, lr_factor, parameter_groups, semantic_target
+from findlit.tasks.base import Vocabulary
 
 VISION = EncoderConfig("timm", {"model": "test_resnet", "weights": None})
 INTERFACE = {
@@ -291,6 +296,13 @@ def test_fit_validate_checkpoint_round_trip(tmp_path: Path) -> None:
     assert "val/demo_panoptic/mIoU" in logged
     assert "val/demo_refs/cIoU" in logged and "val/demo_entities/mIoU" in logged
     assert "val/demo_captions/IR@1" in logged
+    # generic segmentation of a panoptic dataset: PQ and mask AP besides mIoU
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "AP", "AP50", "AP75"):
+        assert f"val/demo_panoptic/{key}" in logged, sorted(logged)
+    # interleave: retrieval recall of the legend queries against the image queries, besides grounding
+    for key in ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10"):
+        assert f"val/demo_entities/{key}" in logged, sorted(logged)
+    assert all(0.0 <= value <= 1.0 for value in logged["val/demo_entities/IR@1"])
 
     changed = [name for name, p in module.named_parameters() if not torch.equal(p.detach(), before[name])]
     assert changed
@@ -318,8 +330,104 @@ def test_fit_validate_checkpoint_round_trip(tmp_path: Path) -> None:
     ).validate(loaded, datamodule=datamodule)
     merged = {key: value for result in results for key, value in result.items()}
     assert "val/demo_panoptic/mIoU" in merged and "val/demo_refs/P@0.5" in merged
+    assert "val/demo_panoptic/PQ" in merged and "val/demo_panoptic/AP" in merged
+    assert "val/demo_entities/IR@1" in merged
 
     # a checkpoint of another vision encoder is refused
     checkpoint[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
     with pytest.raises(EncoderMismatchError):
         loaded.on_load_checkpoint(checkpoint)
+
+
+def _padded_coco_batch(coco_sample: Path) -> tuple[Vocabulary, Batch, list[dict[str, Any]]]:
+    """The two COCO sample images as one padded segmentation batch, with perfect predictions.
+
+    The second image sits 16 columns right of its frame's left edge (as flipped cached features do),
+    so that a target not cropped at the image's origin would not match its predictions.
+    """
+    data = read_coco_panoptic(
+        coco_sample / "annotations" / "panoptic_val2017.json",
+        coco_sample / "panoptic_val2017",
+        coco_sample / "val2017",
+    )
+    ids = sorted(data.categories)
+    thing_classes = [data.categories[c].isthing for c in ids]
+    vocabulary = Vocabulary([data.categories[c].name for c in ids], thing_classes, ids)
+    index_of = {c: k for k, c in enumerate(ids)}
+    decoded = [decode_panoptic(record) for record in data.records]
+    sizes = [(int(d.ignore.shape[0]), int(d.ignore.shape[1])) for d in decoded]
+    origins = [(0, 0), (0, 16)]
+    frame = (
+        max(h for h, _ in sizes),
+        max(w + left for (_, w), (_, left) in zip(sizes, origins, strict=True)),
+    )
+    padding = torch.ones(len(decoded), *frame, dtype=torch.bool)
+    targets, predictions = [], []
+    for b, (panoptic, (h, w), (top, left)) in enumerate(zip(decoded, sizes, origins, strict=True)):
+        window = (slice(top, top + h), slice(left, left + w))
+        padding[b][window] = False
+        masks = torch.zeros(len(panoptic.masks), *frame, dtype=torch.bool)
+        masks[(slice(None), *window)] = panoptic.masks
+        ignore = torch.ones(frame, dtype=torch.bool)
+        ignore[window] = panoptic.ignore
+        labels = torch.tensor([index_of[c] for c in panoptic.category_ids.tolist()])
+        is_thing = torch.tensor([thing_classes[k] for k in labels.tolist()])
+        targets.append({"masks": masks, "labels": labels, "is_thing": is_thing, "ignore_mask": ignore})
+        segment_ids = (panoptic.masks.long() * (torch.arange(len(labels)) + 1)[:, None, None]).sum(0)
+        segments = [
+            {"id": k + 1, "category": label, "isthing": thing_classes[label], "score": 1.0}
+            for k, label in enumerate(labels.tolist())
+        ]
+        semantic = (panoptic.masks.long() * labels[:, None, None]).sum(0)  # void pixels: any class
+        instance = {
+            "masks": panoptic.masks[is_thing],
+            "labels": labels[is_thing],
+            "scores": torch.ones(int(is_thing.sum())),
+        }
+        predictions.append({"panoptic": (segment_ids, segments), "instance": instance, "semantic": semantic})
+    batch = Batch(
+        task="segmentation",
+        dataset="coco",
+        padding_mask=padding,
+        image_ids=[record.image.id for record in data.records],
+        image_sizes=sizes,
+        orig_sizes=sizes,
+        targets=targets,
+    )
+    return vocabulary, batch, predictions
+
+
+def test_segmentation_metrics_of_a_padded_batch(coco_sample: Path) -> None:
+    module = tiny_module(tasks=["segmentation"], task_options={"segmentation": {"num_points": 64}})
+    vocabulary, batch, predictions = _padded_coco_batch(coco_sample)
+    module.vocabularies["coco"] = vocabulary
+    module._build_metrics("val", "coco", "segmentation")  # stuff classes: panoptic
+    metrics = cast(SegmentationMetrics, module.metrics[module._metric_keys[("val", "coco")]])
+    module._update_metrics(metrics, batch, predictions)  # both images in one batch
+    values = metrics.compute()
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "AP", "AP50", "mIoU"):
+        assert values[f"val/coco/{key}"].item() == pytest.approx(1.0), key
+
+    # one thing missed in the first image: PQ and AP drop, against the same cropped targets
+    metrics.reset()
+    segment_ids, segments = predictions[0]["panoptic"]
+    first_thing = next(s for s in segments if s["isthing"])
+    predictions[0]["panoptic"] = (segment_ids.masked_fill(segment_ids == first_thing["id"], 0), segments)
+    instance = predictions[0]["instance"]
+    predictions[0]["instance"] = {key: value[1:] for key, value in instance.items()}
+    module._update_metrics(metrics, batch, predictions)
+    values = metrics.compute()
+    assert values["val/coco/PQ_th"].item() < 1.0 and values["val/coco/PQ_st"].item() == pytest.approx(1.0)
+    assert values["val/coco/AP"].item() < 1.0
+
+    # an instances dataset (things only, masks may overlap): mask AP and mIoU, no PQ
+    things = [k for k, thing in enumerate(vocabulary.thing_classes) if thing]
+    module.vocabularies["coco_instances"] = Vocabulary(
+        [vocabulary.class_names[k] for k in things],
+        [True] * len(things),
+        [vocabulary.category_ids[k] for k in things],
+    )
+    module._build_metrics("val", "coco_instances", "segmentation")
+    assert module.metrics[module._metric_keys[("val", "coco_instances")]].include == ("AP", "mIoU")
+    module._build_metrics("test", "coco", "segmentation", panoptic=False)  # a dataset's own flag wins
+    assert module.metrics[module._metric_keys[("test", "coco")]].include == ("AP", "mIoU")

@@ -17,12 +17,19 @@ Gradient clipping is the Trainer's business: set ``trainer.gradient_clip_val`` (
 Evaluation metrics per (stage, dataset), logged as ``<stage>/<dataset>/<metric>``:
 
 - segmentation: semantic mIoU (from the ``semantic`` predictions, against a target painted from the
-  masks and labels with ``ignore_mask`` pixels ignored). PQ and mask AP are not wired yet.
+  masks and labels with ``ignore_mask`` pixels ignored); mask AP/AP50/AP75 of the ``instance``
+  predictions against the thing segments (a target's ``iscrowd``, when it has one, marks crowd
+  regions that COCO ignores); and, for a panoptic dataset only, PQ/SQ/RQ/PQ_th/PQ_st of the
+  ``panoptic`` predictions against the segments, in the dataset's category ids, with unlabelled,
+  ``ignore_mask`` and crowd pixels void (see :mod:`findlit.metrics.panoptic`). A dataset is panoptic
+  when its ``panoptic`` attribute says so, else when its vocabulary has stuff classes: an instances
+  file (things only, masks that may overlap) is no partition of the image, and gets AP and mIoU.
+  Each part needs its prediction among the segmentation task's ``outputs``.
 - grounding: cIoU, mIoU and P@0.5/0.7/0.9 of each sentence's predicted mask against its target mask.
 - retrieval: IR@k / TR@k of the image query against every caption query over the whole dataset.
-- interleave: the grounding metrics of each phrase against its referred segment. The interleave
-  retrieval recall (legend query vs image query) is not wired: ``InterleaveTask.predict`` does not
-  return the legend embeddings.
+- interleave: the grounding metrics of each phrase against its referred segment and, when the task
+  has its retrieval queries, the interleave retrieval recall IR@k / TR@k of each image's legend query
+  (the whole interleaved prompt) against every image query of the dataset.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ from findlit.metrics import (
     SegmentationMetrics,
     clone_for_stage,
     grounding_metrics,
+    instance_target,
+    interleave_metrics,
+    panoptic_prediction_map,
+    panoptic_target_map,
     retrieval_metrics,
     segmentation_metrics,
 )
@@ -294,10 +305,14 @@ class FINDModule(L.LightningModule):
             if split == "train":
                 continue
             for dataset in datamodule.stage_datasets(split):
-                self._build_metrics(split, dataset.name, dataset.task)
+                self._build_metrics(split, dataset.name, dataset.task, getattr(dataset, "panoptic", None))
 
-    def _build_metrics(self, split: str, dataset: str, task: str) -> None:
-        """Metrics of one evaluation dataset, kept under ``self.metrics`` (moved with the module)."""
+    def _build_metrics(self, split: str, dataset: str, task: str, panoptic: bool | None = None) -> None:
+        """Metrics of one evaluation dataset, kept under ``self.metrics`` (moved with the module).
+
+        ``panoptic``: whether a segmentation dataset's targets are a panoptic partition (PQ is then
+        computed); None decides by its vocabulary: panoptic when it has stuff classes.
+        """
         if (split, dataset) in self._metric_keys or task not in self.tasks:
             return
         metrics: nn.Module
@@ -306,13 +321,24 @@ class FINDModule(L.LightningModule):
             ids = vocabulary.category_ids or list(range(len(vocabulary.class_names)))
             things = [c for c, thing in zip(ids, vocabulary.thing_classes, strict=True) if thing]
             stuffs = [c for c, thing in zip(ids, vocabulary.thing_classes, strict=True) if not thing]
+            if panoptic is None:
+                panoptic = bool(stuffs)
+            # PQ needs a partition of the image: an instances file (things only, masks may
+            # overlap) gets mask AP and mIoU; each part only if the task predicts its input
+            outputs = cast(SegmentationTask, self.tasks[task]).outputs
+            wanted = {"PQ": "panoptic", "AP": "instance", "mIoU": "semantic"}
+            include = [part for part, output in wanted.items() if output in outputs]
+            if not panoptic:
+                include = [part for part in include if part != "PQ"]
             base = segmentation_metrics(
-                things, stuffs, len(vocabulary.class_names), include=("mIoU",), ignore_index=IGNORE_INDEX
+                things, stuffs, len(vocabulary.class_names), include=include, ignore_index=IGNORE_INDEX
             )
             metrics = clone_for_stage(base, split, dataset)
         elif task == "retrieval":
             metrics = clone_for_stage(retrieval_metrics(), split, dataset)
-        else:  # grounding, interleave (its retrieval recall is not wired)
+        elif task == "interleave" and cast(InterleaveTask, self.tasks[task]).retrieval:
+            metrics = clone_for_stage(interleave_metrics(), split, dataset)
+        else:  # grounding; interleave without its retrieval queries
             metrics = clone_for_stage(grounding_metrics(), split, dataset)
         key = str(len(self._metric_keys))
         self._metric_keys[(split, dataset)] = key
@@ -380,10 +406,37 @@ class FINDModule(L.LightningModule):
         targets = batch["targets"]
         if name == "segmentation":
             segmentation = cast(SegmentationMetrics, metrics)
+            vocabulary = self.vocabularies[batch["dataset"]]
+            category_ids = vocabulary.category_ids or list(range(len(vocabulary.class_names)))
+            parts = set(segmentation.include)
+            # one update per image: the images of a batch have their own sizes
             for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
-                semantic = prediction["semantic"]
-                truth = semantic_target(target, batch["padding_mask"][b], tuple(semantic.shape[-2:]))
-                segmentation.update(semantic_pred=semantic[None], semantic_target=truth[None])
+                padding = batch["padding_mask"][b]
+                h, w = (int(n) for n in batch["image_sizes"][b])
+                top, left = _image_origin(padding)
+                masks = target["masks"][:, top : top + h, left : left + w]
+                labels, crowd = target["labels"], target.get("iscrowd")
+                update: dict[str, Any] = {}
+                if "PQ" in parts:
+                    segment_ids, segments = prediction["panoptic"]
+                    ignore = target.get("ignore_mask")
+                    ignore = ignore[top : top + h, left : left + w] if ignore is not None else None
+                    pred = panoptic_prediction_map(segment_ids, segments, category_ids)
+                    truth = panoptic_target_map(masks, labels, category_ids, ignore, crowd)
+                    update["panoptic_pred"] = pred[None]
+                    update["panoptic_target"] = truth.to(pred.device)[None]
+                if "AP" in parts:
+                    instances = prediction["instance"]
+                    device = instances["masks"].device
+                    truth_instances = instance_target(masks, labels, vocabulary.thing_classes, crowd)
+                    update["instance_preds"] = [instances]
+                    update["instance_targets"] = [{k: v.to(device) for k, v in truth_instances.items()}]
+                if "mIoU" in parts:
+                    semantic = prediction["semantic"]
+                    truth = semantic_target(target, padding, (h, w))
+                    update["semantic_pred"] = semantic[None]
+                    update["semantic_target"] = truth.to(semantic.device)[None]
+                segmentation.update(**update)
         elif name == "retrieval":
             recall = cast(RetrievalRecall, metrics["retrieval"])  # type: ignore[index]
             images = torch.stack([p["image_embedding"] for p in predictions])
@@ -392,6 +445,13 @@ class FINDModule(L.LightningModule):
             counts = torch.tensor([len(c) for c in captions], device=images.device)
             recall.update(images, ids, torch.cat(captions), ids.repeat_interleave(counts))
         else:
+            if "retrieval" in metrics and "legend_embedding" in predictions[0]:  # type: ignore[operator]
+                # interleave retrieval: each image's legend query against every image query
+                recall = cast(RetrievalRecall, metrics["retrieval"])  # type: ignore[index]
+                images = torch.stack([p["image_embedding"] for p in predictions])
+                legends = torch.stack([p["legend_embedding"] for p in predictions])
+                ids = torch.tensor(batch["image_ids"], device=images.device)
+                recall.update(images, ids, legends, ids)
             grounding = cast(GroundingMetrics, metrics["grounding"])  # type: ignore[index]
             for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
                 if name == "grounding":

@@ -104,3 +104,30 @@ def test_predict_crops_to_image_sizes() -> None:
         assert prediction["masks"].shape == (count, *size) and prediction["masks"].dtype == torch.bool
         assert prediction["scores"].shape == (count,)
         assert len(prediction["phrases"]) == count
+
+
+@pytest.mark.parametrize("retrieval", [True, False])
+def test_predict_returns_retrieval_embeddings(retrieval: bool) -> None:
+    interface = tiny_interface()
+    task = InterleaveTask(num_proposals=8, num_points=64, retrieval=retrieval)
+    batch = interleave_batch([2, 1, 3])
+    ctx = context(interface)
+    with torch.no_grad():
+        output = interface(features(batch), task.prompts(batch, ctx))
+        predictions = task.predict(output, batch, ctx)
+    if not retrieval:
+        assert all("legend_embedding" not in p and "image_embedding" not in p for p in predictions)
+        return
+    legends = torch.stack([p["legend_embedding"] for p in predictions])
+    images = torch.stack([p["image_embedding"] for p in predictions])
+    assert legends.shape == images.shape == (3, output.last["queries.vision.image"]["embeddings"].shape[-1])
+    torch.testing.assert_close(legends.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(images.norm(dim=-1), torch.ones(3))
+    # the legend and image queries of the interface output, per image, in batch order
+    torch.testing.assert_close(
+        legends, torch.nn.functional.normalize(output.last["queries.interleave.legend"]["embeddings"][:, 0])
+    )
+    torch.testing.assert_close(
+        images, torch.nn.functional.normalize(output.last["queries.vision.image"]["embeddings"][:, 0])
+    )
+    assert not torch.allclose(legends[0], legends[2])  # one legend per image, not a shared query

@@ -1,4 +1,7 @@
-"""Metrics torchmetrics lacks (gallery retrieval recall, grounding cIoU/mIoU/P@t) and per-task builders."""
+"""Metrics torchmetrics lacks, per-task builders, and the per-image inputs of the segmentation metrics.
+
+Gallery retrieval recall, grounding cIoU/mIoU/P@t; panoptic maps and instance targets for PQ and mask AP.
+"""
 
 from findlit.metrics.collections import (
     SegmentationMetrics,
@@ -9,15 +12,25 @@ from findlit.metrics.collections import (
     segmentation_metrics,
 )
 from findlit.metrics.grounding import GroundingMetrics
+from findlit.metrics.panoptic import (
+    VOID_CATEGORY,
+    instance_target,
+    panoptic_prediction_map,
+    panoptic_target_map,
+)
 from findlit.metrics.retrieval import RetrievalRecall
 
 __all__ = [
+    "VOID_CATEGORY",
     "GroundingMetrics",
     "RetrievalRecall",
     "SegmentationMetrics",
     "clone_for_stage",
     "grounding_metrics",
+    "instance_target",
     "interleave_metrics",
+    "panoptic_prediction_map",
+    "panoptic_target_map",
     "retrieval_metrics",
     "segmentation_metrics",
 ]

@@ -8,6 +8,16 @@
   Interleave combines grounding and retrieval; update its members separately
   (``collection["grounding"].update(...)``, ``collection["retrieval"].update(...)``).
 
+PQ follows panopticapi's definition (per category, a predicted and a target segment match when their IoU
+exceeds 0.5; PQ = sum of matched IoUs / (TP + FP/2 + FN/2); averaged over the categories that occur).
+Target pixels of a category outside ``things`` and ``stuffs`` (e.g.
+:data:`~findlit.metrics.panoptic.VOID_CATEGORY`) are void: left out of the IoUs, and a predicted segment
+lying mostly on them is no false positive. Predicted pixels of such a category are "unassigned":
+:class:`torchmetrics.detection.PanopticQuality` would treat them as void too, and then drop a target
+segment that is mostly unassigned from the false negatives and shrink the union of the others, which
+panopticapi does not do. They are therefore given an extra stuff category of their own (never in a
+target, left out of the averages), so that they still count in the target segments' areas.
+
 Semantic mIoU uses :class:`~torchmetrics.classification.MulticlassJaccardIndex` with ``average="macro"``:
 it accumulates one confusion matrix over the dataset (intersections and unions summed over all pixels, as
 Detectron2's semantic evaluator does), skips classes absent from both predictions and targets, and honours
@@ -28,6 +38,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision, PanopticQuality
 
 from findlit.metrics.grounding import GroundingMetrics
+from findlit.metrics.panoptic import VOID_CATEGORY
 from findlit.metrics.retrieval import RetrievalRecall
 
 SEGMENTATION_PARTS: tuple[str, ...] = ("PQ", "AP", "mIoU")
@@ -68,10 +79,14 @@ class SegmentationMetrics(nn.Module):
         self.include = tuple(p for p in SEGMENTATION_PARTS if p in include)
         self.prefix = prefix or ""
         self.metrics = nn.ModuleDict()
+        # unassigned predicted pixels get this stuff category (see the module docstring); being the
+        # largest id it is PanopticQuality's last per-category slot
+        self.unassigned = 1 + max([0, *self.things, *self.stuffs])
         if "PQ" in self.include:
-            # categories outside things/stuffs (void / ignore labels) are masked out as void
             self.metrics["PQ"] = PanopticQuality(
-                things=set(self.things), stuffs=set(self.stuffs), allow_unknown_preds_category=True
+                things=set(self.things),
+                stuffs={*self.stuffs, self.unassigned},
+                allow_unknown_preds_category=True,
             )
         if "AP" in self.include:
             self.metrics["AP"] = MeanAveragePrecision(iou_type="segm")
@@ -92,10 +107,13 @@ class SegmentationMetrics(nn.Module):
         """Update every included metric whose inputs are given.
 
         Args:
-            panoptic_pred: ``[B, H, W, 2]`` long (category id, instance id) per pixel.
-            panoptic_target: same layout as ``panoptic_pred``.
+            panoptic_pred: ``[B, H, W, 2]`` long (category id, instance id) per pixel; a category
+                outside ``things`` and ``stuffs`` marks unassigned pixels.
+            panoptic_target: same layout as ``panoptic_pred``; a category outside ``things`` and
+                ``stuffs`` marks void pixels.
             instance_preds: per image ``{"masks": bool[N, H, W], "scores": float[N], "labels": long[N]}``.
-            instance_targets: per image ``{"masks": bool[M, H, W], "labels": long[M]}``.
+            instance_targets: per image ``{"masks": bool[M, H, W], "labels": long[M]}``, optionally
+                ``"iscrowd": long[M]`` (detections matched to a crowd region are ignored, as in COCO).
             semantic_pred: ``[B, H, W]`` long class index (or ``[B, C, H, W]`` scores).
             semantic_target: ``[B, H, W]`` long class index, ``ignore_index`` for unlabeled pixels.
 
@@ -110,14 +128,34 @@ class SegmentationMetrics(nn.Module):
             pred, target = pairs[name]
             if (pred is None) != (target is None):
                 raise ValueError(f"{name}: predictions and targets must be given together")
-            if pred is not None:
-                metric.update(pred, target)
+            if pred is None:
+                continue
+            if name == "PQ":
+                pred, target = self._panoptic_inputs(cast(Tensor, pred), cast(Tensor, target))
+            metric.update(pred, target)
+
+    def _panoptic_inputs(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Unknown predicted categories -> the unassigned stuff; unknown target categories -> void."""
+        known = torch.tensor([*self.things, *self.stuffs], dtype=torch.long, device=pred.device)
+        pred, target = pred.long().clone(), target.long().clone()
+        pred[~torch.isin(pred[..., 0], known)] = torch.tensor([self.unassigned, 0], device=pred.device)
+        # unassigned is a known PanopticQuality category: a target must never carry it
+        target[~torch.isin(target[..., 0], known.to(target.device))] = torch.tensor(
+            [VOID_CATEGORY, 0], device=target.device
+        )
+        return pred, target
 
     def compute(self) -> dict[str, Tensor]:
         """Return a flat dict of ``PQ, SQ, RQ, PQ_th, PQ_st, AP, AP50, AP75, mIoU`` (included parts only)."""
         out: dict[str, Tensor] = {}
         if "PQ" in self.metrics:
-            out.update(_panoptic_summary(self._metric("PQ"), num_things=len(self.things)))
+            out.update(
+                _panoptic_summary(
+                    self._metric("PQ"),
+                    num_things=len(self.things),
+                    num_categories=len(self.things) + len(self.stuffs),
+                )
+            )
         if "AP" in self.metrics:
             ap = self._metric("AP").compute()
             out.update({"AP": ap["map"], "AP50": ap["map_50"], "AP75": ap["map_75"]})
@@ -145,15 +183,16 @@ class SegmentationMetrics(nn.Module):
         self.update(*args, **kwargs)
 
 
-def _panoptic_summary(metric: Metric, num_things: int) -> dict[str, Tensor]:
+def _panoptic_summary(metric: Metric, num_things: int, num_categories: int) -> dict[str, Tensor]:
     """PQ, SQ, RQ averaged over categories that occur, and PQ over things and over stuff.
 
     Computed from :class:`PanopticQuality`'s per-category states (things first, then stuff, each sorted
-    by id), because its own ``compute`` cannot split the average into things and stuff.
+    by id), because its own ``compute`` cannot split the average into things and stuff. Only the first
+    ``num_categories`` slots are real categories (the last one is the unassigned prediction's).
     """
     with metric.sync_context():  # no-op outside distributed runs; sums states across ranks otherwise
         tp, fp, fn, iou_sum = (
-            cast(Tensor, getattr(metric, name)).double()
+            cast(Tensor, getattr(metric, name)).double()[:num_categories]
             for name in ("true_positives", "false_positives", "false_negatives", "iou_sum")
         )
     sq = torch.where(tp > 0, iou_sum / tp.clamp(min=1), torch.zeros_like(tp))

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.collate import Batch
@@ -133,7 +134,13 @@ class InterleaveTask(Task):
         return total, logs
 
     def predict(self, output: InterfaceOutput, batch: Batch, context: TaskContext) -> list[dict[str, Any]]:
-        """Per image ``{"masks": bool[K,h,w], "scores": float[K], "phrases": list[str]}``, K phrases."""
+        """Per image ``{"masks": bool[K,h,w], "scores": float[K], "phrases": list[str]}``, K phrases.
+
+        With the retrieval queries (``retrieval=True``) also ``"legend_embedding": float[E]`` (the
+        query that read the whole interleaved prompt) and ``"image_embedding": float[E]``, both
+        L2-normalised: interleave retrieval ranks the images of a dataset against each legend (the
+        pairs the InfoNCE term trains), as image-text retrieval ranks them against each caption.
+        """
         last = output.last
         similarity = class_logits(
             last[ENTITY_PROPOSALS]["embeddings"], last[ENTITY_QUERIES]["embeddings"], output.logit_scale
@@ -141,7 +148,14 @@ class InterleaveTask(Task):
         per_image = best_proposal_predictions(
             similarity, last[ENTITY_PROPOSALS]["mask_logits"], last[ENTITY_QUERIES]["valid"], batch
         )
-        return [
+        results: list[dict[str, Any]] = [
             {"masks": masks, "scores": scores, "phrases": phrases_of(target)[0]}
             for (masks, scores), target in zip(per_image, batch["targets"], strict=True)
         ]
+        if IMAGE_QUERIES in last and LEGEND_QUERIES in last:
+            images = F.normalize(last[IMAGE_QUERIES]["embeddings"][:, 0].float(), dim=-1)  # [B,E]
+            legends = F.normalize(last[LEGEND_QUERIES]["embeddings"][:, 0].float(), dim=-1)  # [B,E]
+            for b, result in enumerate(results):
+                result["image_embedding"] = images[b]
+                result["legend_embedding"] = legends[b]
+        return results
