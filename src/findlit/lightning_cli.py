@@ -12,6 +12,10 @@ section). Configs are parsed in OmegaConf mode, so ``${...}`` interpolations res
 Unknown keys are errors that name the key. The Trainer defaults to ``use_distributed_sampler:
 false`` (the DataModule shards by rank itself).
 
+``findlit test`` also writes ``metrics.json`` and its predictions in standard formats (COCO
+panoptic, COCO instance results, grounding and retrieval JSON) to the run's log dir: see
+:mod:`findlit.outputs.test_results` and the ``test_results`` section.
+
 The resolved config is saved as ``config.yaml`` in the run's log dir. Lightning's default
 behaviour is kept: when that file already exists (a re-run into the same log dir) the run stops
 with an error instead of overwriting it; pick another ``trainer.default_root_dir`` or logger
@@ -24,10 +28,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.module import FINDModule
+from findlit.outputs.test_results import TestResultsWriter
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 """The LightningCLI subcommands ``findlit`` dispatches to :func:`run`."""
@@ -51,6 +56,15 @@ class FindLightningCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the ``test_results`` section: the :class:`TestResultsWriter` callback.
+
+        It is on by default and acts only in ``test`` (``metrics.json`` and the predictions in the
+        run's log dir). Every subcommand accepts the section, so one config serves ``fit`` and
+        ``test``; ``test_results: {enabled: false}`` turns it off, ``directory`` moves its output.
+        """
+        parser.add_lightning_class_args(TestResultsWriter, "test_results")
 
 
 def run(args: Sequence[str] | None = None) -> int:

@@ -1,4 +1,10 @@
-"""Writers of predictions: COCO-format results that official tools score, and overlays for people."""
+"""Writers of predictions: COCO-format results that official tools score, and overlays for people.
+
+``TestResultsWriter`` (the Lightning callback of ``findlit test``) is imported on first use, so that
+the writers stay usable without importing Lightning.
+"""
+
+from typing import Any
 
 from findlit.outputs.coco_writers import (
     GroundingResultsWriter,
@@ -14,8 +20,17 @@ __all__ = [
     "InstanceResultsWriter",
     "PanopticWriter",
     "RetrievalResultsWriter",
+    "TestResultsWriter",
     "draw_overlay",
     "encode_masks",
     "rle_json",
     "save_overlay",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TestResultsWriter":
+        from findlit.outputs.test_results import TestResultsWriter
+
+        return TestResultsWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,354 @@
+"""TestResultsWriter: metrics.json and standard-format predictions of ``findlit test``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L  # noqa: N812
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+import yaml
+from lightning.pytorch.loggers import CSVLogger
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from findlit.cli import build_datamodule
+from findlit.data.decode import panoptic_id_map
+from findlit.data.formats import read_coco_panoptic
+from findlit.data.synthetic import generate
+from findlit.lightning_cli import FindLightningCLI
+from findlit.outputs.test_results import TestResultsWriter, metrics_document, resize_nearest, run_directory
+from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder
+from tests.test_lightning_cli import tiny_config
+from tests.test_module import data_section
+
+ORIG = 64
+"""Side of the generated images on disk."""
+TEST_SIZE = 48
+"""Side the test transform resizes them to, so predictions must be resized back to ORIG."""
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def _test_datasets(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The val datasets, resized to TEST_SIZE, without interleave (it has no standard format)."""
+    out = []
+    for dataset in datasets:
+        if dataset["task"] != "interleave":
+            out.append(dataset | {"transforms": {"image_size": TEST_SIZE, "lsj": False}})
+    return out
+
+
+# -- unit --------------------------------------------------------------------------------------------
+
+
+def test_resize_nearest_matches_interpolate_and_keeps_values() -> None:
+    ids = torch.randint(0, 300, (2, 5, 7))
+    resized = resize_nearest(ids, (11, 3))
+    expected = F.interpolate(ids[None].float(), size=(11, 3), mode="nearest")[0].long()
+    assert resized.dtype == torch.int64
+    assert torch.equal(resized, expected)
+    masks = ids > 150
+    assert torch.equal(resize_nearest(masks, (11, 3)), expected > 150)
+    assert resize_nearest(masks, (5, 7)) is masks
+
+
+def test_metrics_document_is_plain_floats() -> None:
+    document = metrics_document({"b": torch.tensor(0.25), "a": 2, "c": torch.tensor(float("nan"))})
+    assert list(document) == ["a", "b", "c"]
+    assert document == {"a": 2.0, "b": 0.25, "c": None}
+    assert json.loads(json.dumps(document)) == document
+
+
+def _fake_trainer(**fields: Any) -> Any:
+    """What setup reads of a single-process Trainer."""
+    return SimpleNamespace(
+        is_global_zero=True, strategy=SimpleNamespace(broadcast=lambda v, src=0: v), **fields
+    )
+
+
+def test_run_directory_is_the_runs_own_folder(tmp_path: Path) -> None:
+    csv = CSVLogger(tmp_path, name="csv", version=2)
+    assert run_directory(_fake_trainer(loggers=[csv])) == Path(csv.log_dir) == tmp_path / "csv" / "version_2"
+    # a logger without a folder per run (W&B, MLflow...): <save_dir>/<name>/<version>, not its save_dir
+    remote = SimpleNamespace(name="project", version="abc123", save_dir=str(tmp_path / "wandb"))
+    assert run_directory(_fake_trainer(loggers=[remote])) == tmp_path / "wandb" / "project" / "abc123"
+    numbered = SimpleNamespace(name="project", version=7, save_dir=None)
+    trainer = _fake_trainer(loggers=[numbered], default_root_dir=str(tmp_path))
+    assert run_directory(trainer) == tmp_path / "project" / "version_7"
+    assert run_directory(_fake_trainer(loggers=[], default_root_dir=str(tmp_path))) == tmp_path
+
+
+@pytest.mark.parametrize("existing", ["metrics.json", "predictions/old.json"])
+def test_refuses_earlier_results(tmp_path: Path, existing: str) -> None:
+    (tmp_path / existing).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / existing).write_text("{}")
+    trainer = _fake_trainer(default_root_dir=str(tmp_path), loggers=[])
+    writer = TestResultsWriter()
+    with pytest.raises(FileExistsError, match=Path(existing).parts[0]):
+        writer.setup(trainer, None, "test")  # type: ignore[arg-type]
+    assert (tmp_path / existing).read_text() == "{}"
+    writer.setup(trainer, None, "fit")  # acts only in test
+    TestResultsWriter(enabled=False).setup(trainer, None, "test")  # type: ignore[arg-type]
+    TestResultsWriter(directory=str(tmp_path / "elsewhere")).setup(trainer, None, "test")  # type: ignore[arg-type]
+
+
+# -- the ground truth, written as predictions through a real Trainer ----------------------------------
+
+
+def _embedding(image_id: int) -> torch.Tensor:
+    return F.normalize(torch.randn(32, generator=torch.Generator().manual_seed(image_id)), dim=0)
+
+
+class GroundTruthModule(L.LightningModule):
+    """test_step returns each image's ground truth in the prediction format of the FIND tasks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        name = f"test/{batch['dataset']}/images"
+        self.log(name, float(len(batch["image_ids"])), reduce_fx="sum", add_dataloader_idx=False)
+        predictions = []
+        for b, target in enumerate(batch["targets"]):
+            h, w = batch["image_sizes"][b]
+            image_id = batch["image_ids"][b]
+            if batch["task"] == "segmentation":
+                masks = target["masks"][:, :h, :w]
+                ids = torch.zeros(h, w, dtype=torch.int64)
+                for k, mask in enumerate(masks):
+                    ids[mask] = k + 1
+                labels = target["labels"]
+                segments = [
+                    {"id": k + 1, "category": int(label), "isthing": bool(thing), "score": 1.0}
+                    for k, (label, thing) in enumerate(zip(labels, target["is_thing"], strict=True))
+                ]
+                things = target["is_thing"]
+                predictions.append(
+                    {
+                        "panoptic": (ids, segments),
+                        "instance": {
+                            "masks": masks[things],
+                            "labels": labels[things],
+                            "scores": torch.ones(int(things.sum())),
+                        },
+                        "semantic": torch.zeros(h, w, dtype=torch.int64),
+                    }
+                )
+            elif batch["task"] == "grounding":
+                masks = target["masks"][target["sentence_targets"]][:, :h, :w]
+                scores = torch.ones(len(masks))
+                predictions.append({"masks": masks, "scores": scores, "sentences": target["sentences"]})
+            else:  # retrieval: captions close to their own image
+                image = _embedding(image_id)
+                captions = F.normalize(image + 0.01 * torch.randn(len(target["captions"]), 32), dim=-1)
+                predictions.append({"image_embedding": image, "caption_embeddings": captions})
+        return predictions
+
+
+@pytest.fixture(scope="module")
+def ground_truth_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("ground_truth")
+    generate(root / "data", train=1, val=4, size=ORIG, seed=0)
+    section = data_section(root / "data")
+    section.update(train=[], test=_test_datasets(section["val"]), val=[])
+    datamodule = build_datamodule(section)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=CSVLogger(root / "logs"),
+        callbacks=[TestResultsWriter(retrieval_top_k=3)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    trainer.test(GroundTruthModule(), datamodule=datamodule)
+    return {"root": root, "data": root / "data", "run": Path(str(trainer.log_dir)), "trainer": trainer}
+
+
+def test_ground_truth_panoptic_reads_back_at_the_original_size(ground_truth_run: dict[str, Any]) -> None:
+    data, folder = ground_truth_run["data"], ground_truth_run["run"] / "predictions" / "demo_panoptic"
+    truth = read_coco_panoptic(
+        data / "annotations" / "panoptic_val.json", data / "panoptic_val", data / "val"
+    )
+    written = read_coco_panoptic(folder / "panoptic_predictions.json", folder / "panoptic", data / "val")
+    assert written.categories == truth.categories
+    truth_by_id = {record.image.id: record for record in truth.records}
+    assert sorted(r.image.id for r in written.records) == sorted(truth_by_id)
+    for record in written.records:
+        expected = truth_by_id[record.image.id]
+        assert record.image.path.name == expected.image.path.name
+        predicted_ids, true_ids = panoptic_id_map(record), panoptic_id_map(expected)
+        assert predicted_ids.shape == true_ids.shape == (ORIG, ORIG)
+        # every ground-truth segment comes back, with its category, up to the 64 -> 48 -> 64 resize
+        predicted = {s.id: s for s in record.segments}
+        for segment in expected.segments:
+            if segment.iscrowd:
+                continue
+            truth_mask = true_ids == segment.id
+            overlaps = [(_iou(predicted_ids == p.id, truth_mask), p.category_id) for p in predicted.values()]
+            iou, category = max(overlaps)
+            assert category == segment.category_id
+            # small shapes lose a rim of pixels; large ones come back nearly whole
+            assert iou > (0.95 if segment.area >= 1000 else 0.6)
+
+
+def test_ground_truth_instances_score_with_cocoeval(ground_truth_run: dict[str, Any]) -> None:
+    data, folder = ground_truth_run["data"], ground_truth_run["run"] / "predictions" / "demo_panoptic"
+    truth = COCO(str(data / "annotations" / "instances_val.json"))
+    results = truth.loadRes(str(folder / "instances_results.json"))
+    for annotation in results.anns.values():
+        image = truth.imgs[annotation["image_id"]]
+        assert tuple(annotation["segmentation"]["size"]) == (image["height"], image["width"])
+    evaluation = COCOeval(truth, results, iouType="segm")
+    evaluation.params.imgIds = sorted(results.getImgIds())
+    # the synthetic instances file also holds the stuff; instance predictions are things only
+    panoptic = json.loads((data / "annotations" / "panoptic_val.json").read_text())
+    evaluation.params.catIds = [c["id"] for c in panoptic["categories"] if c["isthing"]]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[1] > 0.95  # AP50 of the ground truth, resized there and back
+
+
+def test_ground_truth_grounding_carries_ref_ids(ground_truth_run: dict[str, Any]) -> None:
+    data = ground_truth_run["data"]
+    entries = json.loads(
+        (ground_truth_run["run"] / "predictions" / "demo_refs" / "grounding_results.json").read_text()
+    )
+    refs = {ref["ref_id"]: ref for ref in json.loads((data / "annotations" / "refs_val.json").read_text())}
+    instances = COCO(str(data / "annotations" / "instances_val.json"))
+    assert entries and len({e["image_id"] for e in entries}) == 4
+    for entry in entries:
+        ref = refs[entry["ref_id"]]
+        assert ref["image_id"] == entry["image_id"]
+        assert ref["sentences"][entry["sentence_id"]]["raw"] == entry["sentence"]
+        mask = _decode(entry["segmentation"])
+        assert mask.shape == (ORIG, ORIG)
+        annotation = instances.anns[ref["ann_id"]]
+        iou = _iou(mask, instances.annToMask(annotation).astype(bool))
+        assert iou > (0.95 if annotation["area"] >= 1000 else 0.6)
+
+
+def test_ground_truth_retrieval_ranks_own_captions_first(ground_truth_run: dict[str, Any]) -> None:
+    folder = ground_truth_run["run"] / "predictions" / "demo_captions"
+    captions = json.loads((folder / "retrieval_captions.json").read_text())
+    image_of = {caption["id"]: caption["image_id"] for caption in captions}
+    assert len(image_of) == len(captions) and len({c["image_id"] for c in captions}) == 4
+    results = json.loads((folder / "retrieval_results.json").read_text())
+    images = [r for r in results if r["query_kind"] == "image"]
+    texts = [r for r in results if r["query_kind"] == "text"]
+    assert len(images) == 4 and len(texts) == len(captions)
+    for result in images:
+        assert len(result["ranked_ids"]) == 3  # retrieval_top_k
+        assert all(image_of[c] == result["query_id"] for c in result["ranked_ids"])
+    for result in texts:
+        assert result["ranked_ids"][0] == image_of[result["query_id"]]
+
+
+def test_ground_truth_metrics_json(ground_truth_run: dict[str, Any]) -> None:
+    metrics = json.loads((ground_truth_run["run"] / "metrics.json").read_text())
+    assert metrics == {f"test/{name}/images": 4.0 for name in ("demo_panoptic", "demo_captions", "demo_refs")}
+    callback_metrics = ground_truth_run["trainer"].callback_metrics
+    assert metrics == {k: float(v) for k, v in callback_metrics.items()}
+
+
+# -- findlit test through the CLI ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_findlit_test_writes_metrics_and_predictions(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["findlit"])  # LightningCLI warns when given args and argv
+    path = tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["model"]["vision_encoder"] = {"name": "tiny_test_vision", "options": {"seed": 0}}
+    # keep every query, so the untrained model predicts panoptic segments too
+    config["model"]["task_options"]["segmentation"].update(object_mask_threshold=0.0, overlap_threshold=0.0)
+    config["data"]["test"] = [*_test_datasets(config["data"]["val"]), config["data"]["val"][-1]]
+    path.write_text(yaml.safe_dump(config))
+
+    cli = FindLightningCLI(args=["test", "--config", str(path)])
+    out = capsys.readouterr().out
+    run = tmp_path / "logs" / "lightning_logs" / "version_0"
+    assert f"metrics: {run / 'metrics.json'}" in out
+    assert f"predictions: {run / 'predictions'}" in out
+
+    # every metric, as printed in the results table, as the same floats
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert {"test/demo_panoptic/mIoU", "test/demo_captions/IR@1", "test/demo_refs/cIoU"} <= set(metrics)
+    assert "test/demo_entities/mIoU" in metrics
+    for name in metrics:
+        assert name in out
+
+    predictions = run / "predictions"
+    assert sorted(p.name for p in predictions.iterdir()) == ["demo_captions", "demo_panoptic", "demo_refs"]
+    data = tmp_path / "data"
+    panoptic = read_coco_panoptic(
+        predictions / "demo_panoptic" / "panoptic_predictions.json",
+        predictions / "demo_panoptic" / "panoptic",
+        data / "val",
+    )
+    assert len(panoptic.records) == 2  # limit_test_batches: 1 batch of 2
+    assert any(record.segments for record in panoptic.records)
+    for record in panoptic.records:
+        ids = panoptic_id_map(record)
+        assert ids.shape == (ORIG, ORIG)
+        assert set(np.unique(ids).tolist()) - {0} == {s.id for s in record.segments}
+
+    truth = COCO(str(data / "annotations" / "instances_val.json"))
+    results = truth.loadRes(str(predictions / "demo_panoptic" / "instances_results.json"))
+    evaluation = COCOeval(truth, results, iouType="segm")
+    evaluation.params.imgIds = sorted(results.getImgIds())
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert len(evaluation.stats) == 12
+
+    grounding = json.loads((predictions / "demo_refs" / "grounding_results.json").read_text())
+    refs = {ref["ref_id"]: ref for ref in json.loads((data / "annotations" / "refs_val.json").read_text())}
+    assert grounding
+    for entry in grounding:
+        assert refs[entry["ref_id"]]["sentences"][entry["sentence_id"]]["raw"] == entry["sentence"]
+        assert _decode(entry["segmentation"]).shape == (ORIG, ORIG)
+
+    # the logged recall@1 follows from the written rankings
+    results = json.loads((predictions / "demo_captions" / "retrieval_results.json").read_text())
+    captions = json.loads((predictions / "demo_captions" / "retrieval_captions.json").read_text())
+    image_of = {caption["id"]: caption["image_id"] for caption in captions}
+    texts = [r for r in results if r["query_kind"] == "text"]
+    images = [r for r in results if r["query_kind"] == "image"]
+    assert len(texts) == len(captions) and len(images) == 2
+    image_recall = np.mean([r["ranked_ids"][0] == image_of[r["query_id"]] for r in texts])
+    text_recall = np.mean([image_of[r["ranked_ids"][0]] == r["query_id"] for r in images])
+    assert metrics["test/demo_captions/IR@1"] == pytest.approx(image_recall)
+    assert metrics["test/demo_captions/TR@1"] == pytest.approx(text_recall)
+
+    # a second run into the same directory stops before testing and leaves the results alone
+    before = (run / "metrics.json").read_bytes()
+    with pytest.raises(FileExistsError, match=r"metrics\.json"):
+        FindLightningCLI(args=["test", "--config", str(path), "--test_results.directory", str(run)])
+    assert (run / "metrics.json").read_bytes() == before
+
+    # a config turns it off
+    logs = tmp_path / "off"
+    off_args = ["--test_results.enabled", "false", "--trainer.logger.init_args.save_dir", str(logs)]
+    FindLightningCLI(args=["test", "--config", str(path), *off_args])
+    off = logs / "lightning_logs" / "version_0"
+    assert (off / "metrics.csv").is_file()
+    assert not (off / "metrics.json").exists() and not (off / "predictions").exists()
