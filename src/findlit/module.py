@@ -379,7 +379,10 @@ class FINDModule(L.LightningModule):
         """Log ``val/<dataset>/loss`` and update the dataset's metrics."""
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    # Lightning types step outputs as a tensor or mapping; a list reaches the callbacks unchanged
+    def test_step(  # type: ignore[override]
+        self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
         """Log ``test/<dataset>/loss``, update the dataset's metrics and return the predictions.
 
         The predictions (one dict per image, as the batch's task's ``predict`` gives them) reach
