@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -174,6 +174,9 @@ class _SegmentationDataset(TaskDataset):
 class PanopticSegmentationDataset(_SegmentationDataset):
     """Generic segmentation from COCO panoptic: one mask per non-crowd segment, crowd and void ignored."""
 
+    panoptic: ClassVar[bool] = True
+    """Segments partition the image (PQ is defined); the metrics read this flag."""
+
     def decode(self, record: PanopticRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""
         sample = self._base(record)
@@ -188,6 +191,9 @@ class PanopticSegmentationDataset(_SegmentationDataset):
 
 class InstanceSegmentationDataset(_SegmentationDataset):
     """Instance segmentation from COCO instances; crowd annotations become ignore regions."""
+
+    panoptic: ClassVar[bool] = False
+    """Masks may overlap and need not cover the image: no PQ, only mask AP and mIoU."""
 
     def decode(self, record: InstancesRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[N,H,W], labels int64[N], is_thing bool[N], ignore_mask bool[H,W]."""
