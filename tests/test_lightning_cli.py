@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import csv
+import json
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import WandbLogger
 
 import findlit
 from findlit.cli import main
 from findlit.data.synthetic import generate
+from findlit.encoders.registry import EncoderConfig
+from findlit.lightning_cli import FindLightningCLI, wants_default_progress_bar
 from tests.fixtures import REPO
 from tests.test_module import INTERFACE, TASK_OPTIONS, data_section
 
-DEMO = REPO / "configs" / "demo.yaml"
-FAST = REPO / "configs" / "debug" / "fast.yaml"
+CONFIGS = REPO / "configs"
+DEMO = CONFIGS / "demo.yaml"
+FAST = CONFIGS / "debug" / "fast.yaml"
+WANDB = CONFIGS / "logger" / "wandb.yaml"
 
 CONFIG_RUNS = {
     "demo": [DEMO],
     "demo+fast": [DEMO, FAST],
-    "coco_sample": [REPO / "configs" / "coco_sample.yaml"],
+    "coco_sample": [CONFIGS / "coco_sample.yaml"],
+    "find_coco_clip": [CONFIGS / "find_coco_clip.yaml"],
+    "find_coco_sam": [CONFIGS / "find_coco_sam.yaml"],
+    "find_coco_clip+fast": [CONFIGS / "find_coco_clip.yaml", FAST],
+    "demo+ddp": [DEMO, CONFIGS / "trainer" / "ddp.yaml"],
+    "demo+slurm": [DEMO, CONFIGS / "trainer" / "slurm.yaml"],
+    "demo+wandb": [DEMO, WANDB],
+    "find_coco_sam+slurm+wandb": [CONFIGS / "find_coco_sam.yaml", CONFIGS / "trainer" / "slurm.yaml", WANDB],
 }
 """Every experiment YAML under configs/ (configs/prototypes/ holds attention prototypes, not
 experiments), and every partial merged after the experiment it refines."""
@@ -44,7 +60,14 @@ def test_every_config_file_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", list(CONFIG_RUNS))
-def test_config_parses_with_print_config(capsys: pytest.CaptureFixture[str], name: str) -> None:
+def test_config_parses_with_print_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    def no_build(*_: Any, **__: Any) -> None:
+        raise AssertionError("parsing a config built an encoder")
+
+    # the COCO configs name hub weights and checkpoint files that tests never have
+    monkeypatch.setattr(EncoderConfig, "build", no_build)
     arguments = [argument for path in CONFIG_RUNS[name] for argument in ("--config", str(path))]
     code, out, err = run(capsys, "fit", *arguments, "--print_config")
     assert code == 0, err
@@ -60,6 +83,58 @@ def test_config_parses_with_print_config(capsys: pytest.CaptureFixture[str], nam
         # the partial changes only what it names
         assert printed["data"]["train"][0]["name"] == "demo_panoptic"
         assert printed["trainer"]["gradient_clip_val"] == 5.0
+    if name.startswith("find_coco"):
+        model, data = printed["model"], printed["data"]
+        # FIND's interface and optimiser
+        assert model["interface"] == {
+            "hidden_dim": 512,
+            "num_layers": 9,
+            "num_heads": 8,
+            "ffn_dim": 2048,
+            "num_proposals": 100,
+            "embed_dim": 512,
+        }
+        assert model["lr"] == 1e-4 and model["weight_decay"] == 0.05
+        assert printed["trainer"]["gradient_clip_val"] == 0.01
+        assert data["root"] == "datasets/coco"
+        train = {dataset["name"]: dataset for dataset in data["train"]}
+        assert {dataset["task"] for dataset in train.values()} == {
+            "segmentation",
+            "retrieval",
+            "grounding",
+            "interleave",
+        }
+        assert all(dataset["batch_size"] == 6 for dataset in train.values())
+        panoptic = train["coco_panoptic"]["transforms"]
+        assert panoptic["image_size"] == 1024 and panoptic["lsj"] is True and panoptic["min_scale"] == 0.1
+        assert train["refcocog_umd"]["transforms"]["lsj"] is False
+        assert train["refcocog_umd"]["paths"]["refs"] == "refcocog/refs(umd).p"
+        val = {dataset["name"]: dataset for dataset in data["val"]}
+        assert val["karpathy"]["format"] == "karpathy" and val["karpathy"]["paths"]["split"] == "val"
+        assert {dataset["paths"]["split"] for dataset in data["test"] if dataset["name"] == "karpathy"} == {
+            "test"
+        }
+    if name.startswith("find_coco_clip"):
+        assert printed["model"]["vision_encoder"]["name"] == "open_clip_vision"
+        assert printed["model"]["text_encoder"]["options"]["model"] == "ViT-B-16"
+    if name.startswith("find_coco_sam"):
+        assert printed["model"]["vision_encoder"]["options"]["variant"] == "vit_b"
+        assert printed["model"]["text_encoder"]["name"] == "hf_text"
+    if name == "find_coco_clip+fast":
+        assert printed["trainer"]["max_steps"] == 2 and printed["data"]["steps_per_epoch"] == 2
+        assert printed["trainer"]["max_epochs"] == 50  # the partial changes only what it names
+    if name == "demo+ddp":
+        assert printed["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
+        assert printed["trainer"]["accelerator"] == "cpu"  # the experiment keeps its accelerator
+    if name.endswith("slurm") or "+slurm" in name:
+        [plugin] = printed["trainer"]["plugins"]
+        assert plugin["class_path"] == "lightning.pytorch.plugins.environments.SLURMEnvironment"
+        assert plugin["init_args"] == {"auto_requeue": True, "requeue_signal": "SIGUSR1"}
+        assert printed["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
+    if name.endswith("wandb"):
+        logger = printed["trainer"]["logger"]
+        assert logger["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+        assert logger["init_args"]["offline"] is True
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,3 +208,93 @@ def test_fit_then_test_from_the_checkpoint(capsys: pytest.CaptureFixture[str], t
     assert code == 0, err
     assert "test/demo_panoptic/mIoU" in out
     assert (tmp_path / "logs" / "lightning_logs" / "version_1" / "metrics.csv").is_file()
+
+
+WANDB_BLOCK = 32768
+"""Block size of W&B's run file (LevelDB's log format)."""
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The protobuf records of an offline W&B run file (a LevelDB-style log of 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    position, payload = 7, b""
+    while position + 7 <= len(data):
+        if WANDB_BLOCK - position % WANDB_BLOCK < 7:  # a block's tail too short for a header is padding
+            position += WANDB_BLOCK - position % WANDB_BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        payload += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (0, 1, 4):  # zero padding, a full record, or a record's last fragment
+            if payload:
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(payload)
+                yield record
+            payload = b""
+
+
+@pytest.mark.slow
+def test_fit_with_the_wandb_config_offline_logs_metrics_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    for variable in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = tiny_config(tmp_path)
+    # the tiny config turns the bar off; the wandb run keeps findlit's default one
+    tiny = yaml.safe_load(config.read_text())
+    del tiny["trainer"]["enable_progress_bar"]
+    config.write_text(yaml.safe_dump(tiny))
+    save_dir = tmp_path / "wandb_logs"
+    cli = FindLightningCLI(
+        args=[
+            "fit",
+            *("--config", str(config), "--config", str(WANDB)),
+            *("--trainer.logger.init_args.save_dir", str(save_dir)),
+            *("--trainer.max_steps", "2"),
+        ]
+    )
+    assert isinstance(cli.trainer.progress_bar_callback, RichProgressBar)
+    logger = cli.trainer.logger
+    assert isinstance(logger, WandbLogger)
+    run_id = logger.version
+    assert isinstance(run_id, str)
+    # config.yaml in the run's own folder, next to its checkpoints, not in the shared save_dir
+    run_dir = save_dir / "findlit" / run_id
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 2
+    assert list((run_dir / "checkpoints").glob("*.ckpt"))
+    assert not (save_dir / "config.yaml").exists()
+    logger.experiment.finish()
+    [run_file] = list(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    metrics: set[str] = set()
+    logged: dict[str, Any] = {}
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            metrics |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind == "config":
+            logged |= {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                for item in record.config.update
+            }
+    assert {"train/loss", "val/demo_panoptic/mIoU", "val/demo_refs/cIoU"} <= metrics
+    # the resolved config, every section
+    assert logged["trainer"]["max_steps"] == 2
+    assert logged["model"]["interface"] == INTERFACE
+    assert logged["data"]["steps_per_epoch"] == 2
+
+
+def test_default_progress_bar_only_where_lightning_accepts_one() -> None:
+    rich = {"class_path": "lightning.pytorch.callbacks.RichProgressBar"}
+    tqdm = {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {}}
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"}
+    assert wants_default_progress_bar({"enable_progress_bar": None, "callbacks": None})
+    assert wants_default_progress_bar({"enable_progress_bar": True, "callbacks": [checkpoint]})
+    assert not wants_default_progress_bar({"enable_progress_bar": False, "callbacks": None})
+    assert not wants_default_progress_bar({"callbacks": [checkpoint, tqdm]})
+    assert not wants_default_progress_bar({"callbacks": rich})

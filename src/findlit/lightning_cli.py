@@ -19,16 +19,25 @@ panoptic, COCO instance results, grounding and retrieval JSON) to the run's log 
 The resolved config is saved as ``config.yaml`` in the run's log dir. Lightning's default
 behaviour is kept: when that file already exists (a re-run into the same log dir) the run stops
 with an error instead of overwriting it; pick another ``trainer.default_root_dir`` or logger
-version, or pass ``--trainer.logger`` with a fresh ``version``.
+version, or pass ``--trainer.logger`` with a fresh ``version``. Loggers without a folder per run
+(W&B...) get the resolved config through ``log_hyperparams`` and their ``config.yaml`` next to the
+run's checkpoints (:class:`SaveAndLogConfigCallback`). The progress bar is Rich's by default.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.module import FINDModule
@@ -38,7 +47,79 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 """The LightningCLI subcommands ``findlit`` dispatches to :func:`run`."""
 
 TRAINER_DEFAULTS: dict[str, Any] = {"use_distributed_sampler": False}
-"""Trainer defaults of every subcommand (a config's ``trainer`` section overrides them)."""
+"""Trainer defaults of every subcommand (a config's ``trainer`` section overrides them).
+
+No ``logger`` is given, so Lightning's default applies: a TensorBoardLogger in
+``trainer.default_root_dir`` when ``tensorboard`` (or ``tensorboardX``) is installed, else a CSVLogger.
+The progress bar is :class:`~lightning.pytorch.callbacks.RichProgressBar` unless the config turns
+the bar off or names its own (see :func:`wants_default_progress_bar`).
+"""
+
+
+def _is_progress_bar(callback: Any) -> bool:
+    """Whether a ``trainer.callbacks`` entry (an instance or a ``class_path`` config) is a progress bar."""
+    if isinstance(callback, ProgressBar):
+        return True
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # the parser reports it; no opinion here
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
+def wants_default_progress_bar(trainer: Any) -> bool:
+    """Whether a parsed ``trainer`` section gets the default RichProgressBar.
+
+    Not when ``enable_progress_bar`` is false (Lightning rejects a bar then), when ``callbacks`` name
+    a progress bar already (Lightning rejects two), or when ``rich`` is not installed.
+    """
+    if trainer is None or trainer.get("enable_progress_bar") is False:
+        return False
+    callbacks = trainer.get("callbacks") or []
+    if not isinstance(callbacks, list):
+        callbacks = [callbacks]
+    if any(_is_progress_bar(callback) for callback in callbacks):
+        return False
+    return importlib.util.find_spec("rich") is not None
+
+
+class SaveAndLogConfigCallback(SaveConfigCallback):
+    """Saves the resolved config as ``config.yaml`` in the run's folder and gives it to the loggers.
+
+    CSV and TensorBoard loggers keep a folder per run, which gets ``config.yaml`` (Lightning's
+    behaviour). Other loggers (W&B, MLflow...) get the whole resolved config, as nested sections, through
+    ``log_hyperparams``; Lightning would put their ``config.yaml`` in their ``save_dir``, shared by every
+    run, so it goes to ``<save_dir>/<name>/<version>/`` instead, next to the run's checkpoints.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Move ``config.yaml`` into the run's own folder when the first logger has none, then save."""
+        if not self.already_saved and self.save_to_log_dir and trainer.loggers:
+            first = trainer.loggers[0]
+            if not isinstance(first, (CSVLogger, TensorBoardLogger)):
+                # the same folder as ModelCheckpoint's default dirpath; the logger made its experiment
+                # (and so its version) before the callbacks' setup
+                version = first.version if isinstance(first.version, str) else f"version_{first.version}"
+                run_dir = os.path.join(str(first.name), version)
+                self.config_filename = os.path.join(run_dir, os.path.basename(self.config_filename))
+                if trainer.is_global_zero:
+                    root = first.save_dir if first.save_dir is not None else trainer.default_root_dir
+                    os.makedirs(os.path.join(root, run_dir), exist_ok=True)
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Log the resolved config to every logger but CSV and TensorBoard (rank zero only)."""
+        file_loggers = (CSVLogger, TensorBoardLogger)
+        loggers = [logger for logger in trainer.loggers if not isinstance(logger, file_loggers)]
+        if not loggers:
+            return
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in loggers:
+            logger.log_hyperparams(config)
 
 
 class FindLightningCLI(LightningCLI):
@@ -51,6 +132,7 @@ class FindLightningCLI(LightningCLI):
             model_class=FINDModule,
             datamodule_class=MultiTaskDataModule,
             trainer_defaults=TRAINER_DEFAULTS | kwargs.pop("trainer_defaults", {}),
+            save_config_callback=kwargs.pop("save_config_callback", SaveAndLogConfigCallback),
             parser_kwargs=parser_kwargs,
             args=None if args is None else list(args),
             run=run,
@@ -65,6 +147,14 @@ class FindLightningCLI(LightningCLI):
         ``test``; ``test_results: {enabled: false}`` turns it off, ``directory`` moves its output.
         """
         parser.add_lightning_class_args(TestResultsWriter, "test_results")
+
+    def before_instantiate_classes(self) -> None:
+        """Add the default RichProgressBar (a fresh one per run) when the config allows it."""
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        if wants_default_progress_bar(config.get("trainer")):
+            callbacks = self.trainer_defaults.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, RichProgressBar()]}
 
 
 def run(args: Sequence[str] | None = None) -> int:
