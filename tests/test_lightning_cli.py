@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 
@@ -208,6 +209,64 @@ def test_fit_then_test_from_the_checkpoint(capsys: pytest.CaptureFixture[str], t
     assert code == 0, err
     assert "test/demo_panoptic/mIoU" in out
     assert (tmp_path / "logs" / "lightning_logs" / "version_1" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_two_epoch_fit_then_tests_its_best_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``test_after_fit: best`` tests the checkpoint ModelCheckpoint chose, in the same run folder."""
+    config = tiny_config(tmp_path)
+    tested: list[str] = []
+    original_test = Trainer.test
+
+    def recording_test(trainer: Trainer, *args: Any, **kwargs: Any) -> Any:
+        tested.append(str(kwargs.get("ckpt_path")))
+        tested.append(trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
+        return original_test(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "test", recording_test)
+    code, _, err = run(
+        capsys,
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_steps",
+        "-1",
+        "--trainer.max_epochs",
+        "2",
+        "--test_after_fit",
+        "best",
+    )
+    assert code == 0, err
+    run_dir = tmp_path / "logs" / "lightning_logs" / "version_0"
+    with open(run_dir / "metrics.csv") as file:
+        epochs = {row["epoch"] for row in csv.DictReader(file) if row.get("train/loss")}
+    assert epochs == {"0", "1"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test/demo_panoptic/PQ" in metrics and "test/demo_refs/cIoU" in metrics
+    assert tested[0] == "best" and Path(tested[1]).parent == run_dir / "checkpoints"
+    assert not (tmp_path / "logs" / "lightning_logs" / "version_1").exists()
+
+
+@pytest.mark.slow
+def test_fast_dev_run_fit_then_test(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``fast_dev_run`` runs one batch of every stage; test then runs on the same config."""
+    config = tiny_config(tmp_path)
+    code, _, err = run(capsys, "fit", "--config", str(config), "--trainer.fast_dev_run", "true")
+    assert code == 0, err
+    code, out, err = run(
+        capsys,
+        "test",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run",
+        "true",
+        "--test_results.enabled",
+        "false",
+    )
+    assert code == 0, err
+    assert "test/demo_panoptic/mIoU" in out
 
 
 WANDB_BLOCK = 32768

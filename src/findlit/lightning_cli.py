@@ -147,6 +147,26 @@ class FindLightningCLI(LightningCLI):
         ``test``; ``test_results: {enabled: false}`` turns it off, ``directory`` moves its output.
         """
         parser.add_lightning_class_args(TestResultsWriter, "test_results")
+        parser.add_argument(
+            "--test_after_fit",
+            type=str | None,
+            default=None,
+            help="fit only: then test this checkpoint in the same run ('best', 'last' or a path); "
+            "the test datasets are data.test",
+        )
+
+    def after_fit(self) -> None:
+        """Test the checkpoint that ``test_after_fit`` names, when set (``findlit fit`` only)."""
+        checkpoint = self._get(self.config, "test_after_fit")
+        if checkpoint is None:
+            return
+        if checkpoint == "best" and not self._best_checkpoint_exists():
+            checkpoint = "last"  # no checkpoint was monitored (e.g. no validation): test the weights
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=checkpoint)
+
+    def _best_checkpoint_exists(self) -> bool:
+        callback = self.trainer.checkpoint_callback
+        return bool(getattr(callback, "best_model_path", ""))
 
     def before_instantiate_classes(self) -> None:
         """Add the default RichProgressBar (a fresh one per run) when the config allows it."""
