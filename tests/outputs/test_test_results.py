@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import sys
 from pathlib import Path
@@ -14,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -24,7 +28,15 @@ from findlit.data.decode import panoptic_id_map
 from findlit.data.formats import read_coco_panoptic
 from findlit.data.synthetic import generate
 from findlit.lightning_cli import FindLightningCLI
-from findlit.outputs.test_results import TestResultsWriter, metrics_document, resize_nearest, run_directory
+from findlit.outputs.overlays_sink import log_overlays_to_wandb, shorten
+from findlit.outputs.test_results import (
+    TestResultsWriter,
+    metrics_document,
+    metrics_table,
+    resize_nearest,
+    run_directory,
+)
+from findlit.tasks.interleave import phrases_of
 from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder
 from tests.test_lightning_cli import tiny_config
 from tests.test_module import data_section
@@ -92,7 +104,7 @@ def test_run_directory_is_the_runs_own_folder(tmp_path: Path) -> None:
     assert run_directory(_fake_trainer(loggers=[], default_root_dir=str(tmp_path))) == tmp_path
 
 
-@pytest.mark.parametrize("existing", ["metrics.json", "predictions/old.json"])
+@pytest.mark.parametrize("existing", ["metrics.json", "predictions/old.json", "overlays/demo/old.png"])
 def test_refuses_earlier_results(tmp_path: Path, existing: str) -> None:
     (tmp_path / existing).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / existing).write_text("{}")
@@ -104,6 +116,61 @@ def test_refuses_earlier_results(tmp_path: Path, existing: str) -> None:
     writer.setup(trainer, None, "fit")  # acts only in test
     TestResultsWriter(enabled=False).setup(trainer, None, "test")  # type: ignore[arg-type]
     TestResultsWriter(directory=str(tmp_path / "elsewhere")).setup(trainer, None, "test")  # type: ignore[arg-type]
+    if existing.startswith("overlays"):  # without overlays, an old overlays folder is no obstacle
+        TestResultsWriter(overlays=0).setup(trainer, None, "test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="overlays"):
+        TestResultsWriter(overlays=-1)
+
+
+def test_metrics_table_shows_headline_fractions_in_percent() -> None:
+    document = {
+        "test/seg/PQ": 0.45678,
+        "test/seg/AP": -1.0,  # torchmetrics' mAP without ground truth: not a fraction, shown as is
+        "test/seg/loss": 3.5,  # not a headline metric: no column
+        "test/refs/cIoU": 1.0,
+        "test/refs/mIoU": None,  # NaN in metrics.json
+        "val/other/PQ": 0.1,  # another stage
+        "test/caps/IR@1": 0.0,
+    }
+    lines = metrics_table(document).splitlines()
+    assert lines[0] == "test metrics (%):"
+    assert lines[1].split() == ["dataset", "PQ", "AP", "mIoU", "cIoU", "IR@1"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows == {
+        "seg": ["45.7", "-1", "-", "-", "-"],
+        "refs": ["-", "-", "nan", "100.0", "-"],
+        "caps": ["-", "-", "-", "-", "0.0"],
+    }
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+    assert metrics_table({"test/seg/loss": 1.0}) == ""
+
+
+def test_shorten_cuts_long_sentences_at_a_word() -> None:
+    assert shorten("  the  red\ncar ") == "the red car"
+    short = shorten("the small dog sitting on the left of the wooden bench", limit=20)
+    assert short == "the small dog…" and len(short) <= 20
+    assert len(shorten("x" * 50, limit=10)) == 10
+
+
+def test_overlays_go_to_every_wandb_logger_only(tmp_path: Path) -> None:
+    class Recording(WandbLogger):  # a WandbLogger that records instead of starting a run
+        def __init__(self) -> None:
+            self.calls: list[dict[str, Any]] = []
+
+        def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
+            self.calls.append({"key": key, "images": images, **kwargs})
+
+    first, second = Recording(), Recording()
+    written = [(tmp_path / "a.png", "a: 2 masks"), (tmp_path / "b.png", "b: 0 masks")]
+    loggers = [CSVLogger(tmp_path), first, SimpleNamespace(log_image=None), second]
+    assert log_overlays_to_wandb(loggers, "test/x/overlays", written) == 2
+    expected = {
+        "key": "test/x/overlays",
+        "images": [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+        "caption": ["a: 2 masks", "b: 0 masks"],
+    }
+    assert first.calls == second.calls == [expected]
+    assert log_overlays_to_wandb(loggers, "test/x/overlays", []) == 0
 
 
 # -- the ground truth, written as predictions through a real Trainer ----------------------------------
@@ -170,7 +237,7 @@ def ground_truth_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     trainer = L.Trainer(
         accelerator="cpu",
         logger=CSVLogger(root / "logs"),
-        callbacks=[TestResultsWriter(retrieval_top_k=3)],
+        callbacks=[TestResultsWriter(retrieval_top_k=3, overlays=0)],
         enable_progress_bar=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
@@ -259,11 +326,193 @@ def test_ground_truth_retrieval_ranks_own_captions_first(ground_truth_run: dict[
         assert result["ranked_ids"][0] == image_of[result["query_id"]]
 
 
+def test_ground_truth_without_overlays(ground_truth_run: dict[str, Any]) -> None:
+    assert not (ground_truth_run["run"] / "overlays").exists()
+
+
 def test_ground_truth_metrics_json(ground_truth_run: dict[str, Any]) -> None:
     metrics = json.loads((ground_truth_run["run"] / "metrics.json").read_text())
     assert metrics == {f"test/{name}/images": 4.0 for name in ("demo_panoptic", "demo_captions", "demo_refs")}
     callback_metrics = ground_truth_run["trainer"].callback_metrics
     assert metrics == {k: float(v) for k, v in callback_metrics.items()}
+
+
+# -- overlays, W&B and the metrics table -----------------------------------------------------------------
+
+OVERLAYS = 2
+"""Overlays per dataset in the overlay run (of 4 test images each)."""
+
+WANDB = importlib.util.find_spec("wandb") is not None
+"""wandb is an optional extra (findlit[wandb]): without it the overlay run has no W&B logger."""
+
+HEADLINE = {
+    "segmentation": {"PQ": 0.4567, "AP": 0.25},
+    "grounding": {"cIoU": 0.8},
+    "retrieval": {"IR@1": 1.0},
+}
+"""What OverlayModule logs for every dataset of a task (interleave: nothing)."""
+
+
+class OverlayModule(GroundTruthModule):
+    """The ground truth, for interleave phrases too; logs made-up headline metrics."""
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        size = len(batch["image_ids"])
+        for name, value in HEADLINE.get(batch["task"], {}).items():
+            self.log(f"test/{batch['dataset']}/{name}", value, batch_size=size, add_dataloader_idx=False)
+        if batch["task"] != "interleave":
+            return super().test_step(batch, batch_idx, dataloader_idx)
+        self.log(f"test/{batch['dataset']}/images", float(size), reduce_fx="sum", add_dataloader_idx=False)
+        predictions = []
+        for b, target in enumerate(batch["targets"]):
+            h, w = batch["image_sizes"][b]
+            phrases, index = phrases_of(target)
+            masks = target["masks"][torch.tensor(index, dtype=torch.int64)][:, :h, :w]
+            predictions.append(
+                {"masks": masks, "scores": torch.full((len(phrases),), 0.5), "phrases": phrases}
+            )
+        return predictions
+
+
+class RecordingWandbLogger(WandbLogger):
+    """A real (offline) WandbLogger that also records its ``log_image`` calls."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.images: list[dict[str, Any]] = []
+
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        self.images.append({"key": key, "images": list(images), **kwargs})
+        super().log_image(key, images, step, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def overlay_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A test run of OverlayModule with a CSV logger and, when wandb is installed, an offline W&B run."""
+    root = tmp_path_factory.mktemp("overlays")
+    generate(root / "data", train=1, val=4, size=ORIG, seed=0)
+    section = data_section(root / "data")
+    resized = {"image_size": TEST_SIZE, "lsj": False}
+    section.update(train=[], test=[d | {"transforms": resized} for d in section["val"]], val=[])
+    datamodule = build_datamodule(section)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(root / "wandb"))
+        patch.setenv("WANDB_SILENT", "true")
+        loggers: list[Any] = [CSVLogger(root / "logs")]
+        if WANDB:
+            loggers.append(
+                RecordingWandbLogger(project="findlit-test", save_dir=str(root / "wandb"), offline=True)
+            )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=loggers,
+            callbacks=[TestResultsWriter(retrieval_top_k=3, overlays=OVERLAYS)],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+        )
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            trainer.test(OverlayModule(), datamodule=datamodule)
+        if WANDB:
+            import wandb
+
+            wandb.finish()
+    yield {
+        "data": root / "data",
+        "run": root / "logs" / "lightning_logs" / "version_0",
+        "datamodule": datamodule,
+        "wandb": loggers[-1] if WANDB else None,
+        "out": out.getvalue(),
+    }
+
+
+def _first_images(overlay_run: dict[str, Any], name: str) -> list[Path]:
+    dataset = next(d for d in overlay_run["datamodule"].stage_datasets("test") if d.name == name)
+    return [record.image.path for record in dataset.records[:OVERLAYS]]
+
+
+def test_overlays_of_the_first_images_at_their_size_on_disk(overlay_run: dict[str, Any]) -> None:
+    folder = overlay_run["run"] / "overlays"
+    assert sorted(p.name for p in folder.iterdir()) == ["demo_entities", "demo_panoptic", "demo_refs"]
+    for name in ("demo_entities", "demo_panoptic", "demo_refs"):
+        images = _first_images(overlay_run, name)
+        assert sorted(p.name for p in (folder / name).iterdir()) == sorted(f"{p.stem}.png" for p in images)
+        for image in images:
+            with Image.open(folder / name / f"{image.stem}.png") as overlay:
+                assert overlay.format == "PNG" and overlay.mode == "RGB"
+                assert overlay.size == (ORIG, ORIG)
+                drawn = np.asarray(overlay)
+            raw = np.asarray(Image.open(image).convert("RGB"))
+            assert (drawn != raw).any(axis=-1).mean() > 0.05
+
+
+def _written_masks(overlay_run: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+    """Image stem -> union of the masks predicted for it, read back from the written predictions."""
+    folder = overlay_run["run"] / "predictions" / name
+    if name == "demo_panoptic":
+        images = overlay_run["data"] / "val"
+        panoptic = read_coco_panoptic(folder / "panoptic_predictions.json", folder / "panoptic", images)
+        return {record.image.path.stem: panoptic_id_map(record) != 0 for record in panoptic.records}
+    dataset = next(d for d in overlay_run["datamodule"].stage_datasets("test") if d.name == name)
+    stems = {record.image.id: record.image.path.stem for record in dataset.records}
+    union: dict[str, np.ndarray] = {}
+    for entry in json.loads((folder / "grounding_results.json").read_text()):
+        stem = stems[entry["image_id"]]
+        union[stem] = union.get(stem, np.zeros((ORIG, ORIG), dtype=bool)) | _decode(entry["segmentation"])
+    return union
+
+
+@pytest.mark.parametrize("name", ["demo_panoptic", "demo_refs"])
+def test_overlays_tint_the_predicted_masks(overlay_run: dict[str, Any], name: str) -> None:
+    masks = _written_masks(overlay_run, name)  # the same predictions, at the size on disk
+    for image in _first_images(overlay_run, name):
+        inside = masks[image.stem]
+        assert inside.sum() > 50
+        drawn = np.asarray(Image.open(overlay_run["run"] / "overlays" / name / f"{image.stem}.png"))
+        raw = np.asarray(Image.open(image).convert("RGB"))
+        changed = (drawn != raw).any(axis=-1)
+        assert changed[inside].mean() > 0.9  # tinted (or outlined, or labelled) inside the masks
+
+
+@pytest.mark.skipif(
+    not WANDB, reason="wandb is not installed (test_overlays_go_to_every_wandb_logger_only runs)"
+)
+def test_overlays_logged_to_wandb(overlay_run: dict[str, Any]) -> None:
+    calls = {call["key"]: call for call in overlay_run["wandb"].images}
+    names = ("demo_entities", "demo_panoptic", "demo_refs")
+    assert sorted(calls) == [f"test/{name}/overlays" for name in names]
+    for name in names:
+        call = calls[f"test/{name}/overlays"]
+        expected = [
+            str(overlay_run["run"] / "overlays" / name / f"{p.stem}.png")
+            for p in _first_images(overlay_run, name)
+        ]
+        assert sorted(call["images"]) == sorted(expected)
+        assert len(call["caption"]) == OVERLAYS
+
+
+def test_printed_table_matches_metrics_json(overlay_run: dict[str, Any]) -> None:
+    run, out = overlay_run["run"], overlay_run["out"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    lines = out.splitlines()
+    start = lines.index("test metrics (%):")
+    header = lines[start + 1].split()
+    assert header == ["dataset", "PQ", "AP", "cIoU", "IR@1"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[start + 2 : start + 6]}
+    assert sorted(rows) == ["demo_captions", "demo_entities", "demo_panoptic", "demo_refs"]
+    for dataset, cells in rows.items():
+        for column, cell in zip(header[1:], cells, strict=True):
+            value = metrics.get(f"test/{dataset}/{column}")
+            assert cell == ("-" if value is None else f"{100 * value:.1f}")
+    assert rows["demo_panoptic"][:2] == ["45.7", "25.0"]
+    for label, path in (
+        ("metrics", run / "metrics.json"),
+        ("predictions", run / "predictions"),
+        ("overlays", run / "overlays"),
+    ):
+        assert f"{label}: {path}" in lines[start + 6 :]
 
 
 # -- findlit test through the CLI ----------------------------------------------------------------------
@@ -339,6 +588,20 @@ def test_findlit_test_writes_metrics_and_predictions(
     assert metrics["test/demo_captions/IR@1"] == pytest.approx(image_recall)
     assert metrics["test/demo_captions/TR@1"] == pytest.approx(text_recall)
 
+    # overlays of the untrained model's predictions (limit_test_batches: 2 images per dataset), no
+    # retrieval ones, and the headline table with a row per dataset
+    overlays = run / "overlays"
+    assert f"overlays: {overlays}" in out
+    assert sorted(p.name for p in overlays.iterdir()) == ["demo_entities", "demo_panoptic", "demo_refs"]
+    for folder in overlays.iterdir():
+        assert len(list(folder.glob("*.png"))) == 2
+    table = out.splitlines()[out.splitlines().index("test metrics (%):") :]
+    for name in ("demo_captions", "demo_entities", "demo_panoptic", "demo_refs"):
+        assert any(line.split()[0] == name for line in table[2:6])
+    ir1 = table[1].split().index("IR@1")
+    captions_row = next(line.split() for line in table if line.startswith("demo_captions"))
+    assert captions_row[ir1] == f"{100 * metrics['test/demo_captions/IR@1']:.1f}"
+
     # a second run into the same directory stops before testing and leaves the results alone
     before = (run / "metrics.json").read_bytes()
     with pytest.raises(FileExistsError, match=r"metrics\.json"):
@@ -352,3 +615,4 @@ def test_findlit_test_writes_metrics_and_predictions(
     off = logs / "lightning_logs" / "version_0"
     assert (off / "metrics.csv").is_file()
     assert not (off / "metrics.json").exists() and not (off / "predictions").exists()
+    assert not (off / "overlays").exists()

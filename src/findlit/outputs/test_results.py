@@ -11,18 +11,28 @@ writes, under ``<directory>`` (default: the run's folder, :func:`run_directory`)
     predictions/<dataset>/grounding_results.json grounding: one entry per sentence, with ref ids
     predictions/<dataset>/retrieval_results.json retrieval: ranked galleries of every query
     predictions/<dataset>/retrieval_captions.json retrieval: the caption ids used above
+    overlays/<dataset>/<stem>.png                the first ``overlays`` images: masks, labels, scores
+
+At the end it prints a table of the headline metrics, one row per dataset (:func:`metrics_table`),
+and the paths above; Lightning's own table of every metric follows it.
 
 Masks are resized from the transformed image size to the size on disk with nearest-neighbour
 sampling of the binary masks (and of the panoptic id map); the evaluation transform only resizes
 (no crop), so this maps every pixel back. Interleave predictions have no standard format and are
 not written.
 
+Overlays (:mod:`findlit.outputs.overlays_sink`) are drawn at the image's size on disk, for every
+dataset but retrieval ones, and logged to W&B when a ``WandbLogger`` is among the trainer's loggers
+(key ``test/<dataset>/overlays``).
+
 Nothing is overwritten: the run stops before testing when ``metrics.json`` or a non-empty
-``predictions`` folder already exists in the directory.
+``predictions`` or ``overlays`` folder already exists in the directory.
 
 Under DDP each rank sees a disjoint shard (the DataModule's ``ShardedSampler``). Each rank writes
 its own panoptic PNGs (their names differ); the JSON entries and retrieval embeddings are gathered
 to every rank with ``all_gather_object`` and rank 0 writes the JSON files and ``metrics.json``.
+Overlays are drawn by rank 0 alone, of the first images of its own shard: the first ``overlays``
+images of each dataset in a single process, every ``world_size``-th of them under DDP.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from findlit.outputs.coco_writers import (
     RetrievalResultsWriter,
     write_json_atomic,
 )
+from findlit.outputs.overlays_sink import OVERLAYS_FOLDER, OverlaySink, log_overlays_to_wandb
 
 METRICS_NAME = "metrics.json"
 """File name of the metrics, in the results directory."""
@@ -321,22 +332,24 @@ def run_directory(trainer: L.Trainer) -> Path:
     return Path(path)
 
 
-def _existing_output(directory: Path, predictions: bool) -> str | None:
+def _existing_output(directory: Path, predictions: bool, overlays: bool = False) -> str | None:
     """Why writing into ``directory`` would overwrite something, or None."""
     metrics = directory / METRICS_NAME
     if metrics.exists():
         return f"{metrics} exists"
-    folder = directory / PREDICTIONS_FOLDER
-    if predictions and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        return f"{folder} exists and is not an empty folder"
+    for name, wanted in ((PREDICTIONS_FOLDER, predictions), (OVERLAYS_FOLDER, overlays)):
+        folder = directory / name
+        if wanted and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            return f"{folder} exists and is not an empty folder"
     return None
 
 
 class TestResultsWriter(L.Callback):
-    """Write ``metrics.json`` and standard-format predictions at the end of ``trainer.test``.
+    """Write ``metrics.json``, standard-format predictions and overlays of a ``trainer.test`` run.
 
     The run stops before testing, with :class:`FileExistsError` naming the file, when
-    ``metrics.json`` or a non-empty ``predictions`` folder exists in the directory.
+    ``metrics.json`` or a non-empty ``predictions`` (or, with overlays, ``overlays``) folder exists
+    in the directory.
 
     Args:
         enabled: False turns the callback off.
@@ -344,6 +357,8 @@ class TestResultsWriter(L.Callback):
         predictions: write the predictions too (False: only ``metrics.json``).
         retrieval_top_k: length of each ranked retrieval gallery (None: the whole gallery, which
             grows as images x captions). 10 covers R@1/5/10.
+        overlays: how many images of each test dataset get an overlay PNG (the first ones rank 0
+            tests); 0 writes none.
 
     """
 
@@ -355,23 +370,31 @@ class TestResultsWriter(L.Callback):
         directory: str | None = None,
         predictions: bool = True,
         retrieval_top_k: int | None = 10,
+        overlays: int = 8,
     ):
         if retrieval_top_k is not None and retrieval_top_k < 1:
             raise ValueError(f"retrieval_top_k must be positive or None, got {retrieval_top_k}")
+        if overlays < 0:
+            raise ValueError(f"overlays must be 0 (none) or positive, got {overlays}")
         self.enabled = enabled
         self.directory = directory
         self.predictions = predictions
         self.retrieval_top_k = retrieval_top_k
+        self.overlays = overlays
         self.root: Path | None = None
         self.sinks: dict[str, _Sink] = {}
+        self.overlay_sinks: dict[str, OverlaySink] = {}
         self.written: list[Path] = []
+        self.folders: dict[str, Path] = {}  # what this run wrote, printed after the metrics table
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Choose the directory and refuse, on every rank, one holding earlier results."""
         if stage != "test" or not self.enabled:
             return
         root = Path(self.directory) if self.directory is not None else run_directory(trainer)
-        problem = _existing_output(root, self.predictions) if trainer.is_global_zero else None
+        problem = (
+            _existing_output(root, self.predictions, self.overlays > 0) if trainer.is_global_zero else None
+        )
         problem = trainer.strategy.broadcast(problem)
         if problem is not None:
             raise FileExistsError(
@@ -381,15 +404,23 @@ class TestResultsWriter(L.Callback):
         self.root = root
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Open a sink per test dataset (after the module built its vocabularies)."""
-        self.sinks, self.written = {}, []
-        if self.root is None or not self.predictions:
+        """Open the sinks of each test dataset (after the module built its vocabularies)."""
+        self.sinks, self.overlay_sinks, self.written, self.folders = {}, {}, [], {}
+        if self.root is None or not (self.predictions or self.overlays):
             return
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "stage_datasets"):
             rank_zero_warn("TestResultsWriter: no MultiTaskDataModule, so no predictions are written")
             return
         vocabularies = getattr(pl_module, "vocabularies", {})
+        if self.overlays and trainer.is_global_zero:
+            for dataset in datamodule.stage_datasets("test"):
+                if dataset.task != "retrieval":
+                    names = getattr(vocabularies.get(dataset.name, dataset), "class_names", [])
+                    folder = self.root / OVERLAYS_FOLDER / dataset.name
+                    self.overlay_sinks[dataset.name] = OverlaySink(folder, dataset, names, self.overlays)
+        if not self.predictions:
+            return
         overwrite = trainer.world_size > 1  # rank 0 checked the folder in setup; ranks share it
         for dataset in datamodule.stage_datasets("test"):
             folder = self.root / PREDICTIONS_FOLDER / dataset.name
@@ -413,21 +444,32 @@ class TestResultsWriter(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Hand the batch's predictions (``test_step``'s list, one dict per image) to its dataset's sink."""
+        """Hand the batch's predictions (``test_step``'s list, one dict per image) to its dataset's sinks."""
+        if outputs is None:
+            return
         sink = self.sinks.get(batch["dataset"])
-        if sink is not None and outputs is not None:
+        if sink is not None:
             sink.add(outputs, batch)
+        overlays = self.overlay_sinks.get(batch["dataset"])
+        if overlays is not None:
+            overlays.add(outputs, batch)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Gather every rank's predictions; rank 0 writes their files."""
-        if not self.sinks or self.root is None:
+        """Gather every rank's predictions; rank 0 writes their files and logs the overlays to W&B."""
+        if self.root is None:
             return
-        gathered = _all_gather(trainer, {name: sink.payload() for name, sink in self.sinks.items()})
-        if trainer.is_global_zero:
-            for name, sink in self.sinks.items():
-                self.written.extend(sink.finish([payloads[name] for payloads in gathered]))
-            print(f"predictions: {self.root / PREDICTIONS_FOLDER}")
-        self.sinks = {}
+        if self.sinks:
+            gathered = _all_gather(trainer, {name: sink.payload() for name, sink in self.sinks.items()})
+            if trainer.is_global_zero:
+                for name, sink in self.sinks.items():
+                    self.written.extend(sink.finish([payloads[name] for payloads in gathered]))
+                self.folders["predictions"] = self.root / PREDICTIONS_FOLDER
+        for name, overlays in self.overlay_sinks.items():
+            self.written.extend(path for path, _ in overlays.written)
+            log_overlays_to_wandb(trainer.loggers, f"test/{name}/overlays", overlays.written)
+            if overlays.written:
+                self.folders["overlays"] = self.root / OVERLAYS_FOLDER
+        self.sinks, self.overlay_sinks = {}, {}
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write every metric of the run (``trainer.callback_metrics``) to ``metrics.json`` (rank 0)."""
@@ -436,9 +478,14 @@ class TestResultsWriter(L.Callback):
         path = self.root / METRICS_NAME
         if path.exists():  # appeared during the run
             raise FileExistsError(f"{path} appeared during the test run; not overwriting it")
-        write_json_atomic(path, metrics_document(trainer.callback_metrics))
+        document = metrics_document(trainer.callback_metrics)
+        write_json_atomic(path, document)
         self.written.append(path)
-        print(f"metrics: {path}")
+        table = metrics_table(document)
+        if table:
+            print(table)
+        for label, written in {"metrics": path, **self.folders}.items():
+            print(f"{label}: {written}")
 
 
 def metrics_document(metrics: Mapping[str, Tensor | float]) -> dict[str, float | None]:
@@ -449,3 +496,55 @@ def metrics_document(metrics: Mapping[str, Tensor | float]) -> dict[str, float |
         number = float(value.item() if isinstance(value, Tensor) else value)
         document[name] = number if math.isfinite(number) else None
     return document
+
+
+HEADLINE_METRICS = ("PQ", "AP", "mIoU", "cIoU", "IR@1", "TR@1")
+"""Columns of :func:`metrics_table`, in order, where any dataset has them.
+
+Every one is a fraction in [0, 1] (``findlit.metrics``: PQ over categories, torchmetrics' mask mAP,
+semantic mIoU as a Jaccard index, grounding cIoU and per-sentence mean IoU, recall at 1), so the
+table shows percentages. ``mIoU`` is semantic segmentation's for a segmentation dataset and the
+mean over sentences (or phrases) for grounding and interleave datasets.
+"""
+
+
+def metrics_table(document: Mapping[str, float | None], stage: str = "test") -> str:
+    """A plain-text table of the headline metrics: one row per dataset, values in percent.
+
+    Args:
+        document: ``<stage>/<dataset>/<metric>`` -> value, as :func:`metrics_document` gives.
+        stage: the prefix of the names to read.
+
+    Returns:
+        The table's lines (title, header, rows), or "" when no dataset has a headline metric. A
+        value in [0, 1] shows as a percentage with one decimal; any other (torchmetrics' -1 for mAP
+        without ground truth) as it is; a missing metric as ``-``; a NaN (None) as ``nan``.
+
+    """
+    rows: dict[str, dict[str, float | None]] = {}
+    for name, value in document.items():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            rows.setdefault(parts[1], {})[parts[2]] = value
+    columns = [m for m in HEADLINE_METRICS if any(m in metrics for metrics in rows.values())]
+    if not columns:
+        return ""
+    cells = [["dataset", *columns]]
+    cells += [[dataset, *(_percent(metrics, m) for m in columns)] for dataset, metrics in rows.items()]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = [f"{stage} metrics (%):"]
+    for row in cells:
+        first = row[0].ljust(widths[0])
+        lines.append(
+            "  ".join([first, *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True))])
+        )
+    return "\n".join(lines)
+
+
+def _percent(metrics: Mapping[str, float | None], name: str) -> str:
+    if name not in metrics:
+        return "-"
+    value = metrics[name]
+    if value is None:
+        return "nan"
+    return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else f"{value:g}"
