@@ -19,7 +19,7 @@ endif
 DEMO_DATA ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast demo lint format typecheck clean
+.PHONY: help install test test-fast demo lint format typecheck clean bench
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 
 typecheck: $(STAMP) ## Run mypy on the package
 	$(BIN)/mypy
+
+bench: $(STAMP) ## Run the benchmarks (scripts/bench), write bench/results.json and bench/results.md
+	$(BIN)/python scripts/bench/run_all.py $(BENCH_ARGS)
 
 clean: ## Remove caches and build artefacts (keeps .venv and data/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

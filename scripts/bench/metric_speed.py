@@ -1,0 +1,281 @@
+"""Benchmark 6: speed of findlit's PQ and mask AP against independent implementations, same 200 predictions.
+
+    .venv/bin/python scripts/bench/metric_speed.py [--quick] [--images 200] [--size 256]
+
+Generated data (seeded): per image a stuff background split in two stuff segments, 6 thing
+rectangles and a void strip; the prediction shifts, drops and relabels some segments, adds false
+positives and leaves some pixels unassigned. Each implementation gets the same per-image arrays and
+does its own conversion, update and compute:
+
+- PQ: ``findlit.metrics.SegmentationMetrics(include=["PQ"])`` (torchmetrics ``PanopticQuality``
+  behind it), batches of 8 images, vs :func:`reference_pq` below (panopticapi's ``pq_compute``
+  rules on segment-id maps with numpy; written for this benchmark);
+- mask AP: ``SegmentationMetrics(include=["AP"])`` (torchmetrics ``MeanAveragePrecision``, segm)
+  vs pycocotools' ``COCOeval`` on RLE-encoded masks (encoding included).
+
+The four alternate after a warm-up on 2 images; the values must agree. Ratios: time(findlit) / time(reference)
+for PQ and for AP (reported; lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from _common import alternate, finish, summary
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from findlit.metrics import VOID_CATEGORY, SegmentationMetrics
+
+THINGS = list(range(1, 9))
+STUFFS = [10, 11, 12, 13]
+OFFSET = 1 << 16
+
+
+def _rect(generator: np.random.Generator, size: int) -> tuple[int, int, int, int]:
+    h, w = generator.integers(size // 10, size // 3, 2)
+    y, x = generator.integers(0, size - h), generator.integers(0, size - w)
+    return int(y), int(x), int(h), int(w)
+
+
+def make_data(images: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Per image: target and prediction panoptic maps int64[h,w,2], instance predictions and targets."""
+    generator = np.random.default_rng(seed)
+    data = []
+    for _ in range(images):
+        target = np.zeros((size, size, 2), dtype=np.int64)
+        pred = np.zeros((size, size, 2), dtype=np.int64)
+        pred[..., 0] = VOID_CATEGORY  # unassigned unless painted
+        split = int(generator.integers(size // 4, 3 * size // 4))
+        stuff = generator.choice(STUFFS, 2, replace=False)
+        target[:split, :] = (stuff[0], 1)
+        target[split:, :] = (stuff[1], 2)
+        shift = int(generator.integers(-8, 9))
+        pred[: split + shift, :] = (stuff[0], 1)
+        pred[split + shift :, : size - size // 8] = (stuff[1], 2)
+        for k in range(6):
+            y, x, h, w = _rect(generator, size)
+            category = int(generator.choice(THINGS))
+            target[y : y + h, x : x + w] = (category, 3 + k)
+            if generator.random() < 0.15:  # missed
+                continue
+            dy, dx = generator.integers(-h // 4, h // 4 + 1), generator.integers(-w // 4, w // 4 + 1)
+            y2, x2 = int(np.clip(y + dy, 0, size - h)), int(np.clip(x + dx, 0, size - w))
+            label = category if generator.random() > 0.1 else int(generator.choice(THINGS))
+            pred[y2 : y2 + h, x2 : x2 + w] = (label, 3 + k)
+        y, x, h, w = _rect(generator, size)  # a false positive
+        pred[y : y + h, x : x + w] = (int(generator.choice(THINGS)), 20)
+        target[:, : size // 16] = (VOID_CATEGORY, 0)  # void strip
+        # instances as they are visible in the final maps (later rectangles cover earlier ones)
+        pred_ids = [int(i) for i in np.unique(pred[..., 1]) if i >= 3]
+        pred_masks = [pred[..., 1] == i for i in pred_ids]
+        pred_labels = [int(pred[mask][0, 0]) for mask in pred_masks]
+        scores = generator.random(len(pred_ids)).tolist()
+        target_ids = [int(i) for i in np.unique(target[..., 1]) if i >= 3]
+        inst_masks = [target[..., 1] == i for i in target_ids]
+        inst_labels = [int(target[mask][0, 0]) for mask in inst_masks]
+        data.append(
+            {
+                "target": target,
+                "pred": pred,
+                "pred_masks": np.stack(pred_masks) if pred_masks else np.zeros((0, size, size), bool),
+                "pred_labels": np.array(pred_labels, dtype=np.int64),
+                "scores": np.array(scores, dtype=np.float32),
+                "target_masks": np.stack(inst_masks) if inst_masks else np.zeros((0, size, size), bool),
+                "target_labels": np.array(inst_labels, dtype=np.int64),
+            }
+        )
+    return data
+
+
+# -- PQ ----------------------------------------------------------------------------------------------
+
+
+def reference_pq(data: list[dict[str, Any]]) -> float:
+    """panopticapi's rules: IoU > 0.5 matches of one category; void-overlapping FPs are not counted."""
+    categories = [*THINGS, *STUFFS]
+    iou_sum = dict.fromkeys(categories, 0.0)
+    tp = dict.fromkeys(categories, 0)
+    fp = dict.fromkeys(categories, 0)
+    fn = dict.fromkeys(categories, 0)
+    for item in data:
+        target, pred = item["target"], item["pred"]
+        # segment ids: target (category, instance) -> id, void -> 0; same for predictions
+        gt_id = np.where(target[..., 0] == VOID_CATEGORY, 0, target[..., 0] * 1000 + target[..., 1])
+        pred_id = np.where(pred[..., 0] == VOID_CATEGORY, 0, pred[..., 0] * 1000 + pred[..., 1])
+        gt_ids, gt_area = np.unique(gt_id, return_counts=True)
+        pred_ids, pred_area = np.unique(pred_id, return_counts=True)
+        gt_areas, pred_areas = (
+            dict(zip(gt_ids.tolist(), gt_area.tolist(), strict=True)),
+            dict(zip(pred_ids.tolist(), pred_area.tolist(), strict=True)),
+        )
+        pairs, counts = np.unique(gt_id.astype(np.int64) * OFFSET + pred_id, return_counts=True)
+        intersection = {
+            (int(p // OFFSET), int(p % OFFSET)): int(c) for p, c in zip(pairs, counts, strict=True)
+        }
+        matched_gt, matched_pred = set(), set()
+        for (g, p), inter in intersection.items():
+            if g == 0 or p == 0 or g // 1000 != p // 1000:
+                continue
+            union = pred_areas[p] + gt_areas[g] - inter - intersection.get((0, p), 0)
+            iou = inter / union
+            if iou > 0.5:
+                tp[g // 1000] += 1
+                iou_sum[g // 1000] += iou
+                matched_gt.add(g)
+                matched_pred.add(p)
+        for g in gt_areas:
+            if g != 0 and g not in matched_gt:
+                fn[g // 1000] += 1
+        for p, area in pred_areas.items():
+            if p == 0 or p in matched_pred:
+                continue
+            if intersection.get((0, p), 0) / area > 0.5:
+                continue
+            fp[p // 1000] += 1
+    values = []
+    for c in categories:
+        if tp[c] + fp[c] + fn[c] == 0:
+            continue
+        values.append(iou_sum[c] / (tp[c] + 0.5 * fp[c] + 0.5 * fn[c]))
+    return float(np.mean(values))
+
+
+def findlit_pq(data: list[dict[str, Any]]) -> float:
+    metric = SegmentationMetrics(THINGS, STUFFS, num_classes=len(THINGS) + len(STUFFS), include=["PQ"])
+    for start in range(0, len(data), 8):
+        chunk = data[start : start + 8]
+        pred = torch.from_numpy(np.stack([item["pred"] for item in chunk]))
+        target = torch.from_numpy(np.stack([item["target"] for item in chunk]))
+        metric.update(panoptic_pred=pred, panoptic_target=target)
+    return float(metric.compute()["PQ"])
+
+
+# -- mask AP -----------------------------------------------------------------------------------------
+
+
+def pycocotools_ap(data: list[dict[str, Any]]) -> float:
+    size = data[0]["target"].shape[:2]
+    images, annotations, results = [], [], []
+    for image_id, item in enumerate(data, start=1):
+        images.append({"id": image_id, "height": size[0], "width": size[1]})
+        for mask, label in zip(item["target_masks"], item["target_labels"], strict=True):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            area = float(mask_utils.area(rle))
+            bbox = mask_utils.toBbox(rle).tolist()
+            rle["counts"] = rle["counts"].decode()
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "segmentation": rle,
+                    "area": area,
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
+        for mask, label, score in zip(item["pred_masks"], item["pred_labels"], item["scores"], strict=True):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            results.append(
+                {"image_id": image_id, "category_id": int(label), "segmentation": rle, "score": float(score)}
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": c} for c in THINGS]}
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        evaluation = COCOeval(gt, dt, "segm")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[0])
+
+
+def findlit_ap(data: list[dict[str, Any]]) -> float:
+    metric = SegmentationMetrics(THINGS, STUFFS, num_classes=len(THINGS) + len(STUFFS), include=["AP"])
+    for start in range(0, len(data), 8):
+        chunk = data[start : start + 8]
+        metric.update(
+            instance_preds=[
+                {
+                    "masks": torch.from_numpy(item["pred_masks"]),
+                    "scores": torch.from_numpy(item["scores"]),
+                    "labels": torch.from_numpy(item["pred_labels"]),
+                }
+                for item in chunk
+            ],
+            instance_targets=[
+                {
+                    "masks": torch.from_numpy(item["target_masks"]),
+                    "labels": torch.from_numpy(item["target_labels"]),
+                }
+                for item in chunk
+            ],
+        )
+    return float(metric.compute()["AP"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds-long sanity run (20 images at 128 px)")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.size, args.repeats = 20, 128, 1
+    data = make_data(args.images, args.size)
+    values: dict[str, float] = {}
+
+    def keep(name: str, function: Any) -> Any:
+        return lambda: values.__setitem__(name, function(data))
+
+    steps = {
+        "findlit_pq": keep("findlit_pq", findlit_pq),
+        "reference_pq": keep("reference_pq", reference_pq),
+        "findlit_ap": keep("findlit_ap", findlit_ap),
+        "pycocotools_ap": keep("pycocotools_ap", pycocotools_ap),
+    }
+    for function in (findlit_pq, reference_pq, findlit_ap, pycocotools_ap):
+        function(data[:2])  # warm-up on 2 images (a full untimed round would double the run)
+    times = alternate(steps, args.repeats, warmup=0)
+    rows = {name: summary(t) for name, t in times.items()}
+    for name in steps:
+        print(f"{name}: {values[name]:.4f} in {rows[name]['median_s']:.3f} s (median)", flush=True)
+    pq_ratio = rows["findlit_pq"]["median_s"] / rows["reference_pq"]["median_s"]
+    ap_ratio = rows["findlit_ap"]["median_s"] / rows["pycocotools_ap"]["median_s"]
+    finish(
+        "metric_speed",
+        {
+            "settings": {
+                "images": args.images,
+                "size": args.size,
+                "repeats": args.repeats,
+                "quick": args.quick,
+            },
+            "values": {name: round(value, 6) for name, value in values.items()},
+            "pq_agrees": abs(values["findlit_pq"] - values["reference_pq"]) < 1e-4,
+            "ap_agrees": abs(values["findlit_ap"] - values["pycocotools_ap"]) < 1e-4,
+            "times": rows,
+        },
+        {
+            "pq_findlit_over_reference": (round(pq_ratio, 3), "reported (<= 1.0 is faster)", pq_ratio <= 1.0),
+            "ap_findlit_over_pycocotools": (
+                round(ap_ratio, 3),
+                "reported (<= 1.0 is faster)",
+                ap_ratio <= 1.0,
+            ),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

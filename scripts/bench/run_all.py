@@ -1,0 +1,125 @@
+"""Run every benchmark of ``make bench``, then write bench/results.json and bench/results.md.
+
+    .venv/bin/python scripts/bench/run_all.py [--quick] [--only interface_vs_peer ...] [--out bench]
+
+Each benchmark runs in its own subprocess (its compared implementations alternate inside it), its
+output is streamed, and its ``BENCH_RESULT`` line is collected. ``--quick`` passes ``--quick`` to
+every benchmark and writes ``results.quick.json`` / ``results.quick.md`` instead (not for the README).
+``--readme README.md`` replaces the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->``
+in that file with the table, when both markers are there. The last lines printed are every ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import RESULT_PREFIX, machine
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS: dict[str, str] = {
+    "interface_vs_peer": "1. interface vs transformers Mask2Former decoder (fwd+bwd time)",
+    "flops_fraction": "2. interface step FLOP/s / fp32 matmul FLOP/s",
+    "feature_cache_epoch": "3. training epoch: encoder / feature cache",
+    "prompt_scaling": "4. inference time with many class names",
+    "retrieval_scale": "5. retrieval recall 5,000 x 25,000: peak memory",
+    "metric_speed": "6. PQ and mask AP: findlit / reference time",
+}
+
+
+def run(name: str, quick: bool, extra: list[str]) -> tuple[dict[str, Any] | None, float, int]:
+    command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if quick else []), *extra]
+    print(f"=== {name}: {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    result = None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX) :])
+            else:
+                print(line, end="", flush=True)
+        code = process.wait()
+    return result, time.perf_counter() - started, code
+
+
+def table(results: dict[str, Any], info: dict[str, Any], date: str, quick: bool) -> str:
+    lines = [
+        f"Measured {date} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
+        f"{info['torch_threads']} threads){' — QUICK sanity settings, not a measurement' if quick else ''}.",
+        "",
+        "| benchmark | ratio | value | goal | met |",
+        "|---|---|---|---|---|",
+    ]
+    for name, title in BENCHMARKS.items():
+        entry = results.get(name)
+        if entry is None:
+            continue
+        if "error" in entry:
+            lines.append(f"| {title} | — | failed ({entry['error']}) | — | no |")
+            continue
+        for ratio, value in entry["ratios"].items():
+            met = "yes" if value["met"] else "no"
+            lines.append(f"| {title} | `{ratio}` | {value['value']:.4g} | {value['goal']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every benchmark with --quick")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--readme", type=Path, help="file whose bench markers get the table")
+    parser.add_argument("--profile", action="store_true", help="pass --profile to benchmarks that take it")
+    args = parser.parse_args()
+    profiled = {"interface_vs_peer", "flops_fraction", "feature_cache_epoch", "prompt_scaling"}
+    started = time.perf_counter()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results: dict[str, Any] = {}
+    for name in args.only:
+        extra = ["--profile"] if args.profile and name in profiled else []
+        result, seconds, code = run(name, args.quick, extra)
+        if result is None or code != 0:
+            results[name] = {"error": f"exit code {code}", "seconds": round(seconds, 1)}
+        else:
+            results[name] = {**result, "seconds": round(seconds, 1)}
+        print(f"=== {name}: {seconds:.1f} s", flush=True)
+    info = machine()
+    total = time.perf_counter() - started
+    suffix = ".quick" if args.quick else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "date": date,
+        "machine": info,
+        "quick": args.quick,
+        "total_seconds": round(total, 1),
+        "benchmarks": results,
+    }
+    (args.out / f"results{suffix}.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
+    markdown = table(results, info, date, args.quick)
+    (args.out / f"results{suffix}.md").write_text(markdown)
+    if args.readme is not None and not args.quick:
+        text = args.readme.read_text()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            args.readme.write_text(head + start + "\n" + markdown + end + rest.split(end, 1)[1])
+        else:
+            print(f"{args.readme}: no {start} / {end} markers, not updated", flush=True)
+    print(f"\nwrote {args.out}/results{suffix}.json and .md in {total:.0f} s\n\n{markdown}", flush=True)
+    for name, entry in results.items():
+        for ratio, value in entry.get("ratios", {}).items():
+            met = "met" if value["met"] else "NOT met"
+            print(f"ratio {ratio} = {value['value']:.4g} (goal {value['goal']}: {met})")
+        if "error" in entry:
+            print(f"ratio {name}: failed ({entry['error']})")
+
+
+if __name__ == "__main__":
+    main()
