@@ -39,15 +39,27 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from findlit.checkpoint_io import UseSafeCheckpointIO
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.module import FINDModule
 from findlit.outputs.test_results import TestResultsWriter
+from findlit.rng_states import RestoreRNGStates
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 """The LightningCLI subcommands ``findlit`` dispatches to :func:`run`."""
 
-TRAINER_DEFAULTS: dict[str, Any] = {"use_distributed_sampler": False}
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "use_distributed_sampler": False,
+    # added to a config's callbacks, never replaced by them (LightningCLI's rule for callbacks)
+    "callbacks": [UseSafeCheckpointIO(), RestoreRNGStates()],
+}
 """Trainer defaults of every subcommand (a config's ``trainer`` section overrides them).
+
+Checkpoints are written atomically and load with ``weights_only=True`` (:class:`UseSafeCheckpointIO`
+installs :class:`~findlit.checkpoint_io.SafeCheckpointIO` unless the config's ``trainer.plugins``
+name a CheckpointIO; a callback, because a config's ``plugins`` list would replace a default one),
+and they hold the global generator states that a resumed fit restores (:class:`RestoreRNGStates`).
+The two callbacks keep no state between runs.
 
 No ``logger`` is given, so Lightning's default applies: a TensorBoardLogger in
 ``trainer.default_root_dir`` when ``tensorboard`` (or ``tensorboardX``) is installed, else a CSVLogger.

@@ -1,0 +1,154 @@
+"""Checkpoint files that are never half-written and never run code when loaded.
+
+:class:`SafeCheckpointIO` is findlit's checkpoint writer and reader:
+
+- **Atomic writes.** A checkpoint is written to a hidden temporary file in the target's folder,
+  flushed to disk (``fsync``), then renamed over the target (``os.replace``, atomic on POSIX), and
+  the folder is synced so the rename is durable. A run killed while writing (SIGKILL, a node lost,
+  a full disk) leaves the previous ``last.ckpt`` untouched. Lightning's own writer goes through an
+  fsspec transaction whose temporary file is in ``/tmp``: when that is another file system, the
+  final move is a copy, and a kill during it leaves a truncated checkpoint in place of a good one.
+  The temporary name starts with a dot, does not end in ``.ckpt`` and holds neither ``last`` nor
+  ``hpc_ckpt_``, so ``--ckpt_path last`` and SLURM's requeue never mistake a leftover for a
+  checkpoint. A write that fails with an exception removes its temporary file; one killed outright
+  leaves a ``.findlit-partial-*`` file behind, which is safe to delete.
+- **Loads are data only.** Checkpoints load with ``weights_only=True`` unless the caller asks
+  otherwise (``--weights_only false`` on the command line), so a checkpoint from elsewhere cannot
+  run code: findlit writes only tensors and plain data. One that needs arbitrary pickled objects is
+  refused with :class:`UnsafeCheckpointError`, which names the file.
+
+The ``findlit`` commands use it through :class:`UseSafeCheckpointIO`, a default callback that
+installs it on the Trainer's strategy unless the config names its own CheckpointIO plugin. A
+callback rather than a default ``trainer.plugins`` entry, because a config's ``plugins`` list (e.g.
+``configs/trainer/slurm.yaml``'s SLURMEnvironment) replaces the default list instead of adding to it.
+Remote paths (``s3://``...) keep Lightning's writer; only local files get the atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L  # noqa: N812
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+PARTIAL_PREFIX = ".findlit-partial-"
+"""Prefix of the temporary file a checkpoint is written to before it is renamed into place."""
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds pickled objects that are not plain data, so loading it could run code."""
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems (network mounts) refuse fsync on a folder; the rename is still atomic
+    finally:
+        os.close(descriptor)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` such that ``path`` holds either its old content or all of ``obj``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f"{PARTIAL_PREFIX}{secrets.token_hex(8)}.tmp")
+    # os.open with mode 0o666 (not mkstemp's 0o600) so the checkpoint gets the umask's usual permissions
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        # also on KeyboardInterrupt: the old checkpoint stays, the partial one goes
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO with atomic local writes and ``weights_only=True`` loads (see the module doc)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (local files; remote ones as Lightning does)."""
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)  # raises on storage_options
+            return
+        atomic_torch_save(checkpoint, os.fspath(path))
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Callable[..., Any] | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Load ``path`` with ``weights_only=True`` unless ``weights_only`` is False.
+
+        Raises:
+            UnsafeCheckpointError: the file needs arbitrary pickled objects (only with weights_only).
+            FileNotFoundError: there is no such file.
+
+        """
+        # None means "the caller did not choose": Lightning would defer to torch's default, which an
+        # environment variable (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn off
+        safe = weights_only is None or weights_only
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=safe)
+        except pickle.UnpicklingError as error:
+            if not safe:
+                raise
+            raise UnsafeCheckpointError(
+                f"checkpoint {os.fspath(path)} holds pickled Python objects other than tensors and plain "
+                "data, and findlit loads checkpoints with weights_only=True so that a file cannot run "
+                "code. If you trust this file, load it with weights_only=False (on the command line: "
+                f"--weights_only false). torch says: {_first_line(error)}"
+            ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's weights_only errors run to a page)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def chose_checkpoint_io(trainer: L.Trainer) -> bool:
+    """Whether the Trainer was given a CheckpointIO (in ``plugins`` or on its strategy)."""
+    # Lightning keeps the one it was given on its accelerator connector (None when none was); a
+    # strategy's own default is made lazily and looks the same as a TorchCheckpointIO given explicitly
+    connector = getattr(trainer, "_accelerator_connector", None)
+    if connector is not None and hasattr(connector, "checkpoint_io"):
+        return connector.checkpoint_io is not None
+    return type(trainer.strategy.checkpoint_io) is not TorchCheckpointIO  # a later Lightning: best guess
+
+
+class UseSafeCheckpointIO(L.Callback):
+    """Installs :class:`SafeCheckpointIO` on the Trainer's strategy unless the config named a CheckpointIO.
+
+    Only the plain :class:`TorchCheckpointIO` that Lightning makes when none was given is replaced;
+    strategies with their own writer (XLA) keep it. ``setup`` runs before a ``--ckpt_path``
+    checkpoint is loaded and before any is saved.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Replace the strategy's default CheckpointIO (every stage: loads go through it too)."""
+        if not chose_checkpoint_io(trainer) and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
