@@ -44,6 +44,7 @@ import lightning as L  # noqa: N812
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
 
 from findlit.data.collate import Batch
 from findlit.encoders.base import TextEncoder, VisionEncoder
@@ -283,6 +284,10 @@ class FINDModule(L.LightningModule):
         self.context = TaskContext(self.interface, self.prompt_cache, self.vocabularies)
         # "<stage>/<dataset>" -> metrics; ModuleDict keys may not hold dots, hence the index
         self.metrics = nn.ModuleDict()
+        # the same keys -> the dataset's mean evaluation loss. A torchmetrics mean (float sums, synced
+        # at compute) and not self.log's: Lightning's synced mean truncates the batch count averaged
+        # over ranks to an integer, which is wrong when unpadded shards give ranks different counts.
+        self.eval_losses = nn.ModuleDict()
         self._metric_keys: dict[tuple[str, str], str] = {}
 
     # -- setup -----------------------------------------------------------------------------------
@@ -342,6 +347,7 @@ class FINDModule(L.LightningModule):
             metrics = clone_for_stage(grounding_metrics(), split, dataset)
         key = str(len(self._metric_keys))
         self._metric_keys[(split, dataset)] = key
+        self.eval_losses[key] = MeanMetric()
         self.metrics[key] = metrics
 
     # -- steps -----------------------------------------------------------------------------------
@@ -396,9 +402,15 @@ class FINDModule(L.LightningModule):
         total, _ = task.losses(output, batch, self.context)
         dataset = batch["dataset"]
         size = len(batch["image_ids"])
-        self.log(f"{split}/{dataset}/loss", total, batch_size=size, add_dataloader_idx=False)
-        predictions = task.predict(output, batch, self.context)
         key = self._metric_keys.get((split, dataset))
+        if key is None:
+            self.log(f"{split}/{dataset}/loss", total, batch_size=size, add_dataloader_idx=False)
+        else:
+            # logged as a Metric: its epoch value is the batch-size-weighted mean over every rank's shard
+            loss = cast(MeanMetric, self.eval_losses[key])
+            loss.update(total.detach(), size)
+            self.log(f"{split}/{dataset}/loss", loss, add_dataloader_idx=False)
+        predictions = task.predict(output, batch, self.context)
         if key is not None:
             self._update_metrics(self.metrics[key], batch, predictions)
         return predictions

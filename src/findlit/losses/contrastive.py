@@ -89,7 +89,10 @@ def symmetric_infonce(image: Tensor, text: Tensor, logit_scale: Tensor, gather: 
     text = F.normalize(text.float(), dim=-1)
     offset = 0
     all_image, all_text = image, text
-    if gather and _distributed():
+    # Only when gradients are taken: evaluation runs under no_grad on unpadded shards, where ranks
+    # run different numbers of batches and a collective per batch would pair unrelated calls
+    # (or wait forever); an evaluation loss is this rank's batch against itself, as in one process.
+    if gather and _distributed() and torch.is_grad_enabled():
         all_image, all_text = gather_with_grad(image), gather_with_grad(text)
         offset = dist.get_rank() * image.shape[0]
     labels = torch.arange(image.shape[0], device=image.device) + offset

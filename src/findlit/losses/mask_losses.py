@@ -56,9 +56,14 @@ class LossWeights:
 
 
 def num_masks_across_ranks(num_local: int, device: torch.device) -> Tensor:
-    """The loss normaliser: target masks of this rank, averaged over ranks when distributed, at least 1."""
+    """The loss normaliser: target masks of this rank, averaged over ranks when distributed, at least 1.
+
+    The average is taken only when gradients are (training): under no_grad (evaluation, whose
+    unpadded shards give ranks different numbers of batches) a collective per batch would pair
+    unrelated calls across ranks or wait forever, and the local count is what one process uses.
+    """
     num = torch.tensor(float(num_local), device=device)
-    if dist.is_available() and dist.is_initialized():
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
         dist.all_reduce(num)
         num = num / dist.get_world_size()
     return num.clamp(min=1.0)

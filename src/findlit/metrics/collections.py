@@ -35,9 +35,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassJaccardIndex
-from torchmetrics.detection import MeanAveragePrecision, PanopticQuality
+from torchmetrics.detection import PanopticQuality
 
 from findlit.metrics.grounding import GroundingMetrics
+from findlit.metrics.mean_ap import ShardedMeanAveragePrecision
 from findlit.metrics.panoptic import VOID_CATEGORY
 from findlit.metrics.retrieval import RetrievalRecall
 
@@ -89,7 +90,8 @@ class SegmentationMetrics(nn.Module):
                 allow_unknown_preds_category=True,
             )
         if "AP" in self.include:
-            self.metrics["AP"] = MeanAveragePrecision(iou_type="segm")
+            # its distributed sync accepts ranks of different image counts (unpadded shards)
+            self.metrics["AP"] = ShardedMeanAveragePrecision(iou_type="segm")
         if "mIoU" in self.include:
             self.metrics["mIoU"] = MulticlassJaccardIndex(
                 num_classes=num_classes, average="macro", ignore_index=ignore_index

@@ -96,7 +96,8 @@ class RetrievalRecall(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Return ``{"IR@k": ..., "TR@k": ...}`` as fractions in ``[0, 1]``."""
-        if not self.image_embeddings or not self.text_embeddings:
+        # while synced across ranks (inside compute) each state is one gathered tensor, not a list
+        if _is_empty(self.image_embeddings) or _is_empty(self.text_embeddings):
             return self._zeros()
         images = dim_zero_cat(self.image_embeddings)
         image_ids = dim_zero_cat(self.image_ids)
@@ -149,6 +150,11 @@ class RetrievalRecall(Metric):
             rank = (sims > best[:, None]).sum(dim=1)
             ranks.append(rank[has_caption])
         return torch.cat(ranks)
+
+
+def _is_empty(state: list[Tensor] | Tensor) -> bool:
+    """Whether a state holds no rows: no batch yet, or an empty gathered tensor."""
+    return state.numel() == 0 if isinstance(state, Tensor) else not state
 
 
 def _dedupe_images(embeddings: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
