@@ -39,6 +39,12 @@ test: $(STAMP) ## Run the whole test suite
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+.PHONY: test-slurm
+test-slurm: $(STAMP) ## Start a local SLURM cluster, run the SLURM job tests (tests/slurm), stop it
+	status=0; scripts/slurm/local_cluster.sh start && eval "$$(scripts/slurm/local_cluster.sh env)" && \
+	FINDLIT_SLURM_TEST=1 $(BIN)/python -m pytest tests/slurm $(PYTEST_ARGS) || status=$$?; \
+	scripts/slurm/local_cluster.sh stop; exit $$status
+
 demo: $(STAMP) ## Generate the embedded default data and check it
 	$(BIN)/findlit data synth --out $(DEMO_DATA) --train 2000 --val 200 --size 256 --seed 0
 	$(BIN)/findlit data check --config configs/demo.yaml
