@@ -6,11 +6,14 @@ position that checkpoints save and restore.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import lightning as L  # noqa: N812
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
@@ -21,6 +24,28 @@ from findlit.data.errors import BadRecordPolicy, ConfigError
 from findlit.data.sample import Sample
 from findlit.data.sampler import MultiTaskBatchSampler, SampleKey, ShardedSampler
 from findlit.encoders.spec import EncoderSpec
+
+
+def init_worker(worker_id: int, rank: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: ignore the requeue signals, then Lightning's seeding.
+
+    SLURM sends its requeue signal (SIGUSR1 by default, SIGUSR2 at some sites) to every process of a
+    job step, DataLoader workers included. A forked worker inherits the trainer's Python handler for
+    it (Lightning's saves a checkpoint from the worker's stale copy of the trainer), and a spawned
+    worker has the default action, which kills it and with it the training run. Ignoring the signal
+    is right for both: the main process alone handles it. SIGTERM is left alone: PyTorch sets its
+    own handler for it in every worker before this function runs, and SIGINT already ends a worker
+    quietly (PyTorch catches the KeyboardInterrupt).
+
+    Setting a ``worker_init_fn`` stops Lightning from adding its own, which seeds the workers'
+    generators by rank when ``seed_everything(workers=True)`` was called (LightningCLI does), so this
+    function calls that one the same way.
+    """
+    for name in ("SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):  # not on Windows
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 class MultiTaskDataset(TorchDataset[Sample]):
@@ -203,6 +228,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             batch_sampler=sampler,
             collate_fn=partial(collate_samples, size_divisibility=self.size_divisibility),
             num_workers=self.num_workers,
+            worker_init_fn=partial(init_worker, rank=rank),
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
@@ -216,6 +242,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                 sampler=ShardedSampler(len(dataset), rank, world_size),
                 collate_fn=partial(collate_samples, size_divisibility=self.size_divisibility),
                 num_workers=self.num_workers,
+                worker_init_fn=partial(init_worker, rank=rank),
                 pin_memory=self.pin_memory,
             )
             for dataset, config in zip(self.stage_datasets(stage), self.configs[stage], strict=True)
