@@ -130,7 +130,7 @@ def test_config_parses_with_print_config(
     if name.endswith("slurm") or "+slurm" in name:
         [plugin] = printed["trainer"]["plugins"]
         assert plugin["class_path"] == "lightning.pytorch.plugins.environments.SLURMEnvironment"
-        assert plugin["init_args"] == {"auto_requeue": True, "requeue_signal": "SIGUSR1"}
+        assert plugin["init_args"] == {"auto_requeue": False, "requeue_signal": "SIGUSR1"}
         assert printed["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
     if name.endswith("wandb"):
         logger = printed["trainer"]["logger"]

@@ -59,6 +59,12 @@ class PromptTokens:
         image: long[N], the image each prompt belongs to (captions, sentences); None = every
             prompt is shared by every image of the batch (class names).
         projected: whether ``tokens`` are already at the interface width.
+        sentence: optional float[N,C], one pooled vector per prompt (APE's sentence-level prompt
+            embedding), in the same space as ``tokens``. A per-prompt query of this token type then
+            starts from its learned content plus its prompt's projected sentence vector, so queries
+            of different prompts differ from the first layer on (otherwise they all start equal and
+            tell their prompts apart only through cross-attention, which single-word class names
+            such as "circle" and "square" barely separate).
 
     """
 
@@ -66,6 +72,7 @@ class PromptTokens:
     mask: Tensor
     image: Tensor | None = None
     projected: bool = False
+    sentence: Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -272,6 +279,25 @@ class FINDInterface(nn.Module):
         groups = groups.index_put((owner, rank), prompt_rank[prompt_index])
         return packed, counts, groups
 
+    def _sentences(self, prompt: PromptTokens, batch: int, width: int) -> Tensor:
+        """float[B,width,D]: each per-prompt query's projected sentence vector, in query order.
+
+        Query j of an image is its j-th prompt (shared prompts: prompt j for every image); padded
+        query slots get zeros.
+        """
+        sentence = prompt.sentence
+        if sentence is None:
+            raise ValueError("the prompt has no sentence vectors")
+        if sentence.shape[0] != prompt.num_prompts:
+            raise ValueError(f"sentence has {sentence.shape[0]} rows for {prompt.num_prompts} prompts")
+        values = sentence if prompt.projected else self.language_projection.project(sentence)
+        if prompt.image is None:
+            return values.unsqueeze(0).expand(batch, -1, -1)
+        image = prompt.image.to(device=values.device, dtype=torch.long)
+        rank, _ = _rank_within(image, batch)
+        packed = values.new_zeros(batch, width, values.shape[-1])
+        return packed.index_put((image, rank), values)
+
     def _assemble(
         self, prompts: InterfacePrompts, batch: int, device: torch.device
     ) -> tuple[CompiledPrototype, Tensor, Tensor]:
@@ -279,6 +305,7 @@ class FINDInterface(nn.Module):
         sizes: dict[str, int | Tensor] = {}
         groups: dict[str, Tensor] = {}
         tokens: dict[str, Tensor] = {}
+        sentences: dict[str, Tensor] = {}  # per-prompt query type -> float[B,width,D] added content
         for name, prompt in prompts.tokens.items():
             if kind_of(name) != "tokens":
                 raise ValueError(f"prompts.tokens names {name!r}, which is not a token type")
@@ -303,6 +330,8 @@ class FINDInterface(nn.Module):
                 width = int(count.max()) if batch else 0
             sizes[name] = count
             groups[name] = torch.arange(width, device=device).unsqueeze(0).expand(batch, -1)
+            if prompt.sentence is not None:
+                sentences[name] = self._sentences(prompt, batch, width)
         compiled = self.prototype.compile(sizes, batch, device, groups)
 
         contents, positions = [], []
@@ -314,7 +343,10 @@ class FINDInterface(nn.Module):
                 positions.append(torch.zeros_like(block))
             else:
                 content, position = self._learned(name, width)
-                contents.append(content.unsqueeze(0).expand(batch, -1, -1))
+                block = content.unsqueeze(0).expand(batch, -1, -1)
+                if name in sentences:
+                    block = block + sentences[name].to(block.dtype)
+                contents.append(block)
                 positions.append(position.unsqueeze(0).expand(batch, -1, -1))
         dtype = contents[0].dtype
         for block in contents:

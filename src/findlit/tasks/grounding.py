@@ -53,7 +53,12 @@ def encode_per_image(
         [b for b, image_texts in enumerate(texts) for _ in image_texts], dtype=torch.long, device=device
     )
     embeddings = context.encode_text(flat)
-    return PromptTokens(embeddings.tokens.to(device), embeddings.mask.to(device), image=owners)
+    return PromptTokens(
+        embeddings.tokens.to(device),
+        embeddings.mask.to(device),
+        image=owners,
+        sentence=embeddings.sentence.to(device),
+    )
 
 
 def layer_similarities(output: InterfaceOutput, proposal_type: str, query_type: str) -> list[Tensor]:

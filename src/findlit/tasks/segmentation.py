@@ -227,7 +227,11 @@ class SegmentationTask(Task):
         device = batch["padding_mask"].device
         return InterfacePrompts(
             learned={OBJECT: self.num_proposals, IMAGE: 1},
-            tokens={CLASS_TOKENS: PromptTokens(names.tokens.to(device), names.mask.to(device))},
+            tokens={
+                CLASS_TOKENS: PromptTokens(
+                    names.tokens.to(device), names.mask.to(device), sentence=names.sentence.to(device)
+                )
+            },
             per_prompt={CLASS_QUERY: CLASS_TOKENS},
         )
 
