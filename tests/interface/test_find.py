@@ -260,3 +260,42 @@ def test_rejects_cross_masked_non_proposals() -> None:
     )
     with pytest.raises(ValueError, match="cross_masked"):
         _interface(prototype=proto)
+
+
+def test_sentence_vectors_set_each_per_prompt_query_apart() -> None:
+    """Same tokens for every prompt: queries are equal without sentences, differ with them, per image."""
+    interface = _interface()
+    tokens = torch.randn(1, 3, TEXT_DIM).expand(4, -1, -1).clone()  # four prompts, identical tokens
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    image = torch.tensor([0, 0, 1, 1])
+    sentence = torch.randn(4, TEXT_DIM)
+
+    def queries(with_sentence: bool) -> Tensor:
+        prompt = PromptTokens(tokens, mask, image, sentence=sentence if with_sentence else None)
+        prompts = InterfacePrompts(
+            learned={GROUNDING: PROPOSALS}, tokens={DESC_T: prompt}, per_prompt={DESC_Q: DESC_T}
+        )
+        return interface(_features(2), prompts).last[DESC_Q]["embeddings"]  # [B=2, 2, E]
+
+    plain, informed = queries(False), queries(True)
+    torch.testing.assert_close(plain[0, 0], plain[0, 1])
+    assert not torch.allclose(informed[0, 0], informed[0, 1], atol=1e-4)
+    assert not torch.allclose(informed[1, 0], informed[1, 1], atol=1e-4)
+    # image 1's first query gets prompt 2's sentence: swapping prompts 2 and 3 swaps its queries
+    swapped = PromptTokens(tokens, mask, image, sentence=sentence[[0, 1, 3, 2]])
+    prompts = InterfacePrompts(
+        learned={GROUNDING: PROPOSALS}, tokens={DESC_T: swapped}, per_prompt={DESC_Q: DESC_T}
+    )
+    out = interface(_features(2), prompts).last[DESC_Q]["embeddings"]
+    torch.testing.assert_close(out[1, 0], informed[1, 1])
+    torch.testing.assert_close(out[0], informed[0])
+
+
+def test_sentence_rows_must_match_prompts() -> None:
+    prompt = _text(3)
+    prompt.sentence = torch.randn(2, TEXT_DIM)
+    prompts = InterfacePrompts(
+        learned={OBJECT: PROPOSALS}, tokens={CLASS_T: prompt}, per_prompt={CLASS_Q: CLASS_T}
+    )
+    with pytest.raises(ValueError, match="2 rows for 3 prompts"):
+        _interface()(_features(1), prompts)
