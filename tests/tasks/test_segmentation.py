@@ -248,3 +248,33 @@ def test_semantic_and_instance_by_hand() -> None:
     assert float(instance["scores"][0]) == pytest.approx(0.95, abs=1e-3)
     assert instance["labels"].shape == (3,)
     assert all(VOCABULARY.thing_classes[c] for c in instance["labels"].tolist())
+
+
+def test_sentence_class_embeddings_leave_the_decoder_sequence(context: TaskContext) -> None:
+    """``class_embeddings="sentences"``: no class rows in the decoder; logits per class; gradients flow."""
+    task = small_task(class_embeddings="sentences")
+    batch = make_batch([FRAME, FRAME])
+    prompts = task.prompts(batch, context)
+    assert prompts.learned == {OBJECT: PROPOSALS, IMAGE: 1} and not prompts.tokens and not prompts.per_prompt
+    output = context.interface(batch["features"], prompts)
+    assert CLASS_QUERY not in output.last
+    logits = task.class_logits(output, batch, context)
+    assert logits.shape == (2, PROPOSALS, K + 1)
+    # the class embeddings are the class names' own: reordering the names reorders the logit columns
+    reordered = Vocabulary(
+        VOCABULARY.class_names[::-1], VOCABULARY.thing_classes[::-1], VOCABULARY.category_ids[::-1]
+    )
+    context.vocabularies["reordered"] = reordered
+    batch["dataset"] = "reordered"
+    flipped = task.class_logits(output, batch, context)
+    torch.testing.assert_close(flipped[..., :K], logits[..., :K].flip(-1))
+    batch["dataset"] = "toy"
+    total, _ = task.losses(output, batch, context)
+    total.backward()
+    projection = context.interface.language_projection.linear.weight.grad
+    assert projection is not None and float(projection.abs().sum()) > 0
+
+
+def test_unknown_class_embeddings_source() -> None:
+    with pytest.raises(ValueError, match="class_embeddings"):
+        SegmentationTask(class_embeddings="tokens")

@@ -34,6 +34,7 @@ IMAGE = "queries.vision.image"
 CLASS_QUERY = "queries.language.class"
 CLASS_TOKENS = "tokens.language.class"
 OUTPUTS: tuple[str, ...] = ("panoptic", "instance", "semantic")
+CLASS_EMBEDDINGS: tuple[str, ...] = ("queries", "sentences")
 
 
 def semantic_inference(class_probs: Tensor, mask_logits: Tensor) -> Tensor:
@@ -179,6 +180,13 @@ class SegmentationTask(Task):
         max_detections: instance: detections per image.
         outputs: which predictions ``predict`` returns, among ``panoptic``, ``instance``,
             ``semantic``.
+        class_embeddings: where the class embeddings come from. ``"queries"`` (FIND): one
+            ``queries.language.class`` query per class name reads its tokens through the decoder, at
+            every layer. ``"sentences"`` (APE's sentence-level prompts): each class name's pooled
+            text embedding through the interface's language and semantic projections, outside the
+            decoder, so the decoder's cost does not grow with the vocabulary and class embeddings
+            cannot collapse through shared attention (measured on the demo: with ``"queries"`` the
+            ten shape names converge to one embedding and things are never classified).
 
     """
 
@@ -195,8 +203,12 @@ class SegmentationTask(Task):
         object_mask_threshold: float = 0.8,
         max_detections: int = 100,
         outputs: tuple[str, ...] = OUTPUTS,
+        class_embeddings: str = "queries",
     ):
         super().__init__()
+        if class_embeddings not in CLASS_EMBEDDINGS:
+            raise ValueError(f"class_embeddings {class_embeddings!r}; choose from {list(CLASS_EMBEDDINGS)}")
+        self.class_embeddings = class_embeddings
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
             raise ValueError(f"unknown segmentation outputs {sorted(unknown)}; choose from {list(OUTPUTS)}")
@@ -223,10 +235,13 @@ class SegmentationTask(Task):
 
     def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
         """Shared class-name prompts, one class query each, object proposals and the image query."""
+        learned: dict[str, int | Tensor] = {OBJECT: self.num_proposals, IMAGE: 1}
+        if self.class_embeddings == "sentences":
+            return InterfacePrompts(learned=learned)
         names = context.encode_text(self.vocabulary(batch, context).class_names)
         device = batch["padding_mask"].device
         return InterfacePrompts(
-            learned={OBJECT: self.num_proposals, IMAGE: 1},
+            learned=learned,
             tokens={
                 CLASS_TOKENS: PromptTokens(
                     names.tokens.to(device), names.mask.to(device), sentence=names.sentence.to(device)
@@ -235,22 +250,25 @@ class SegmentationTask(Task):
             per_prompt={CLASS_QUERY: CLASS_TOKENS},
         )
 
-    @staticmethod
-    def class_logits(output: InterfaceOutput, context: TaskContext, layer: int = -1) -> Tensor:
-        """float[B,Q,K+1]: a layer's object proposals against its class queries and no object."""
-        return output.class_logits(
-            OBJECT,
-            output.layers[layer][CLASS_QUERY]["embeddings"],
-            layer=layer,
-            no_object=context.interface.no_object(),
-        )
+    def class_logits(
+        self, output: InterfaceOutput, batch: Batch, context: TaskContext, layer: int = -1
+    ) -> Tensor:
+        """float[B,Q,K+1]: a layer's object proposals against the class embeddings and no object."""
+        if self.class_embeddings == "sentences":
+            names = context.encode_text(self.vocabulary(batch, context).class_names)
+            interface = context.interface
+            sentence = names.sentence.to(batch["padding_mask"].device)
+            classes = interface.semantic(interface.language_projection.project(sentence))  # [K,E]
+        else:
+            classes = output.layers[layer][CLASS_QUERY]["embeddings"]  # [B,K,E]
+        return output.class_logits(OBJECT, classes, layer=layer, no_object=context.interface.no_object())
 
     def losses(
         self, output: InterfaceOutput, batch: Batch, context: TaskContext
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Mask2Former's CE + BCE + Dice on every layer, each matched on its own."""
         num_classes = len(self.vocabulary(batch, context).class_names)
-        classes = [self.class_logits(output, context, i) for i in range(len(output.layers))]
+        classes = [self.class_logits(output, batch, context, i) for i in range(len(output.layers))]
         masks = [layer[OBJECT]["mask_logits"] for layer in output.layers]
         targets = [{"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"]]
         return segmentation_losses(
@@ -265,7 +283,7 @@ class SegmentationTask(Task):
         ``{"masks", "labels", "scores"}`` (see the module-level inference functions).
         """
         is_thing = self.vocabulary(batch, context).thing_classes
-        probs = self.class_logits(output, context).float().softmax(dim=-1)  # [B,Q,K+1]
+        probs = self.class_logits(output, batch, context).float().softmax(dim=-1)  # [B,Q,K+1]
         mask_logits = output.last[OBJECT]["mask_logits"]
         padding = batch["padding_mask"]
         frame = (int(padding.shape[-2]), int(padding.shape[-1]))
