@@ -18,6 +18,7 @@ endif
 
 DEMO_DATA ?= data/demo
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help install test test-fast demo lint format typecheck clean bench
 
@@ -45,9 +46,9 @@ test-slurm: $(STAMP) ## Start a local SLURM cluster, run the SLURM job tests (te
 	FINDLIT_SLURM_TEST=1 $(BIN)/python -m pytest tests/slurm $(PYTEST_ARGS) || status=$$?; \
 	scripts/slurm/local_cluster.sh stop; exit $$status
 
-demo: $(STAMP) ## Generate the embedded default data and check it
+demo: $(STAMP) ## Generate the embedded default data, fit configs/demo.yaml, test its best checkpoint
 	$(BIN)/findlit data synth --out $(DEMO_DATA) --train 2000 --val 200 --size 256 --seed 0
-	$(BIN)/findlit data check --config configs/demo.yaml
+	$(BIN)/findlit fit --config configs/demo.yaml $(DEMO_ARGS)
 
 lint: $(STAMP) ## Ruff lint and format check, then mypy
 	$(BIN)/ruff check src tests scripts

@@ -83,12 +83,14 @@ def format_reports(reports: Iterable[CheckReport]) -> str:
     """A plain-text table of counts per dataset followed by every problem."""
     reports = list(reports)
     columns = [*COUNTED, "bad records"]
-    header = f"{'dataset':<28} {'task':<13} " + " ".join(f"{c:>11}" for c in columns)
+    # the label column fits the longest "<key> <name>" (never truncated: names are identifiers)
+    width = max([28, *(len(f"{report.key} {report.name}") for report in reports)])
+    header = f"{'dataset':<{width}} {'task':<13} " + " ".join(f"{c:>11}" for c in columns)
     lines = [header, "-" * len(header)]
     for report in reports:
-        label = f"{report.key} {report.name}"[:28]
+        label = f"{report.key} {report.name}"
         values = " ".join(f"{report.counts.get(c, 0):>11}" for c in columns)
-        lines.append(f"{label:<28} {report.task:<13} {values}")
+        lines.append(f"{label:<{width}} {report.task:<13} {values}")
     problems = [(report, problem) for report in reports for problem in report.problems]
     if problems:
         lines.append("")
