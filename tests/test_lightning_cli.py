@@ -164,6 +164,9 @@ def tiny_config(tmp_path: Path) -> Path:
     """demo.yaml over a tiny generated dataset, with a tiny interface and test encoder."""
     generate(tmp_path / "data", train=8, val=4, size=64, seed=0)
     config: dict[str, Any] = yaml.safe_load(DEMO.read_text())
+    # the demo's own choices that tests set themselves: its checkpoint policy and test after fit
+    config.pop("test_after_fit", None)
+    config["trainer"].pop("callbacks", None)
     data = data_section(tmp_path / "data")
     data["test"] = data["val"]
     data["steps_per_epoch"] = 2  # validation runs at the end of the epoch, within --trainer.max_steps 2

@@ -105,4 +105,6 @@ def test_two_nodes_train_and_validate_like_one_process(tmp_path: Path) -> None:
         if key.endswith("/loss"):
             assert math.isclose(b[key], value, rel_tol=LOSS_TOLERANCE), (key, value, b[key])
         else:
-            assert b[key] == pytest.approx(value, abs=1e-5), (key, value, b[key])
+            # the weights differ by Adam-amplified rounding (above), which moves a mask by a pixel or
+            # two: 1e-4 of a cIoU is a few pixels of these 64 px images
+            assert b[key] == pytest.approx(value, abs=1e-4), (key, value, b[key])
