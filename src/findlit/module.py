@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from findlit.data.collate import Batch
+from findlit.data.collate import Batch, image_origin
 from findlit.encoders.base import TextEncoder, VisionEncoder
 from findlit.encoders.checkpoint import check_encoder_specs, record_encoder_specs
 from findlit.encoders.prompt_cache import PromptCache
@@ -177,23 +177,13 @@ def _task_options(task: type[Task], options: dict[str, Any], num_proposals: int)
     return options
 
 
-def _image_origin(padding_mask: Tensor) -> tuple[int, int]:
-    """(top, left) of the image in its padded frame: first unpadded row and column (0, 0 if none)."""
-    valid = ~padding_mask
-    rows = valid.any(dim=1).nonzero()
-    cols = valid.any(dim=0).nonzero()
-    if rows.numel() == 0 or cols.numel() == 0:
-        return 0, 0
-    return int(rows[0]), int(cols[0])
-
-
 def semantic_target(target: dict[str, Any], padding_mask: Tensor, size: tuple[int, int]) -> Tensor:
     """int64[h,w] semantic target of one image from its padded ``masks``, ``labels`` and ``ignore_mask``.
 
     Cropped to the image (``size`` from its padding mask's origin); pixels of no mask or in
     ``ignore_mask`` are :data:`IGNORE_INDEX`.
     """
-    top, left = _image_origin(padding_mask)
+    top, left = image_origin(padding_mask)
     h, w = size
     masks = target["masks"][:, top : top + h, left : left + w]
     out = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64, device=masks.device)
@@ -428,7 +418,7 @@ class FINDModule(L.LightningModule):
             for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
                 padding = batch["padding_mask"][b]
                 h, w = (int(n) for n in batch["image_sizes"][b])
-                top, left = _image_origin(padding)
+                top, left = image_origin(padding)
                 masks = target["masks"][:, top : top + h, left : left + w]
                 labels, crowd = target["labels"], target.get("iscrowd")
                 update: dict[str, Any] = {}
@@ -476,7 +466,7 @@ class FINDModule(L.LightningModule):
                 masks = prediction["masks"]
                 if masks.shape[0] == 0:
                     continue
-                top, left = _image_origin(batch["padding_mask"][b])
+                top, left = image_origin(batch["padding_mask"][b])
                 h, w = masks.shape[-2:]
                 truth = target["masks"][index.to(target["masks"].device)][:, top : top + h, left : left + w]
                 grounding.update(masks, truth.to(masks.device))

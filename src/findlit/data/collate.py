@@ -143,3 +143,16 @@ def _pad(tensor: Tensor, height: int, width: int, value: bool) -> Tensor:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple if multiple > 1 else value
+
+
+def image_origin(padding_mask: Tensor) -> tuple[int, int]:
+    """(top, left) of an image in its padded frame, from its bool[H,W] padding mask (True = padding).
+
+    The first unpadded row and column; (0, 0) when the mask has no unpadded pixel.
+    """
+    valid = ~padding_mask
+    rows = valid.any(dim=1).nonzero()
+    cols = valid.any(dim=0).nonzero()
+    if rows.numel() == 0 or cols.numel() == 0:
+        return 0, 0
+    return int(rows[0]), int(cols[0])

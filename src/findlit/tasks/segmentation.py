@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from findlit.data.collate import Batch
+from findlit.data.collate import Batch, image_origin
 from findlit.interface.find import InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, segmentation_losses
 from findlit.tasks.base import Task, TaskContext, Vocabulary
@@ -289,7 +289,7 @@ class SegmentationTask(Task):
         frame = (int(padding.shape[-2]), int(padding.shape[-1]))
         results: list[dict[str, Any]] = []
         for b, (h, w) in enumerate(batch["image_sizes"]):
-            top, left = _image_origin(padding[b])
+            top, left = image_origin(padding[b])
             logits = F.interpolate(
                 mask_logits[b : b + 1].float(), size=frame, mode="bilinear", align_corners=False
             )
@@ -305,13 +305,3 @@ class SegmentationTask(Task):
                 result["semantic"] = semantic_inference(probs[b], logits)
             results.append(result)
         return results
-
-
-def _image_origin(padding_mask: Tensor) -> tuple[int, int]:
-    """(top, left) of the image in its padded frame: the first unpadded row and column (0, 0 if none)."""
-    valid = ~padding_mask
-    rows = valid.any(dim=1).nonzero()
-    cols = valid.any(dim=0).nonzero()
-    if rows.numel() == 0 or cols.numel() == 0:
-        return 0, 0
-    return int(rows[0]), int(cols[0])
