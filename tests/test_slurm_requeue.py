@@ -214,8 +214,11 @@ def write_pid_file(directory: Path) -> Any:
 def workers_after_sigusr1(loader: DataLoader[Any], directory: Path) -> tuple[list[int], list[bool]]:
     """Start ``loader``'s workers, send each SIGUSR1, then read one more batch: (pids, alive)."""
     iterator = iter(loader)
-    next(iterator)
     workers = list(iterator._workers)  # type: ignore[attr-defined]
+    # one batch per worker (round robin): every worker has run its worker_init_fn before the signal
+    # (a signal in the instant between fork and worker_init_fn still meets the inherited handler)
+    for _ in workers:
+        next(iterator)
     for worker in workers:
         os.kill(worker.pid, signal.SIGUSR1)
     time.sleep(1.0)
