@@ -160,9 +160,9 @@ def test_unknown_config_key_is_an_error_naming_it(capsys: pytest.CaptureFixture[
     assert "interface_typo" in err
 
 
-def tiny_config(tmp_path: Path) -> Path:
+def tiny_config(tmp_path: Path, train_images: int = 8) -> Path:
     """demo.yaml over a tiny generated dataset, with a tiny interface and test encoder."""
-    generate(tmp_path / "data", train=8, val=4, size=64, seed=0)
+    generate(tmp_path / "data", train=train_images, val=4, size=64, seed=0)
     config: dict[str, Any] = yaml.safe_load(DEMO.read_text())
     # the demo's own choices that tests set themselves: its checkpoint policy and test after fit
     config.pop("test_after_fit", None)

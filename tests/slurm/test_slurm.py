@@ -22,9 +22,8 @@ import pytest
 import torch
 import yaml
 
-from findlit.data.synthetic import generate
 from tests.fixtures import REPO
-from tests.test_module import INTERFACE, TASK_OPTIONS, data_section
+from tests.test_lightning_cli import tiny_config as shared_tiny_config
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("FINDLIT_SLURM_TEST") != "1", reason="needs the local SLURM cluster: run `make test-slurm`"
@@ -53,40 +52,22 @@ def cluster() -> Iterator[list[str]]:
 
 
 def tiny_config(tmp_path: Path, max_steps: int) -> Path:
-    """configs/demo.yaml over a tiny dataset: one epoch of max_steps steps, validated once at its end."""
-    generate(tmp_path / "data", train=16, val=4, size=64, seed=0)
-    config: dict[str, Any] = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
-    data = data_section(tmp_path / "data")
-    data["steps_per_epoch"] = max_steps
+    """tests/test_lightning_cli.py's tiny config over 16 images: one epoch of max_steps steps."""
+    path = shared_tiny_config(tmp_path, train_images=16)
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    config["data"]["steps_per_epoch"] = max_steps
     # DataLoader workers as in configs/demo.yaml: SLURM signals them too, and they must ignore it
-    data["num_workers"] = 2
-    config["data"] = data
-    # the job is the fit; testing after it is not what these tests are about
-    config["test_after_fit"] = None
-    config["model"].update(
-        vision_encoder={"name": "timm", "options": {"model": "test_resnet", "weights": None}},
-        interface=INTERFACE,
-        task_options=TASK_OPTIONS,
-        warmup_steps=1,
-    )
-    logs = str(tmp_path / "logs")
+    config["data"]["num_workers"] = 2
+    logs = config["trainer"]["default_root_dir"]
     config["trainer"].update(
         max_steps=max_steps,
-        default_root_dir=logs,
         # every step's metrics on disk at once: the test reads them to know training has started
         logger={
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": logs, "flush_logs_every_n_steps": 1},
         },
-        val_check_interval=None,
-        check_val_every_n_epoch=1,
-        limit_val_batches=1,
         num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
-    path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
