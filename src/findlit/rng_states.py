@@ -1,6 +1,8 @@
 """The global random generators are saved in checkpoints and restored when a fit resumes.
 
-Training draws from the global generators (the mask losses' random points, dropout), so a resumed
+Training may draw from the global generators (dropout, when the interface has any; the mask
+losses' random points of a batch without ``sample_seeds``, i.e. not built by the datasets: those of
+dataset batches come from each sample's own seed, see :mod:`findlit.losses.points`), so a resumed
 run equals an uninterrupted one only if those generators continue where the checkpoint left them.
 Lightning restores weights, optimisers, schedulers and loops, but not these generators: the
 :class:`RestoreRNGStates` callback does (torch's CPU and CUDA generators, numpy's and Python's).

@@ -46,3 +46,14 @@ def test_refuses_mixed_tasks() -> None:
     other["task"] = "grounding"
     with pytest.raises(ValueError, match="one task"):
         collate_samples([sample(32, 32, 1), other])
+
+
+def test_sample_seeds_are_kept_in_order_and_only_when_every_sample_has_one() -> None:
+    samples = [sample(32, 32, 1), sample(40, 20, 2), sample(20, 40, 0)]
+    for s, seed in zip(samples, (2**63 - 1, 0, 12345), strict=True):
+        s["seed"] = seed
+    batch = collate_samples(samples)
+    assert batch["sample_seeds"] == [2**63 - 1, 0, 12345]
+    assert all("seed" not in target for target in batch["targets"])
+    del samples[1]["seed"]
+    assert "sample_seeds" not in collate_samples(samples)

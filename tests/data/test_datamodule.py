@@ -99,6 +99,21 @@ def test_train_loader_interleaves_task_homogeneous_batches(coco_sample: Path) ->
     assert len({batch["task"] for batch in batches}) > 1
 
 
+def test_batches_carry_the_seeds_of_their_samples(coco_sample: Path) -> None:
+    datamodule = make(coco_sample)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    keys = list(loader.batch_sampler)  # type: ignore[arg-type]
+    batches = list(loader)
+    assert len(keys) == len(batches) == 8
+    for key, batch in zip(keys, batches, strict=True):
+        assert batch["sample_seeds"] == [seed for _, _, seed in key]
+    assert len({seed for batch in batches for seed in batch["sample_seeds"]}) > 8
+    # evaluation samples are seeded by their record index: the same points at every validation
+    for loader in datamodule.val_dataloader():
+        assert [seed for batch in loader for seed in batch["sample_seeds"]] == [0, 1]
+
+
 def test_eval_loaders_one_per_dataset_in_order(coco_sample: Path) -> None:
     datamodule = make(coco_sample)
     datamodule.setup("validate")

@@ -126,6 +126,8 @@ def test_training_sample_is_deterministic_per_seed(coco_sample: Path) -> None:
     dataset = build("panoptic", coco_sample, train=True, image_size=256)
     a, b, c = dataset[(0, 7)], dataset[(0, 7)], dataset[(0, 8)]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["masks"], b["masks"])
+    # the seed stays in the sample (the losses seed its random points with it); evaluation: the index
+    assert (a["seed"], c["seed"], dataset[1]["seed"]) == (7, 8, 1)
     assert not (a["image"].shape == c["image"].shape and torch.equal(a["image"], c["image"]))
 
 

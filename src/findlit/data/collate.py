@@ -22,6 +22,7 @@ _PER_IMAGE_META = (
     "task",
     "dataset",
     "image_id",
+    "seed",
     "image",
     "orig_size",
     "features",
@@ -44,6 +45,8 @@ class Batch(_BatchFields, total=False):
     """A task-homogeneous batch of B images padded to H x W; exactly one of ``images`` and ``features``.
 
     images: uint8[B,3,H,W] (the encoders convert to float in 0..1 and normalise).
+    sample_seeds: each sample's ``seed`` (when every sample has one, as the datasets' do): the
+    losses seed each image's random points with it, so they do not depend on the batch or rank.
     features: instead of ``images`` for a dataset read from a feature cache: level (``res2``..
     ``res5``) -> float16[B,C_l,H/s_l,W/s_l] (the cache dtype; cast before use), zero beyond each
     image's own padded frame.
@@ -58,6 +61,7 @@ class Batch(_BatchFields, total=False):
 
     images: Tensor
     features: dict[str, Tensor]
+    sample_seeds: list[int]
 
 
 def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> Batch:
@@ -103,6 +107,8 @@ def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> B
         orig_sizes=[tuple(s["orig_size"]) for s in samples],  # type: ignore[misc]
         targets=targets,
     )
+    if all("seed" in s for s in samples):
+        batch["sample_seeds"] = [int(s["seed"]) for s in samples]
     if all(cached):
         batch["features"] = _stack_features(samples, frames, height, width)
     else:

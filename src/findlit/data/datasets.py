@@ -3,7 +3,8 @@
 A dataset is indexed either by an int (evaluation: no randomness) or by a
 ``(index, seed)`` pair from the training sampler: the seed drives every random choice for that
 sample (augmentation, which caption or sentence is drawn), so a run and its resumed copy, or
-runs on different numbers of processes, see the same samples.
+runs on different numbers of processes, see the same samples. The seed is kept in the sample
+(``seed``; the index in evaluation) for the random points of the losses.
 
 Given a :class:`~findlit.encoders.feature_cache.FeatureReader`, a dataset reads each image's
 cached vision features instead of decoding the image; targets are decoded as usual.
@@ -108,6 +109,7 @@ class TaskDataset(TorchDataset[Sample]):
                 continue
             sample["task"] = self.task
             sample["dataset"] = self.name
+            sample["seed"] = seed
             return self.finish(self.transforms(sample, generator) if self.transforms is not None else sample)
         raise DataError(f"{_MAX_SKIPS} consecutive bad records in dataset '{self.name}'", None, key=self.key)
 

@@ -4,7 +4,8 @@ A sample is a plain dict so that DataLoader workers can pickle it cheaply; this 
 documents the keys and shapes. Which keys are present depends on the task:
 
 - every task: ``task``, ``dataset``, ``image_id``, ``orig_size``, and either ``image`` or, for a
-  dataset read from a feature cache, ``features``, ``image_size`` and ``padding_mask``;
+  dataset read from a feature cache, ``features``, ``image_size`` and ``padding_mask``; from a
+  :class:`~findlit.data.datasets.TaskDataset` also ``seed``;
 - segmentation: ``masks``, ``labels``, ``is_thing``, ``ignore_mask``;
 - retrieval: ``captions``;
 - grounding: ``masks`` (one per referred object), ``sentences``, ``sentence_targets``;
@@ -40,6 +41,9 @@ class Sample(TypedDict, total=False):
     ignore_mask: bool[H,W], True on crowd and unlabelled pixels.
     sentence_targets: int64[S], index into ``masks`` for each sentence.
     orig_size: (height, width) of the image on disk, before transforms.
+    seed: the sample's seed (non-negative, < 2**63): the sampler's per-sample seed in training, the
+    record index in evaluation. It seeded the sample's augmentation and seeds its random points in
+    the losses, so those follow the sample, not the rank or the batch it lands in.
 
     From a feature cache (instead of ``image``): features: level (``res2``..``res5``) ->
     float16[C_l,H/s_l,W/s_l] (the cache dtype), computed from the image resized to ``image_size``
@@ -50,6 +54,7 @@ class Sample(TypedDict, total=False):
     task: str
     dataset: str
     image_id: int
+    seed: int
     image: Tensor
     orig_size: tuple[int, int]
     masks: Tensor

@@ -1,8 +1,24 @@
 """Set-prediction losses of Mask2Former / FIND: CE with a no-object weight, BCE and Dice on sampled points.
 
-Mask losses are read on importance-sampled points of the matched masks and normalised by the
-number of target masks averaged over ranks, so every rank's loss has the same scale. Deep
-supervision sums the weighted terms of every decoder layer (each layer is matched on its own).
+Mask losses are read on importance-sampled points of the matched masks. Deep supervision sums the
+weighted terms of every decoder layer (each layer is matched on its own).
+
+Data-parallel training on N ranks equals one process with the N-fold batch (same samples, see
+:class:`~findlit.data.sampler.MultiTaskBatchSampler`) when two things hold:
+
+- Every loss is a sum over the rank's items divided by a normaliser averaged over ranks (the number
+  of target masks for BCE and Dice, the sum of class weights for the segmentation CE, the number of
+  matched sentences for the grounding CE): DDP averages the rank gradients, so the result is the
+  gradient of the global sum over the global normaliser. A per-rank mean (Mask2Former's weighted CE)
+  would weigh the ranks' items unequally whenever their counts differ. The average is clamped so
+  that the *global* count is at least 1 (``1 / world_size`` per rank), which one process's clamp at
+  1 matches.
+- The random points of an image are the same wherever the image is: given per-image ``seeds`` (the
+  batch's ``sample_seeds``), the matcher and the mask losses of layer l of an image draw from a
+  generator seeded by (the image's seed, l) (:func:`~findlit.losses.points.image_generators`).
+
+Both need the images' predictions to be the same in either setting, which holds when each image
+has the same padded frame in both (see tests/distributed/test_multinode.py).
 """
 
 from __future__ import annotations
@@ -16,7 +32,16 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.losses.matcher import HungarianMatcher, Match
-from findlit.losses.points import DEFAULT_NUM_POINTS, PointSampling, point_sample, uncertain_points
+from findlit.losses.points import (
+    DEFAULT_NUM_POINTS,
+    Generators,
+    PointSampling,
+    check_generators,
+    generator_of,
+    image_generators,
+    point_sample,
+    uncertain_points,
+)
 
 
 @dataclass(frozen=True)
@@ -55,18 +80,48 @@ class LossWeights:
         return {"ce": self.grounding_ce, "bce": self.grounding_bce, "dice": self.grounding_dice}
 
 
-def num_masks_across_ranks(num_local: int, device: torch.device) -> Tensor:
-    """The loss normaliser: target masks of this rank, averaged over ranks when distributed, at least 1.
+def _training_world_size() -> int:
+    """Ranks that average loss normalisers: the world size when distributed and gradients are on, else 1.
 
-    The average is taken only when gradients are (training): under no_grad (evaluation, whose
-    unpadded shards give ranks different numbers of batches) a collective per batch would pair
-    unrelated calls across ranks or wait forever, and the local count is what one process uses.
+    Only when gradients are taken (training): under no_grad (evaluation, whose unpadded shards give
+    ranks different numbers of batches) a collective per batch would pair unrelated calls across
+    ranks or wait forever, and the local count is what one process uses.
     """
-    num = torch.tensor(float(num_local), device=device)
     if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
-        num = num / dist.get_world_size()
-    return num.clamp(min=1.0)
+        return dist.get_world_size()
+    return 1
+
+
+def mean_across_ranks(values: Tensor) -> Tensor:
+    """float[K] averaged over ranks (one all_reduce) when training distributed; else ``values``."""
+    world = _training_world_size()
+    if world == 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total / world
+
+
+def count_normaliser(mean_count: Tensor) -> Tensor:
+    """A per-rank mean count as a loss normaliser: clamped so that the count over all ranks is >= 1.
+
+    The clamp is ``1 / world_size`` (not 1): with one target mask on one of two ranks the mean is
+    0.5, and dividing by 0.5 on each rank gives the loss of one process over that one mask.
+    """
+    return mean_count.clamp(min=1.0 / _training_world_size())
+
+
+def num_masks_across_ranks(num_local: int, device: torch.device) -> Tensor:
+    """The mask-loss normaliser: target masks of this rank averaged over ranks (see the module doc).
+
+    When not training distributed, the local count, at least 1.
+    """
+    return count_normaliser(mean_across_ranks(torch.tensor(float(num_local), device=device)))
+
+
+def _counts_across_ranks(counts: Sequence[float], device: torch.device) -> list[Tensor]:
+    """Several per-rank counts averaged over ranks in one all_reduce: scalars in the order given."""
+    return list(mean_across_ranks(torch.tensor([float(c) for c in counts], device=device)).unbind())
 
 
 def _query_indices(matches: Sequence[Match]) -> tuple[Tensor, Tensor]:
@@ -87,6 +142,7 @@ def classification_loss(
     target_labels: Sequence[Tensor],
     num_classes: int,
     no_object_weight: float = 0.1,
+    normaliser: Tensor | float | None = None,
 ) -> Tensor:
     """Cross-entropy over K classes + no object; unmatched queries are no object.
 
@@ -96,9 +152,12 @@ def classification_loss(
         target_labels: per image int64[N_i] in [0, K).
         num_classes: K.
         no_object_weight: class weight of the no-object class (the others weigh 1).
+        normaliser: what the weighted sum is divided by; default: this batch's sum of the queries'
+            class weights (the weighted mean). Under DDP pass that sum averaged over ranks
+            (:func:`classification_weight_sum`, :func:`mean_across_ranks`).
 
     Returns:
-        scalar: the weighted mean over all B*Q queries.
+        scalar: the weighted sum of the B*Q queries' cross-entropies over ``normaliser``.
 
     """
     if class_logits.shape[-1] != num_classes + 1:
@@ -109,11 +168,37 @@ def classification_loss(
     target[batch_idx, query_idx] = torch.cat(labels)
     weight = torch.ones(num_classes + 1, device=class_logits.device)
     weight[-1] = no_object_weight
-    return F.cross_entropy(class_logits.float().transpose(1, 2), target, weight)
+    # reduction="none" gives weight[target] * CE per query
+    weighted = F.cross_entropy(class_logits.float().transpose(1, 2), target, weight, reduction="none")
+    if normaliser is None:
+        normaliser = weight[target].sum()
+    return weighted.sum() / normaliser
+
+
+def classification_weight_sum(
+    num_queries: int, target_counts: Sequence[int], no_object_weight: float = 0.1
+) -> float:
+    """The sum of the class weights of a batch's B*Q queries: ``classification_loss``'s default normaliser.
+
+    Known before matching: the Hungarian matching gives ``min(Q, N_i)`` queries of image i a real
+    class (weight 1); the rest are no object (weight ``no_object_weight``).
+
+    Args:
+        num_queries: Q.
+        target_counts: per image N_i, its number of targets.
+        no_object_weight: the no-object class weight.
+
+    """
+    matched = sum(min(num_queries, int(n)) for n in target_counts)
+    total = num_queries * len(target_counts)
+    return matched + no_object_weight * (total - matched)
 
 
 def grounding_classification_loss(
-    similarity: Tensor, matches: Sequence[Match], sentence_valid: Tensor
+    similarity: Tensor,
+    matches: Sequence[Match],
+    sentence_valid: Tensor,
+    normaliser: Tensor | float | None = None,
 ) -> Tensor:
     """FIND's grounding CE: each sentence classifies the proposals, its matched proposal is the target.
 
@@ -121,9 +206,12 @@ def grounding_classification_loss(
         similarity: float[B, Q, S_max] proposal-sentence logits.
         matches: per image (query_idx, sentence_idx) from ``match_by_similarity``.
         sentence_valid: bool[B, S_max].
+        normaliser: what the sum over matched sentences is divided by; default: their number (the
+            mean). Under DDP pass that number averaged over ranks.
 
     Returns:
-        scalar: mean over the matched sentences of the batch (0 with a graph if none).
+        scalar: the sum over the matched sentences of the batch over ``normaliser`` (0 with a graph
+        if none).
 
     """
     rows, targets = [], []
@@ -134,7 +222,8 @@ def grounding_classification_loss(
     logits = torch.cat(rows)
     if logits.shape[0] == 0:
         return _zero(similarity)
-    return F.cross_entropy(logits.float(), torch.cat(targets))
+    losses = F.cross_entropy(logits.float(), torch.cat(targets), reduction="none")
+    return losses.sum() / (losses.shape[0] if normaliser is None else normaliser)
 
 
 def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -153,7 +242,7 @@ def mask_losses(
     oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
     num_masks: Tensor | float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> tuple[Tensor, Tensor]:
     """Sigmoid BCE and Dice of the matched masks on importance-sampled points.
 
@@ -166,12 +255,14 @@ def mask_losses(
         importance_sample_ratio: see ``uncertain_points``.
         num_masks: the normaliser; default: ``num_masks_across_ranks`` of the target masks (an all_reduce
             when distributed, so pass it when calling per layer).
-        generator: a generator on ``mask_logits.device`` for the points.
+        generator: generator(s) on ``mask_logits.device`` for the points: one for the batch (drawn
+            from image by image) or one per image.
 
     Returns:
         (bce, dice): sums over matched masks of the per-mask mean BCE and the Dice, divided by num_masks.
 
     """
+    check_generators(generator, len(matches))
     if num_masks is None:
         num_masks = num_masks_across_ranks(sum(int(m.shape[0]) for m in target_masks), mask_logits.device)
     batch_idx, query_idx = _query_indices(matches)
@@ -179,15 +270,24 @@ def mask_losses(
         zero = _zero(mask_logits)
         return zero, zero.clone()
     pred = mask_logits[batch_idx.to(mask_logits.device), query_idx.to(mask_logits.device)][:, None].float()
-    coords = uncertain_points(pred.detach(), num_points, oversample_ratio, importance_sample_ratio, generator)
-    labels, start = [], 0
+    # image by image (the rows of pred are grouped by image): each image's points from its own draws
+    points, labels, start = [], [], 0
     with torch.no_grad():
         for b, (_, tgt) in enumerate(matches):
             count = int(tgt.numel())
             if count:
+                coords = uncertain_points(
+                    pred[start : start + count].detach(),
+                    num_points,
+                    oversample_ratio,
+                    importance_sample_ratio,
+                    generator_of(generator, b),
+                )
                 masks = target_masks[b][tgt.to(target_masks[b].device)].to(mask_logits.device, torch.float32)
-                labels.append(point_sample(masks[:, None], coords[start : start + count])[:, 0])
+                labels.append(point_sample(masks[:, None], coords)[:, 0])
+                points.append(coords)
             start += count
+    coords = torch.cat(points)
     point_labels = torch.cat(labels)
     point_logits = point_sample(pred, coords)[:, 0]  # [M, P]
     bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1)
@@ -233,6 +333,7 @@ def segmentation_losses(
     weights: LossWeights = LossWeights(),
     sampling: PointSampling = PointSampling(),  # noqa: B008 (a frozen dataclass)
     generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """CE + BCE + Dice on every decoder layer, each layer matched on its own (Mask2Former).
 
@@ -244,22 +345,32 @@ def segmentation_losses(
         num_classes: K.
         weights: loss weights (``ce``, ``bce``, ``dice``, ``no_object`` are used).
         sampling: points of the mask losses.
-        generator: for reproducible points.
+        generator: one generator for the points of the whole batch (all layers).
+        seeds: per image a seed (the batch's ``sample_seeds``): each image's points in layer l come
+            from a generator seeded by (seed, l); exclusive with ``generator``. Neither: the global
+            generator.
 
     Returns:
         (total, logs) as ``deep_supervision``.
 
     """
     device = mask_logits[-1].device
-    num_masks = num_masks_across_ranks(sum(int(t["masks"].shape[0]) for t in targets), device)
+    counts = [int(t["masks"].shape[0]) for t in targets]
+    # one collective for both normalisers; the CE's is known before matching
+    ce_weights = classification_weight_sum(int(mask_logits[-1].shape[1]), counts, weights.no_object)
+    mean_masks, mean_ce_weights = _counts_across_ranks([sum(counts), ce_weights], device)
+    num_masks = count_normaliser(mean_masks)
+    # positive whenever a query weighs anything; when none does, the weighted sum is 0 as well
+    ce_normaliser = mean_ce_weights.clamp(min=torch.finfo(torch.float32).tiny)
     labels = [t["labels"] for t in targets]
     masks = [t["masks"] for t in targets]
 
-    def layer(cls: Tensor, msk: Tensor) -> dict[str, Tensor]:
-        matches = matcher(cls, msk, targets, generator=generator)
-        bce, dice = _mask_terms(msk, matches, masks, sampling, num_masks, generator)
+    def layer(index: int, cls: Tensor, msk: Tensor) -> dict[str, Tensor]:
+        generators = _layer_generators(generator, seeds, index, len(targets), msk.device)
+        matches = matcher(cls, msk, targets, generator=generators)
+        bce, dice = _mask_terms(msk, matches, masks, sampling, num_masks, generators)
         return {
-            "ce": classification_loss(cls, matches, labels, num_classes, weights.no_object),
+            "ce": classification_loss(cls, matches, labels, num_classes, weights.no_object, ce_normaliser),
             "bce": bce,
             "dice": dice,
         }
@@ -276,6 +387,7 @@ def grounding_losses(
     weights: LossWeights = LossWeights(),
     sampling: PointSampling = PointSampling(),  # noqa: B008 (a frozen dataclass)
     generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Grounding CE (over proposals) + BCE + Dice on every layer, matched by ``match_by_similarity``.
 
@@ -287,22 +399,47 @@ def grounding_losses(
         matcher: supplies the matching cost weights and points.
         weights: loss weights (the ``grounding_*`` ones are used).
         sampling: points of the mask losses.
-        generator: for reproducible points.
+        generator: one generator for the points of the whole batch (all layers).
+        seeds: per image a seed; see ``segmentation_losses``.
 
     Returns:
         (total, logs) as ``deep_supervision``.
 
     """
     device = mask_logits[-1].device
-    num_masks = num_masks_across_ranks(sum(int(t["masks"].shape[0]) for t in targets), device)
+    counts = [int(t["masks"].shape[0]) for t in targets]
+    # every sentence gets a proposal when Q >= S_i, else Q of them do (as in match_by_similarity)
+    num_queries = int(mask_logits[-1].shape[1])
+    matched = sum(min(num_queries, n) for n in counts)
+    mean_masks, mean_matched = _counts_across_ranks([sum(counts), matched], device)
+    num_masks, num_sentences = count_normaliser(mean_masks), count_normaliser(mean_matched)
     masks = [t["masks"] for t in targets]
 
-    def layer(sim: Tensor, msk: Tensor) -> dict[str, Tensor]:
-        matches = matcher.match_by_similarity(sim, sentence_valid, msk, targets, generator=generator)
-        bce, dice = _mask_terms(msk, matches, masks, sampling, num_masks, generator)
-        return {"ce": grounding_classification_loss(sim, matches, sentence_valid), "bce": bce, "dice": dice}
+    def layer(index: int, sim: Tensor, msk: Tensor) -> dict[str, Tensor]:
+        generators = _layer_generators(generator, seeds, index, len(targets), msk.device)
+        matches = matcher.match_by_similarity(sim, sentence_valid, msk, targets, generator=generators)
+        bce, dice = _mask_terms(msk, matches, masks, sampling, num_masks, generators)
+        ce = grounding_classification_loss(sim, matches, sentence_valid, num_sentences)
+        return {"ce": ce, "bce": bce, "dice": dice}
 
     return deep_supervision(_per_layer(layer, similarity, mask_logits), weights.grounding())
+
+
+def _layer_generators(
+    generator: torch.Generator | None,
+    seeds: Sequence[int] | None,
+    layer: int,
+    batch_size: int,
+    device: torch.device,
+) -> Generators:
+    """The points' generators of one decoder layer: per image from ``seeds``, else ``generator``."""
+    if seeds is None:
+        return generator
+    if generator is not None:
+        raise ValueError("give the losses per-image seeds or one generator, not both")
+    if len(seeds) != batch_size:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch_size} images")
+    return image_generators(seeds, layer, device)
 
 
 def _mask_terms(
@@ -311,7 +448,7 @@ def _mask_terms(
     masks: Sequence[Tensor],
     sampling: PointSampling,
     num_masks: Tensor,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> tuple[Tensor, Tensor]:
     return mask_losses(
         mask_logits,
@@ -326,8 +463,9 @@ def _mask_terms(
 
 
 def _per_layer(
-    fn: Callable[[Tensor, Tensor], dict[str, Tensor]], first: Sequence[Tensor], second: Sequence[Tensor]
+    fn: Callable[[int, Tensor, Tensor], dict[str, Tensor]], first: Sequence[Tensor], second: Sequence[Tensor]
 ) -> list[dict[str, Tensor]]:
+    """``fn(layer index, first[layer], second[layer])`` for every layer."""
     if len(first) != len(second) or not first:
         raise ValueError(f"per-layer predictions disagree: {len(first)} vs {len(second)} layers")
-    return [fn(a, b) for a, b in zip(first, second, strict=True)]
+    return [fn(index, a, b) for index, (a, b) in enumerate(zip(first, second, strict=True))]

@@ -2,8 +2,9 @@
 
 Costs are computed on the same uniform random points for the predictions and the targets of an
 image (Mask2Former samples uniformly in matching and by importance only in the losses), batched
-as [queries x targets] matrices; only the images are looped over. The assignment itself is
-scipy's ``linear_sum_assignment`` on CPU.
+as [queries x targets] matrices; only the images are looped over. Each image's points come from
+its own generator when one is given per image (:data:`~findlit.losses.points.Generators`). The
+assignment itself is scipy's ``linear_sum_assignment`` on CPU.
 
 Grounding (referring segmentation), as in FIND / X-Decoder's ``grounding`` matching mode: every
 sentence has one target mask, and the proposals' semantic embeddings are compared with the
@@ -23,7 +24,13 @@ import torch.nn.functional as F  # noqa: N812
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from findlit.losses.points import DEFAULT_NUM_POINTS, point_sample
+from findlit.losses.points import (
+    DEFAULT_NUM_POINTS,
+    Generators,
+    check_generators,
+    generator_of,
+    point_sample,
+)
 
 Match = tuple[Tensor, Tensor]
 """(query_idx int64[M], target_idx int64[M]) of one image."""
@@ -124,7 +131,7 @@ class HungarianMatcher:
         class_logits: Tensor | None,
         mask_logits: Tensor,
         targets: Sequence[Mapping[str, Tensor]],
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> list[Match]:
         """Match the queries of every image to its targets.
 
@@ -133,7 +140,8 @@ class HungarianMatcher:
             mask_logits: float[B, Q, H, W] (any stride of the padded batch frame).
             targets: per image ``{"labels": int64[N_i], "masks": bool[N_i, H_t, W_t]}`` in the padded
                 frame; ``labels`` is unused when ``class_logits`` is None.
-            generator: a generator on ``mask_logits.device``, for reproducible points.
+            generator: generator(s) on ``mask_logits.device`` for reproducible points: one for the
+                batch or one per image (each image then draws one [1, P, 2] set from its own).
 
         Returns:
             per image (query_idx int64[M_i], target_idx int64[M_i]), M_i = min(Q, N_i), sorted by query.
@@ -141,6 +149,7 @@ class HungarianMatcher:
         """
         if len(targets) != mask_logits.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {mask_logits.shape[0]}")
+        check_generators(generator, len(targets))
         matches: list[Match] = []
         # costs in float32 whatever the autocast: the assignment is sensitive to ties
         with torch.autocast(mask_logits.device.type, enabled=False):
@@ -153,9 +162,8 @@ class HungarianMatcher:
                 if class_logits is not None and self.cost_class != 0:
                     prob = class_logits[b].float().softmax(-1)
                     class_cost = -prob[:, target["labels"].to(prob.device)]
-                cost = _image_cost(
-                    class_cost, mask_logits[b], masks, self._weights, self.num_points, generator
-                )
+                points = generator_of(generator, b)
+                cost = _image_cost(class_cost, mask_logits[b], masks, self._weights, self.num_points, points)
                 matches.append(_assign(cost))
         return matches
 
@@ -165,7 +173,7 @@ class HungarianMatcher:
         sentence_valid: Tensor,
         mask_logits: Tensor,
         targets: Sequence[Mapping[str, Tensor]],
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> list[Match]:
         """``match_by_similarity`` with this matcher's cost weights and number of points."""
         return match_by_similarity(
@@ -192,7 +200,7 @@ def match_by_similarity(
     cost_mask: float = 5.0,
     cost_dice: float = 5.0,
     num_points: int = DEFAULT_NUM_POINTS,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> list[Match]:
     """FIND's grounding matching: pick one proposal per sentence (Hungarian over proposals x sentences).
 
@@ -209,7 +217,7 @@ def match_by_similarity(
         cost_mask: weight of the BCE cost.
         cost_dice: weight of the dice cost.
         num_points: uniform random points per image.
-        generator: a generator on ``mask_logits.device``.
+        generator: generator(s) on ``mask_logits.device``: one for the batch or one per image.
 
     Returns:
         per image (query_idx int64[M_i], sentence_idx int64[M_i]) sorted by sentence: ``query_idx[j]``
@@ -227,6 +235,7 @@ def match_by_similarity(
         )
     if len(targets) != mask_logits.shape[0]:
         raise ValueError(f"{len(targets)} targets for a batch of {mask_logits.shape[0]}")
+    check_generators(generator, len(targets))
     matches: list[Match] = []
     with torch.autocast(mask_logits.device.type, enabled=False):
         for b, target in enumerate(targets):
@@ -238,8 +247,9 @@ def match_by_similarity(
                 matches.append(_empty_match(mask_logits.device))
                 continue
             class_cost = -similarity[b][:, valid].float().softmax(dim=0)  # [Q, S_i]: softmax over proposals
+            weights = (cost_class, cost_mask, cost_dice)
             cost = _image_cost(
-                class_cost, mask_logits[b], masks, (cost_class, cost_mask, cost_dice), num_points, generator
+                class_cost, mask_logits[b], masks, weights, num_points, generator_of(generator, b)
             )
             query_idx, sentence_idx = _assign(cost)
             order = sentence_idx.argsort()

@@ -4,18 +4,66 @@ Losses and matching costs on masks are computed on a few thousand points instead
 (Mask2Former, PointRend). Coordinates are normalised to [0, 1] of the padded batch frame, with
 ``coords[..., 0]`` along the width (x) and ``coords[..., 1]`` along the height (y), so the same
 coordinates address predictions at stride 4 and targets at full resolution.
+
+Where the random points come from (:data:`Generators`): the global generator, one generator for
+a whole batch, or one per image. Training gives every image its own generators, seeded by the
+image's sample seed (:func:`image_generators`): an image's points then do not depend on which
+other images share its batch or its rank, so N processes draw the points that one process with
+the N-fold batch draws. The pixels they address are the same only if the image's padded frame is:
+a batch is padded to its largest image, so images of varying sizes (LSJ crops smaller than the crop
+size) are framed, and thus sampled and encoded, differently in different batches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from findlit.data.sampler import mix_seed
+
 DEFAULT_NUM_POINTS = 112 * 112
 """Points per mask (12544), Mask2Former's and FIND's ``TRAIN_NUM_POINTS``."""
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""The source of random points of a batch: None (the global generator), one generator shared by
+the batch's images (drawn from in image order), or one generator per image."""
+
+
+def image_generators(seeds: Sequence[int], stream: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per image on ``device``, seeded by the image's seed mixed with ``stream``.
+
+    Args:
+        seeds: per image a non-negative seed, e.g. the batch's ``sample_seeds`` (the sampler's
+            per-sample seed, which also drives the image's augmentation; mixing keeps the two
+            streams apart).
+        stream: separates draws of one image that must differ, e.g. the decoder layer.
+        device: where the points are drawn (a CUDA generator draws on the GPU).
+
+    Returns:
+        ``len(seeds)`` generators.
+
+    """
+    return [torch.Generator(device=device).manual_seed(mix_seed(int(seed), stream)) for seed in seeds]
+
+
+def generator_of(generators: Generators, image: int) -> torch.Generator | None:
+    """The generator that draws the points of image ``image`` of the batch (see :data:`Generators`)."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return generators
+    return generators[image]
+
+
+def check_generators(generators: Generators, batch_size: int) -> None:
+    """Raise if ``generators`` is a per-image sequence whose length is not ``batch_size``."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return
+    if len(generators) != batch_size:
+        raise ValueError(f"{len(generators)} generators for a batch of {batch_size} images")
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class GroundingTask(Task):
             self.matcher,
             self.weights,
             self.sampling,
+            seeds=batch.get("sample_seeds"),
         )
 
     def predict(self, output: InterfaceOutput, batch: Batch, context: TaskContext) -> list[dict[str, Any]]:

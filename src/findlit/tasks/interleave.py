@@ -123,6 +123,7 @@ class InterleaveTask(Task):
             self.matcher,
             self.weights,
             self.sampling,
+            seeds=batch.get("sample_seeds"),
         )
         last = output.last
         if IMAGE_QUERIES in last and LEGEND_QUERIES in last:

@@ -272,7 +272,14 @@ class SegmentationTask(Task):
         masks = [layer[OBJECT]["mask_logits"] for layer in output.layers]
         targets = [{"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"]]
         return segmentation_losses(
-            classes, masks, targets, self.matcher, num_classes, self.weights, self.sampling
+            classes,
+            masks,
+            targets,
+            self.matcher,
+            num_classes,
+            self.weights,
+            self.sampling,
+            seeds=batch.get("sample_seeds"),
         )
 
     @torch.no_grad()
