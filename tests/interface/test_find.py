@@ -110,6 +110,26 @@ def test_generic_segmentation_shapes(batch: int) -> None:
     assert out.class_logits(OBJECT, classes[0], no_object=torch.zeros(EMBED)).shape == (batch, PROPOSALS, 6)
 
 
+def test_mask_pooling_adds_to_proposal_embeddings_only() -> None:
+    prompts = _segmentation()
+    plain = _interface()
+    pooled = _interface(mask_pooling=True)
+    pooled.load_state_dict(plain.state_dict(), strict=False)  # same weights but the pooling MLP
+    with torch.no_grad():
+        a, b = plain(_features(2), prompts), pooled(_features(2), prompts)
+    _check(b, 2, {OBJECT: PROPOSALS, IMAGE: 1, CLASS_Q: 5})
+    first = pooled.mask_pooling(
+        a.layers[0][OBJECT]["mask_logits"], pooled.pixel_decoder(_features(2)).mask_features
+    )
+    # before the first layer, proposals differ from the plain interface by exactly the pooled term
+    assert torch.allclose(
+        b.layers[0][OBJECT]["embeddings"], a.layers[0][OBJECT]["embeddings"] + first, atol=1e-5
+    )
+    assert torch.equal(b.layers[0][IMAGE]["embeddings"], a.layers[0][IMAGE]["embeddings"])
+    assert torch.equal(b.layers[0][OBJECT]["mask_logits"], a.layers[0][OBJECT]["mask_logits"])
+    assert plain.mask_pooling is None
+
+
 def test_grounding_shapes_and_padding() -> None:
     out = _interface()(_features(2), _grounding([2, 3]))
     _check(out, 2, {GROUNDING: PROPOSALS, DESC_Q: 3})

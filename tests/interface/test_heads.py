@@ -7,6 +7,7 @@ import torch
 from findlit.interface.heads import (
     LogitScale,
     MaskHead,
+    MaskPooledEmbedding,
     NoObjectEmbedding,
     SemanticProjection,
     attention_mask_from_logits,
@@ -24,6 +25,26 @@ def test_mask_head_shapes_and_gradients() -> None:
     assert torch.allclose(logits[1, 3, 4, 7], embeddings[1, 3] @ mask_features[1, :, 4, 7], atol=1e-5)
     logits.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_mask_pooled_embedding_is_the_mlp_of_the_weighted_mean_under_the_mask() -> None:
+    torch.manual_seed(0)
+    pool = MaskPooledEmbedding(8, 6)
+    features = torch.randn(1, 8, 4, 4)
+    logits = torch.full((1, 2, 4, 4), -30.0)
+    logits[0, 0, :2, :2] = 30.0  # proposal 0: the top-left 2x2 block (sigmoid 1 there, 0 elsewhere)
+    logits.requires_grad_()
+    pooled = pool(logits, features)
+    assert pooled.shape == (1, 2, 6)
+    # weighted mean with one unit of prior weight: 4 pixels of weight 1 -> sum / 5
+    expected = pool.mlp(features[0, :, :2, :2].sum(dim=(-1, -2)) / 5)
+    assert torch.allclose(pooled[0, 0], expected, atol=1e-5)
+    # an empty mask pools to the zero vector, so the MLP sees 0 rather than a division by zero
+    assert torch.allclose(pooled[0, 1], pool.mlp(torch.zeros(8)), atol=1e-5)
+    # the masks are detached: classification through the pooled vector does not reshape them
+    pooled.sum().backward()
+    assert logits.grad is None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pool.parameters())
 
 
 def test_attention_mask_from_logits_thresholds() -> None:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from findlit.interface.heads import (
     LogitScale,
     MaskHead,
+    MaskPooledEmbedding,
     NoObjectEmbedding,
     SemanticProjection,
     attention_mask_from_logits,
@@ -184,6 +185,9 @@ class FINDInterface(nn.Module):
         num_proposals: learnable embeddings of each root proposal type (100 object proposals).
         embed_dim: width E of the joint semantic space.
         prototype: the attention prototype; None = FIND's default (:func:`default_prototype`).
+        mask_pooling: add to every proposal's semantic embedding its mask features pooled under its
+            own predicted mask (:class:`~findlit.interface.heads.MaskPooledEmbedding`; not in FIND,
+            which is the default ``False``).
 
     """
 
@@ -198,6 +202,7 @@ class FINDInterface(nn.Module):
         num_proposals: int = 100,
         embed_dim: int = 512,
         prototype: Prototype | None = None,
+        mask_pooling: bool = False,
     ):
         super().__init__()
         self.prototype = default_prototype() if prototype is None else prototype
@@ -230,6 +235,7 @@ class FINDInterface(nn.Module):
         # The "no object" class of open-vocabulary classification: a learned class embedding
         # (pass ``no_object=self.no_object()`` to ``InterfaceOutput.class_logits``).
         self.no_object = NoObjectEmbedding(embed_dim)
+        self.mask_pooling = MaskPooledEmbedding(hidden_dim, embed_dim) if mask_pooling else None
 
     def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
         """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
@@ -366,6 +372,11 @@ class FINDInterface(nn.Module):
         y = self.decoder_norm(x)
         embeddings = self.semantic(y)
         logits = self.mask_head(y[:, :num_proposal_rows], mask_features)[1] if num_proposal_rows else None
+        if self.mask_pooling is not None and logits is not None:
+            pooled = self.mask_pooling(logits, mask_features)  # [B,P,E], the proposal rows come first
+            embeddings = torch.cat(
+                [embeddings[:, :num_proposal_rows] + pooled, embeddings[:, num_proposal_rows:]], dim=1
+            )
         output: LayerOutput = {}
         for name in compiled.outputs:
             span = compiled.slices[name]

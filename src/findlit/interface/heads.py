@@ -97,6 +97,46 @@ class SemanticProjection(nn.Module):
         return self.linear(x)
 
 
+class MaskPooledEmbedding(nn.Module):
+    """A proposal's mask features pooled under its own predicted mask, projected to the joint space.
+
+    Not in FIND: the mask pooling of open-vocabulary segmenters (FC-CLIP, ODISE), added to the
+    proposals' semantic embeddings when :class:`~findlit.interface.find.FINDInterface` is built with
+    ``mask_pooling=True``. It gives classification a direct path to the pixels under each mask: on
+    the embedded default the ten shape classes are told apart much sooner this way (best-IoU
+    proposal accuracy on things 0.44 -> 0.66 after 400 segmentation steps).
+
+    The mask weights are ``sigmoid(mask_logits)``, detached, so the classification losses do not
+    reshape the masks; the pooled vector is a weighted mean (with one unit of prior weight, so an
+    empty mask pools to about zero rather than dividing by zero) through a 2-layer MLP.
+
+    Args:
+        mask_dim: channels of the mask features.
+        embed_dim: width E of the joint space.
+
+    """
+
+    def __init__(self, mask_dim: int, embed_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.ReLU(), nn.Linear(mask_dim, embed_dim))
+
+    def forward(self, mask_logits: Tensor, mask_features: Tensor) -> Tensor:
+        """Pooled embeddings.
+
+        Args:
+            mask_logits: float[B,Q,h,w] at the mask features' resolution.
+            mask_features: float[B,C,h,w].
+
+        Returns:
+            float[B,Q,E].
+
+        """
+        weights = mask_logits.detach().sigmoid().to(mask_features.dtype)
+        pooled = torch.einsum("bqhw,bchw->bqc", weights, mask_features)
+        pooled = pooled / (weights.flatten(2).sum(-1, keepdim=True) + 1.0)
+        return self.mlp(pooled)
+
+
 class LogitScale(nn.Module):
     """Learnable temperature of the cosine logits, stored as a log and clamped (CLIP).
 
