@@ -250,6 +250,21 @@ def test_semantic_and_instance_by_hand() -> None:
     assert all(VOCABULARY.thing_classes[c] for c in instance["labels"].tolist())
 
 
+def test_semantic_inference_in_class_chunks_equals_the_whole_argmax() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.randn(7, 51, generator=generator).softmax(dim=-1)
+    logits = torch.randn(7, 9, 11, generator=generator) * 3
+    whole = torch.einsum("qk,qhw->khw", probs[:, :-1], logits.sigmoid()).argmax(dim=0)
+    for chunk in (1, 99, 3 * 99 + 5, 10**9):  # 1 class per chunk, 1, 3 (uneven), all at once
+        assert torch.equal(semantic_inference(probs, logits, chunk_elements=chunk), whole)
+    # ties go to the lowest class index, also across chunks (here one class per chunk): 3 and 4 tie
+    tied = torch.zeros(2, 6)
+    tied[0, 3] = tied[0, 4] = 0.5
+    tied[1, 0] = 0.2
+    tied[:, -1] = 1 - tied[:, :-1].sum(dim=1)
+    assert bool((semantic_inference(tied, torch.zeros(2, 2, 2), chunk_elements=4) == 3).all())
+
+
 def test_sentence_class_embeddings_leave_the_decoder_sequence(context: TaskContext) -> None:
     """``class_embeddings="sentences"``: no class rows in the decoder; logits per class; gradients flow."""
     task = small_task(class_embeddings="sentences")

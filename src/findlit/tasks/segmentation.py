@@ -37,19 +37,37 @@ OUTPUTS: tuple[str, ...] = ("panoptic", "instance", "semantic")
 CLASS_EMBEDDINGS: tuple[str, ...] = ("queries", "sentences")
 
 
-def semantic_inference(class_probs: Tensor, mask_logits: Tensor) -> Tensor:
+def semantic_inference(class_probs: Tensor, mask_logits: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
     """Mask2Former's semantic inference of one image.
+
+    The K x h x w class scores are never held at once: classes are scored in chunks of about
+    ``chunk_elements`` scores and a running maximum is kept, so 10,000 class names on a large image
+    take a bounded amount of memory (the cost stays K x h x w x Q by definition).
 
     Args:
         class_probs: float[Q,K+1] softmax class probabilities (last: no object).
         mask_logits: float[Q,h,w].
+        chunk_elements: scores computed per chunk of classes.
 
     Returns:
-        int64[h,w], per pixel the argmax over the K classes of ``sum_q p[q,k] * sigmoid(mask[q])``.
+        int64[h,w], per pixel the argmax over the K classes of ``sum_q p[q,k] * sigmoid(mask[q])``
+        (the lowest class index among ties, as ``argmax``).
 
     """
-    scores = torch.einsum("qk,qhw->khw", class_probs[:, :-1].float(), mask_logits.float().sigmoid())
-    return scores.argmax(dim=0).to(torch.int64)
+    probs = class_probs[:, :-1].float()
+    masks = mask_logits.float().sigmoid()
+    num_classes = int(probs.shape[1])
+    height, width = int(masks.shape[-2]), int(masks.shape[-1])
+    step = max(1, chunk_elements // max(height * width, 1))
+    best = torch.full((height, width), float("-inf"), device=masks.device)
+    labels = torch.zeros(height, width, dtype=torch.int64, device=masks.device)
+    for start in range(0, num_classes, step):
+        scores = torch.einsum("qk,qhw->khw", probs[:, start : start + step], masks)
+        top, index = scores.max(dim=0)
+        better = top > best  # strict: an earlier chunk keeps a tie, as argmax would
+        best = torch.where(better, top, best)
+        labels = torch.where(better, index + start, labels)
+    return labels
 
 
 def panoptic_inference(
