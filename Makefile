@@ -63,7 +63,7 @@ typecheck: $(STAMP) ## Run mypy on the package
 	$(BIN)/mypy
 
 bench: $(STAMP) ## Run the benchmarks (scripts/bench), write bench/results.json and bench/results.md
-	$(BIN)/python scripts/bench/run_all.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench/run_all.py --readme README.md --profile $(BENCH_ARGS)
 
 clean: ## Remove caches and build artefacts (keeps .venv and data/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
