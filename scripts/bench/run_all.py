@@ -5,8 +5,10 @@
 Each benchmark runs in its own subprocess (its compared implementations alternate inside it), its
 output is streamed, and its ``BENCH_RESULT`` line is collected. ``--quick`` passes ``--quick`` to
 every benchmark and writes ``results.quick.json`` / ``results.quick.md`` instead (not for the README).
-``--readme README.md`` replaces the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->``
-in that file with the table, when both markers are there. The last lines printed are every ratio.
+``--only NAME ...`` re-runs some benchmarks and keeps the other entries of an existing results file
+(each entry records its own date). ``--readme README.md`` replaces the text between
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` in that file with the table, when both
+markers are there. The last lines printed are every ratio.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def run(name: str, quick: bool, extra: list[str]) -> tuple[dict[str, Any] | None
 
 
 def table(results: dict[str, Any], info: dict[str, Any], date: str, quick: bool) -> str:
+    """The markdown table of every ratio, with the date(s) and the machine."""
+    dates = sorted({entry.get("date", date) for entry in results.values()})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]} (benchmarks re-run apart)"
     lines = [
-        f"Measured {date} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
+        f"Measured {when} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
         f"{info['torch_threads']} threads){' — QUICK sanity settings, not a measurement' if quick else ''}.",
         "",
         "| benchmark | ratio | value | goal | met |",
@@ -89,11 +94,18 @@ def main() -> None:
             results[name] = {"error": f"exit code {code}", "seconds": round(seconds, 1)}
         else:
             results[name] = {**result, "seconds": round(seconds, 1)}
+        results[name]["date"] = date
         print(f"=== {name}: {seconds:.1f} s", flush=True)
     info = machine()
     total = time.perf_counter() - started
     suffix = ".quick" if args.quick else ""
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / f"results{suffix}.json"
+    if set(args.only) != set(BENCHMARKS) and previous.exists():
+        kept = json.loads(previous.read_text())["benchmarks"]
+        results = {
+            name: results.get(name, kept.get(name)) for name in BENCHMARKS if name in results or name in kept
+        }
     document = {
         "date": date,
         "machine": info,

@@ -271,7 +271,9 @@ class FINDModule(L.LightningModule):
             }
         )
         self.vocabularies: dict[str, Vocabulary] = {}
-        self.context = TaskContext(self.interface, self.prompt_cache, self.vocabularies)
+        self.context = TaskContext(
+            self.interface, self.prompt_cache, self.vocabularies, self.prompt_cache.sentences
+        )
         # "<stage>/<dataset>" -> metrics; ModuleDict keys may not hold dots, hence the index
         self.metrics = nn.ModuleDict()
         # the same keys -> the dataset's mean evaluation loss. A torchmetrics mean (float sums, synced

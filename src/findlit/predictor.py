@@ -369,7 +369,9 @@ class Predictor:
         module = self.module
         task = cast(Task, module.tasks[task_name])
         # a context of its own: the on-the-fly vocabulary must not leak into the module's
-        context = TaskContext(module.interface, module.prompt_cache, vocabularies)
+        context = TaskContext(
+            module.interface, module.prompt_cache, vocabularies, module.prompt_cache.sentences
+        )
         output = module.interface(module.features(batch), task.prompts(batch, context))
         return task.predict(output, batch, context)[0]
 

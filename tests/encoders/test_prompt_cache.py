@@ -171,6 +171,21 @@ def test_outputs_do_not_alias_the_cache() -> None:
     assert_same(cache(["cat"]), CountingText()(["cat"]))
 
 
+def test_sentences_equal_the_full_lookup_count_alike_and_do_not_alias() -> None:
+    encoder = CountingText()
+    cache = PromptCache(encoder)
+    texts = ["cat", "a dog", "cat", "the red bird"]
+    full = cache(texts).sentence
+    hits = cache.stats.hits
+    sentences = cache.sentences(texts)
+    assert sentences.dtype == torch.float32 and torch.equal(sentences, full)
+    assert cache.stats.hits == hits + len(texts) and encoder.counts["cat"] == 1
+    sentences.zero_()
+    assert torch.equal(cache.sentences(texts), full)
+    assert cache.sentences(["new words"]).shape == (1, full.shape[1]) and encoder.counts["new words"] == 1
+    assert cache.sentences([]).shape == (0, full.shape[1])
+
+
 def test_lru_bound_is_respected_and_evicted_entries_are_re_encoded() -> None:
     encoder = CountingText()
     cache = PromptCache(encoder, max_entries=3, batch_size=2)

@@ -290,6 +290,25 @@ def test_sentence_class_embeddings_leave_the_decoder_sequence(context: TaskConte
     assert projection is not None and float(projection.abs().sum()) > 0
 
 
+def test_sentence_class_embeddings_read_encode_sentences_when_the_context_has_it(
+    context: TaskContext,
+) -> None:
+    task = small_task(class_embeddings="sentences")
+    batch = make_batch([FRAME])
+    output = context.interface(batch["features"], task.prompts(batch, context))
+    asked: list[list[str]] = []
+
+    def encode_sentences(texts: Sequence[str]) -> Tensor:
+        asked.append(list(texts))
+        return encode_text(texts).sentence
+
+    fast = TaskContext(context.interface, encode_text, context.vocabularies, encode_sentences)
+    torch.testing.assert_close(
+        task.class_logits(output, batch, fast), task.class_logits(output, batch, context)
+    )
+    assert asked == [VOCABULARY.class_names]
+
+
 def test_unknown_class_embeddings_source() -> None:
     with pytest.raises(ValueError, match="class_embeddings"):
         SegmentationTask(class_embeddings="tokens")

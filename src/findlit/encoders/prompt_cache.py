@@ -175,6 +175,22 @@ class PromptCache:
 
     def __call__(self, texts: Sequence[str]) -> TextEmbeddings:
         """Embeddings of ``texts`` in order: tokens float[T,L,D], mask bool[T,L], sentence float[T,D]."""
+        return self._assemble(self._lookup(texts))
+
+    def sentences(self, texts: Sequence[str]) -> Tensor:
+        """float32[T,D] sentence vectors of ``texts`` in order, on the encoder's device.
+
+        Equal to ``self(texts).sentence`` without padding the tokens into a batch, which dominates
+        a lookup of thousands of class names when only their sentence vectors are used.
+        """
+        entries = self._lookup(texts)
+        if not entries:
+            return torch.zeros(0, int(self.encoder.dim), device=self.encoder.device)
+        # stack allocates, so callers never alias the cache
+        return torch.stack([entry.sentence for entry in entries]).to(self.encoder.device).float()
+
+    def _lookup(self, texts: Sequence[str]) -> list[_Entry]:
+        """The entry of every text in order, encoding the misses (counts hits and misses)."""
         if isinstance(texts, str):
             raise TypeError("texts should be a list of strings, not one string")
         texts = list(texts)
@@ -194,7 +210,7 @@ class PromptCache:
         # Misses are remembered locally too: with a small max_entries the LRU may already have
         # dropped some of them (or some hits) by the time the output is assembled.
         found.update(self._encode(fingerprint, list(missing)))
-        return self._assemble([found[text] for text in texts])
+        return [found[text] for text in texts]
 
     def __contains__(self, text: object) -> bool:
         """Whether ``text`` is in memory for the current encoder's spec (does not touch the LRU)."""

@@ -33,12 +33,22 @@ class TaskContext:
         interface: the FIND interface (tasks read its heads, e.g. ``no_object``).
         encode_text: strings -> frozen text embeddings, usually a :class:`~findlit.encoders.PromptCache`.
         vocabularies: dataset name -> :class:`Vocabulary`.
+        encode_sentences: strings -> their sentence vectors float[T,D] only (e.g.
+            :meth:`~findlit.encoders.PromptCache.sentences`, which skips padding the tokens); None
+            takes ``encode_text(texts).sentence``.
 
     """
 
     interface: FINDInterface
     encode_text: Callable[[Sequence[str]], TextEmbeddings]
     vocabularies: Mapping[str, Vocabulary] = field(default_factory=dict)
+    encode_sentences: Callable[[Sequence[str]], Tensor] | None = None
+
+    def sentences(self, texts: Sequence[str]) -> Tensor:
+        """float[T,D] sentence vectors of ``texts`` (the frozen text encoder's pooled embeddings)."""
+        if self.encode_sentences is not None:
+            return self.encode_sentences(texts)
+        return self.encode_text(texts).sentence
 
 
 class Task(nn.Module):

@@ -273,9 +273,9 @@ class SegmentationTask(Task):
     ) -> Tensor:
         """float[B,Q,K+1]: a layer's object proposals against the class embeddings and no object."""
         if self.class_embeddings == "sentences":
-            names = context.encode_text(self.vocabulary(batch, context).class_names)
+            names = self.vocabulary(batch, context).class_names
             interface = context.interface
-            sentence = names.sentence.to(batch["padding_mask"].device)
+            sentence = context.sentences(names).to(batch["padding_mask"].device)
             classes = interface.semantic(interface.language_projection.project(sentence))  # [K,E]
         else:
             classes = output.layers[layer][CLASS_QUERY]["embeddings"]  # [B,K,E]
