@@ -3,6 +3,7 @@ import torch
 
 from findlit.data.collate import collate_samples
 from findlit.data.sample import Sample
+from findlit.data.transforms import LargeScaleJitter
 
 
 def sample(height: int, width: int, segments: int) -> Sample:
@@ -39,6 +40,22 @@ def test_pads_to_a_multiple_of_32_with_a_padding_mask(batch_size: int) -> None:
         assert target["ignore_mask"][h:, :].all() and not target["ignore_mask"][:h, :w].any()
         assert "image" not in target
     assert batch["task"] == "segmentation" and batch["image_ids"] == [s["image_id"] for s in samples]
+
+
+def test_large_scale_jitter_crops_are_padded_to_their_frame_whatever_their_batch_mates() -> None:
+    generator = torch.Generator().manual_seed(0)
+    lsj = LargeScaleJitter(image_size=128, min_scale=0.3, max_scale=0.6)  # every crop < 128 px
+    crops = [lsj(sample(200, 160, segments=2), generator) for _ in range(3)]
+    assert all(crop["frame"] == (128, 128) and max(crop["image"].shape[1:]) < 128 for crop in crops)
+    together = collate_samples(crops)
+    assert together["images"].shape[-2:] == (128, 128)
+    for row, crop in enumerate(crops):
+        alone = collate_samples([crop])  # as on a rank that got this crop alone
+        assert torch.equal(alone["images"][0], together["images"][row])
+        assert torch.equal(alone["padding_mask"][0], together["padding_mask"][row])
+        assert torch.equal(alone["targets"][0]["masks"], together["targets"][row]["masks"])
+    # without a frame, a lone small image is padded only to the next multiple of 32
+    assert collate_samples([sample(40, 50, segments=1)])["images"].shape[-2:] == (64, 64)
 
 
 def test_refuses_mixed_tasks() -> None:

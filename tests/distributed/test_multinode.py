@@ -18,9 +18,9 @@ interleave, grounding). What makes the mask losses equal:
 - Every image has the same padded frame in both runs. Collate pads a batch to its largest image,
   and the frozen encoder's features near an image's bottom and right edges depend on how much
   padding follows (its own zero padding vs normalised black pixels), as do the normalised point
-  coordinates. So the segmentation crops here are always 64 x 64 (LSJ with ``min_scale: 1`` on
-  these square 64 px images; the other datasets resize to 64 px). With LSJ crops of varying size
-  a batch of two is padded to the larger crop and the runs differ, by the model, not the losses.
+  coordinates. Large-scale jitter therefore gives its crops a ``frame`` (its ``image_size``
+  square) that collate pads to whatever the batch mates; the segmentation crops here vary in size
+  (scales 0.3 to 1.5 of 64 px), many smaller than the frame.
 
 The interface has no dropout (its layers' default 0); dropout would draw per rank from the global
 generator and could not be equal either.
@@ -52,12 +52,12 @@ STEPS = 5
 TASKS = ("segmentation", "grounding", "retrieval", "interleave")
 
 
-def same_frames(config: dict[str, Any]) -> dict[str, Any]:
-    """One epoch of STEPS steps (one validation, at the end) and 64 x 64 segmentation crops."""
+def varied_crops(config: dict[str, Any]) -> dict[str, Any]:
+    """One epoch of STEPS steps (one validation, at the end); segmentation crops of varying size."""
     config["data"]["steps_per_epoch"] = STEPS
     for dataset in config["data"]["train"]:
         if dataset["transforms"].get("lsj", True):
-            dataset["transforms"].update(min_scale=1.0, max_scale=2.0)
+            dataset["transforms"].update(min_scale=0.3, max_scale=1.5)
     return config
 
 
@@ -74,7 +74,7 @@ def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_two_nodes_train_and_validate_like_one_process(tmp_path: Path) -> None:
     trainer = {"max_steps": STEPS, "deterministic": True}
     single, nodes = (
-        same_frames(
+        varied_crops(
             small_config(
                 tmp_path / name, val_images=5, val_batch_size=1, train_batch_size=size, overrides=trainer
             )
@@ -119,14 +119,14 @@ def test_two_nodes_train_and_validate_like_one_process(tmp_path: Path) -> None:
     for moment in ("exp_avg", "exp_avg_sq"):
         a, b = (torch.cat([s[i][moment].flatten() for i in sorted(s)]) for s in states)
         assert (a - b).norm() <= 1e-5 * a.norm(), moment
-    # The weights: Adam divides each gradient by its own root mean square, so an element whose
-    # gradient is rounding noise (around 1e-9) moves by up to lr either way in each process; the
-    # elements with real gradients move alike.
-    lr = float(single["model"].get("lr", 1e-4))
+    # The weights: Adam divides each gradient by its own root mean square, so rounding differences
+    # in small gradients are amplified. The key projections have no bias (whose gradient would be
+    # rounding noise only, moved by lr per step either way); what is left stays tiny (measured:
+    # at most 3e-5, on 0.01 % of the elements).
     assert set(one["state_dict"]) == set(two["state_dict"])
     difference = (flat(one["state_dict"]) - flat(two["state_dict"])).abs()
-    assert float((difference > 1e-6).float().mean()) < 0.01
-    assert float(difference.max()) <= 2 * lr * STEPS
+    assert float((difference > 1e-6).float().mean()) < 1e-3
+    assert float(difference.max()) <= 2e-4
     # validation after training: the same metrics, and the same losses (each validation image's
     # points are seeded by its index, whichever rank evaluates it)
     a, b = evaluation_metrics(tmp_path / "one"), evaluation_metrics(tmp_path / "node0")

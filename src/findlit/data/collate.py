@@ -83,8 +83,10 @@ def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> B
         sizes = [(int(s["image_size"][0]), int(s["image_size"][1])) for s in samples]
     else:
         frames = sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in samples]
-    height = _round_up(max(h for h, _ in frames), size_divisibility)
-    width = _round_up(max(w for _, w in frames), size_divisibility)
+    # the frame is at least every sample's ``frame`` (large-scale jitter's crop square)
+    least = [sample.get("frame", (0, 0)) for sample in samples]
+    height = _round_up(max(max(h for h, _ in frames), *(h for h, _ in least)), size_divisibility)
+    width = _round_up(max(max(w for _, w in frames), *(w for _, w in least)), size_divisibility)
     padding_mask = torch.ones(len(samples), height, width, dtype=torch.bool)
     targets = []
     for row, (sample, (h, w)) in enumerate(zip(samples, frames, strict=True)):

@@ -45,6 +45,11 @@ class Sample(TypedDict, total=False):
     record index in evaluation. It seeded the sample's augmentation and seeds its random points in
     the losses, so those follow the sample, not the rank or the batch it lands in.
 
+    frame: (height, width) that a batch holding this sample is padded to at least. Set by
+    large-scale jitter (its ``image_size`` square, detectron2's ``FixedSizeCrop(pad=True)``), so a
+    crop's padded frame, and with it the encoder's view of the image's borders and the losses'
+    normalised points, does not depend on which other crops share its batch or its rank.
+
     From a feature cache (instead of ``image``): features: level (``res2``..``res5``) ->
     float16[C_l,H/s_l,W/s_l] (the cache dtype), computed from the image resized to ``image_size``
     (h, w) and padded to H x W; padding_mask: bool[H,W], True on the padding (on the left after a
@@ -68,3 +73,4 @@ class Sample(TypedDict, total=False):
     features: dict[str, Tensor]
     image_size: tuple[int, int]
     padding_mask: Tensor
+    frame: tuple[int, int]

@@ -234,14 +234,17 @@ class LargeScaleJitter:
 
     The longest side is resized to ``image_size * s`` with ``s ~ U(min_scale, max_scale)``, then a
     random window of at most ``image_size`` x ``image_size`` is cropped. Smaller outputs are not
-    padded here: collate pads the batch.
+    padded here, but the sample's ``frame`` is set to ``image_size`` x ``image_size``: collate pads
+    every batch of LSJ crops to that frame at least (detectron2 pads each crop to it), so a crop's
+    padded frame does not depend on its batch mates (nor on how a global batch is split by rank).
 
     Args:
         image_size: side of the square crop (and the reference for the scale).
         min_scale: lower bound of the scale factor.
         max_scale: upper bound of the scale factor.
 
-    Output: image uint8[3,h,w], masks bool[N,h,w], ignore_mask bool[h,w], with h, w <= image_size.
+    Output: image uint8[3,h,w], masks bool[N,h,w], ignore_mask bool[h,w], with h, w <= image_size;
+    frame (image_size, image_size).
     Masks that the crop removes are kept (all False) so indices into ``masks`` stay valid.
 
     """
@@ -266,6 +269,8 @@ class LargeScaleJitter:
         old = _spatial_size(sample)
         if old is None:
             return sample.copy()
+        sample = sample.copy()
+        sample["frame"] = (self.image_size, self.image_size)
         scale = self.min_scale + (self.max_scale - self.min_scale) * u_scale
         height, width = _scaled_size(*old, self.image_size * scale / max(old))
         crop_h, crop_w = min(height, self.image_size), min(width, self.image_size)

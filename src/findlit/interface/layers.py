@@ -66,12 +66,16 @@ class MultiHeadAttention(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
+        # No key bias: it adds q . b to every score of a query's row, which softmax cancels, so its
+        # gradient is float rounding only, and Adam, dividing by that noise's own scale, would move
+        # it by up to lr per step for nothing (and differently on every rank split).
+        self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         for linear in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attend: Tensor | None = None) -> Tensor:
         """Attend.
