@@ -95,11 +95,6 @@ def segmentation_prompts(classes: int, max_tokens: int = 4, seed: int = 0) -> In
     )
 
 
-def sentence_classes(interface: FINDInterface, sentences: Tensor) -> Tensor:
-    """float[K,E]: pooled class-name vectors float[K,384] through the language and semantic projections."""
-    return interface.semantic(interface.language_projection.project(sentences))
-
-
 def build_ours(hidden: int, levels: list[Tensor], mask_features: Tensor) -> FINDInterface:
     torch.manual_seed(0)
     # in_channels only shape the (replaced) pixel decoder
@@ -135,7 +130,7 @@ def ours_step(
         )
         for i, layer in enumerate(output.layers):
             if sentences:
-                embeddings = sentence_classes(interface, vectors)  # as SegmentationTask: once per layer
+                embeddings = interface.embed_sentences(vectors)  # as SegmentationTask: once per layer
             else:
                 embeddings = layer["queries.language.class"]["embeddings"]
             logits = output.class_logits("proposals.vision.object", embeddings, i, no_object)

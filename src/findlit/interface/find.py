@@ -237,6 +237,14 @@ class FINDInterface(nn.Module):
         self.no_object = NoObjectEmbedding(embed_dim)
         self.mask_pooling = MaskPooledEmbedding(hidden_dim, embed_dim) if mask_pooling else None
 
+    def embed_sentences(self, sentences: Tensor) -> Tensor:
+        """Pooled text vectors float[K,text_dim] -> the joint space float[K,E], outside the decoder.
+
+        The language projection then the semantic projection: APE's sentence-level class
+        embeddings (``SegmentationTask(class_embeddings="sentences")``).
+        """
+        return self.semantic(self.language_projection.project(sentences))
+
     def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
         """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
         root = self.prototype.types[name].init_from or name

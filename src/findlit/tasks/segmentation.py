@@ -269,24 +269,38 @@ class SegmentationTask(Task):
         )
 
     def class_logits(
-        self, output: InterfaceOutput, batch: Batch, context: TaskContext, layer: int = -1
+        self,
+        output: InterfaceOutput,
+        batch: Batch,
+        context: TaskContext,
+        layer: int = -1,
+        sentences: Tensor | None = None,
     ) -> Tensor:
-        """float[B,Q,K+1]: a layer's object proposals against the class embeddings and no object."""
+        """float[B,Q,K+1]: a layer's object proposals against the class embeddings and no object.
+
+        ``sentences``: the class embeddings float[K,E] of ``class_embeddings="sentences"`` when the
+        caller has them already (they do not depend on the layer); computed here when None.
+        """
         if self.class_embeddings == "sentences":
-            names = self.vocabulary(batch, context).class_names
-            interface = context.interface
-            sentence = context.sentences(names).to(batch["padding_mask"].device)
-            classes = interface.semantic(interface.language_projection.project(sentence))  # [K,E]
+            classes = self.sentence_embeddings(batch, context) if sentences is None else sentences
         else:
             classes = output.layers[layer][CLASS_QUERY]["embeddings"]  # [B,K,E]
         return output.class_logits(OBJECT, classes, layer=layer, no_object=context.interface.no_object())
+
+    def sentence_embeddings(self, batch: Batch, context: TaskContext) -> Tensor:
+        """float[K,E]: the class names' sentence vectors through the interface (outside the decoder)."""
+        names = self.vocabulary(batch, context).class_names
+        sentence = context.sentences(names).to(batch["padding_mask"].device)
+        return context.interface.embed_sentences(sentence)
 
     def losses(
         self, output: InterfaceOutput, batch: Batch, context: TaskContext
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Mask2Former's CE + BCE + Dice on every layer, each matched on its own."""
         num_classes = len(self.vocabulary(batch, context).class_names)
-        classes = [self.class_logits(output, batch, context, i) for i in range(len(output.layers))]
+        # sentence-level class embeddings are the same at every layer: computed once
+        shared = self.sentence_embeddings(batch, context) if self.class_embeddings == "sentences" else None
+        classes = [self.class_logits(output, batch, context, i, shared) for i in range(len(output.layers))]
         masks = [layer[OBJECT]["mask_logits"] for layer in output.layers]
         targets = [{"labels": t["labels"], "masks": t["masks"]} for t in batch["targets"]]
         return segmentation_losses(
