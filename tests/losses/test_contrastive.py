@@ -1,7 +1,4 @@
 import math
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +6,7 @@ import torch
 
 from findlit.losses.contrastive import gather_with_grad, symmetric_infonce
 from tests.losses.ddp_contrastive import build, grads
+from tests.losses.two_ranks import run_two_rank_script
 
 TOLERANCE = 1e-5  # DDP gradients vs one process on the concatenated batch (float32)
 
@@ -53,24 +51,9 @@ def test_shapes_are_checked_and_bf16_runs() -> None:
     assert image.grad is not None and torch.isfinite(image.grad).all()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    out = tmp_path / "grads.pt"
-    script = Path(__file__).with_name("ddp_contrastive.py")
-    result = subprocess.run(
-        [sys.executable, str(script), str(out), str(_free_port())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(out)
+    ddp = run_two_rank_script("ddp_contrastive.py", tmp_path / "grads.pt")
 
     model, image, text = build()
     img, txt, scale = model(image, text)

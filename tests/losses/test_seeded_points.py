@@ -7,9 +7,6 @@ normalisers averaged over ranks make the averaged gradient that of the whole bat
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ from findlit.losses import (
     segmentation_losses,
 )
 from tests.losses.ddp_mask_losses import build, grads, losses
+from tests.losses.two_ranks import run_two_rank_script
 
 SIZE = 16
 QUERIES = 5
@@ -209,24 +207,9 @@ def test_grounding_losses_combine_the_images_losses_by_their_counts() -> None:
             assert together[key].item() == pytest.approx(expected.item(), rel=1e-5), key
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_ddp_gradients_of_the_mask_losses_equal_one_process(tmp_path: Path) -> None:
-    out = tmp_path / "grads.pt"
-    script = Path(__file__).with_name("ddp_mask_losses.py")
-    result = subprocess.run(
-        [sys.executable, str(script), str(out), str(_free_port())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(out)
+    ddp = run_two_rank_script("ddp_mask_losses.py", tmp_path / "grads.pt")
 
     built = build()
     model = built[0]
