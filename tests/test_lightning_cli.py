@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import struct
 from collections.abc import Iterator
@@ -10,23 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 import findlit
 from findlit.cli import main
+from findlit.data.errors import ConfigError
 from findlit.data.synthetic import generate
+from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
 from findlit.encoders.registry import EncoderConfig
 from findlit.lightning_cli import FindLightningCLI, wants_default_progress_bar
-from tests.fixtures import REPO
+from tests.fixtures import COCO_SAMPLE, REPO
 from tests.test_module import INTERFACE, TASK_OPTIONS, data_section
 
 CONFIGS = REPO / "configs"
 DEMO = CONFIGS / "demo.yaml"
 FAST = CONFIGS / "debug" / "fast.yaml"
 WANDB = CONFIGS / "logger" / "wandb.yaml"
+PREDICT = CONFIGS / "predict" / "coco_sample.yaml"
 
 CONFIG_RUNS = {
     "demo": [DEMO],
@@ -38,6 +45,7 @@ CONFIG_RUNS = {
     "demo+ddp": [DEMO, CONFIGS / "trainer" / "ddp.yaml"],
     "demo+slurm": [DEMO, CONFIGS / "trainer" / "slurm.yaml"],
     "demo+wandb": [DEMO, WANDB],
+    "demo+predict": [DEMO, PREDICT],
     "find_coco_sam+slurm+wandb": [CONFIGS / "find_coco_sam.yaml", CONFIGS / "trainer" / "slurm.yaml", WANDB],
 }
 """Every experiment YAML under configs/ (configs/prototypes/ holds attention prototypes, not
@@ -132,6 +140,12 @@ def test_config_parses_with_print_config(
         assert plugin["class_path"] == "lightning.pytorch.plugins.environments.SLURMEnvironment"
         assert plugin["init_args"] == {"auto_requeue": False, "requeue_signal": "SIGUSR1"}
         assert printed["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
+    if name == "demo+predict":
+        [entry] = printed["data"]["predict"]
+        assert entry["name"] == "coco_sample" and entry["images"] == ["val2017"]
+        assert entry["root"] == "../shared/data/coco_panoptic_sample" and entry["prompts"]
+        assert printed["data"]["root"] == "data/demo"  # the partial leaves the experiment's root alone
+        assert printed["prediction_writer"] == {"enabled": True, "directory": None, "overwrite": False}
     if name.endswith("wandb"):
         logger = printed["trainer"]["logger"]
         assert logger["class_path"] == "lightning.pytorch.loggers.WandbLogger"
@@ -270,6 +284,176 @@ def test_fast_dev_run_fit_then_test(capsys: pytest.CaptureFixture[str], tmp_path
     )
     assert code == 0, err
     assert "test/demo_panoptic/mIoU" in out
+
+
+PHOTOS = sorted((COCO_SAMPLE / "val2017").glob("*.jpg"))
+PREDICT_PROMPTS = ["the rugby ball in the air", "the red truck on the left"]
+PREDICT_CLASSES = {"classes": ["person", "horse", "truck"], "stuff": ["grass", "sky"]}
+
+
+def predict_partial(folder: Path, name: str, **fields: Any) -> Path:
+    """A ``data.predict`` partial on the two real COCO photos (resized as the tiny config's test data)."""
+    entry = {
+        "name": "coco_sample",
+        "root": str(COCO_SAMPLE),
+        "images": ["val2017"],
+        "prompts": PREDICT_PROMPTS,
+        **PREDICT_CLASSES,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"data": {"predict": [entry | fields]}}))
+    return path
+
+
+def predict_run(config: Path, checkpoint: Path, partial: Path, version: str, *extra: str) -> int:
+    """``findlit predict --config tiny --config partial --ckpt_path ...`` into the run folder ``version``."""
+    return main(
+        [
+            "predict",
+            *("--config", str(config), "--config", str(partial)),
+            *("--ckpt_path", str(checkpoint)),
+            *("--trainer.logger.init_args.version", version),
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny config, checkpoint) of a one-step ``findlit fit``."""
+    folder = tmp_path_factory.mktemp("fitted")
+    config = tiny_config(folder)
+    code = main(
+        ["fit", "--config", str(config), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]
+    )
+    assert code == 0
+    [checkpoint] = (folder / "logs" / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    return config, checkpoint
+
+
+@pytest.fixture(scope="module")
+def predicted(fitted: tuple[Path, Path]) -> Path:
+    """The run folder of ``findlit predict --config`` on the COCO photos, one image per batch."""
+    config, checkpoint = fitted
+    returned: list[Any] = []
+    original_predict = Trainer.predict
+
+    @functools.wraps(original_predict)  # LightningCLI reads the subcommand's arguments from it
+    def recording_predict(trainer: Trainer, *args: Any, **kwargs: Any) -> Any:
+        returned.append(kwargs.get("return_predictions"))
+        return original_predict(trainer, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "predict", recording_predict)
+        partial = predict_partial(config.parent, "batch1", batch_size=1)
+        assert predict_run(config, checkpoint, partial, "batch1") == 0
+    # the writer saves each batch; the CLI does not hold every image's masks until the end
+    assert returned == [False]
+    return config.parent / "logs" / "lightning_logs" / "batch1"
+
+
+def decoded_masks(folder: Path, photo: Path) -> tuple[list[str], list[str], list[float], torch.Tensor]:
+    """(labels, sources, scores, masks bool[N,H,W]) of a photo's JSON; masks decode to the photo's size."""
+    with Image.open(photo) as image:
+        width, height = image.size
+    with Image.open(folder / f"{photo.stem}.png") as overlay:
+        assert overlay.size == (width, height)
+    document = json.loads((folder / f"{photo.stem}.json").read_text())
+    assert document["image"] == str(photo) and (document["height"], document["width"]) == (height, width)
+    masks = []
+    for entry in document["masks"]:
+        rle = dict(entry["segmentation"], counts=entry["segmentation"]["counts"].encode("ascii"))
+        mask = mask_utils.decode(rle)
+        assert mask.shape == (height, width) and entry["area"] == int(mask.sum())
+        masks.append(torch.from_numpy(mask).bool())
+    entries = document["masks"]
+    return (
+        [e["label"] for e in entries],
+        [e["source"] for e in entries],
+        [e["score"] for e in entries],
+        torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool),
+    )
+
+
+@pytest.mark.slow
+def test_predict_writes_overlays_and_rle_json_of_the_real_photos(predicted: Path) -> None:
+    folder = predicted / "predictions" / "coco_sample"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        f"{photo.stem}{suffix}" for photo in PHOTOS for suffix in (".json", ".png")
+    )
+    for photo in PHOTOS:
+        labels, sources, _, _ = decoded_masks(folder, photo)
+        assert [label for label, s in zip(labels, sources, strict=True) if s == "prompt"] == PREDICT_PROMPTS
+        classes = {label for label, s in zip(labels, sources, strict=True) if s == "class"}
+        assert classes <= {*PREDICT_CLASSES["classes"], *PREDICT_CLASSES["stuff"]}
+    # the run's resolved config sits next to its predictions
+    saved = yaml.safe_load((predicted / "config.yaml").read_text())
+    assert saved["data"]["predict"][0]["prompts"] == PREDICT_PROMPTS
+
+
+@pytest.mark.slow
+def test_predict_with_batch_size_2_gives_the_masks_of_batch_size_1(
+    fitted: tuple[Path, Path], predicted: Path
+) -> None:
+    config, checkpoint = fitted
+    partial = predict_partial(config.parent, "batch2", batch_size=2)
+    assert predict_run(config, checkpoint, partial, "batch2") == 0
+    alone = predicted / "predictions" / "coco_sample"
+    together = config.parent / "logs" / "lightning_logs" / "batch2" / "predictions" / "coco_sample"
+    for photo in PHOTOS:
+        labels, sources, scores, masks = decoded_masks(alone, photo)
+        labels2, sources2, scores2, masks2 = decoded_masks(together, photo)
+        assert (labels2, sources2) == (labels, sources)
+        assert scores2 == pytest.approx(scores, abs=1e-4)
+        # both pad every photo to the same square frame: only float rounding of batched kernels
+        # could move a pixel on a decision boundary
+        assert (masks2 != masks).float().mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_predict_refuses_to_overwrite_earlier_predictions(fitted: tuple[Path, Path], predicted: Path) -> None:
+    config, checkpoint = fitted
+    partial = predict_partial(config.parent, "again", batch_size=2)
+    document = predicted / "predictions" / "coco_sample" / f"{PHOTOS[0].stem}.json"
+    before = document.read_bytes()
+    directory = ("--prediction_writer.directory", str(predicted))
+    with pytest.raises(FileExistsError, match=rf"{PHOTOS[0].stem}\.(png|json).*prediction_writer\.overwrite"):
+        predict_run(config, checkpoint, partial, "again", *directory)
+    assert document.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_predict_config_errors_name_the_key(
+    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config, checkpoint = fitted
+    missing = predict_partial(tmp_path, "missing", images=["val2017", "nowhere.jpg"])
+    with pytest.raises(
+        ConfigError, match=r"data\.predict\[0\]\.images\[1\]: no such file or folder: .*nowhere"
+    ):
+        predict_run(config, checkpoint, missing, "missing")
+    empty = predict_partial(tmp_path, "empty", prompts=[], classes=[], stuff=[])
+    with pytest.raises(ConfigError, match=r"data\.predict\[0\]\.prompts: nothing to predict"):
+        predict_run(config, checkpoint, empty, "empty")
+    typo = predict_partial(tmp_path, "typo", promts=["a typo"])
+    assert predict_run(config, checkpoint, typo, "typo") == 2
+    err = capsys.readouterr().err
+    assert "data.predict" in err and "promts" in err
+
+
+@pytest.mark.slow
+def test_predict_with_a_checkpoint_of_other_encoders_is_refused(
+    fitted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, checkpoint = fitted
+    content = torch.load(checkpoint, weights_only=True)
+    content[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
+    other = tmp_path / "other_encoder.ckpt"
+    torch.save(content, other)
+    partial = predict_partial(tmp_path, "other")
+    with pytest.raises(EncoderMismatchError, match="weights_digest"):
+        predict_run(config, other, partial, "other", "--prediction_writer.directory", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 WANDB_BLOCK = 32768

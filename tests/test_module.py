@@ -431,3 +431,120 @@ def test_segmentation_metrics_of_a_padded_batch(coco_sample: Path) -> None:
     assert module.metrics[module._metric_keys[("val", "coco_instances")]].include == ("AP", "mIoU")
     module._build_metrics("test", "coco", "segmentation", panoptic=False)  # a dataset's own flag wins
     assert module.metrics[module._metric_keys[("test", "coco")]].include == ("AP", "mIoU")
+
+
+# -- predict_step ---------------------------------------------------------------------------------
+
+PREDICT_CLASSES = {"classes": ["person", "horse"], "stuff": ["grass", "sky"]}
+
+
+def tiny_encoder_module(**kwargs: Any) -> FINDModule:
+    """An untrained FINDModule over the tiny test encoders (no download, fast on the real photos)."""
+    from findlit.encoders.registry import _REGISTRY, register
+    from tests.encoders.tiny import TinyText
+
+    if "tiny_test_text" not in _REGISTRY:
+        register("tiny_test_text")(TinyText)
+    torch.manual_seed(0)
+    options: dict[str, Any] = {
+        "vision_encoder": EncoderConfig("tiny_test_vision"),
+        "text_encoder": EncoderConfig("tiny_test_text", {"dim": 8}),
+        "interface": INTERFACE,
+        "task_options": TASK_OPTIONS,
+    }
+    return FINDModule(**(options | kwargs)).eval()
+
+
+def predict_datamodule(coco_sample: Path, batch_size: int, **fields: Any) -> Any:
+    entry = {
+        "name": "photos",
+        "images": ["val2017"],
+        "prompts": ["the man jumping for the ball", "a tree on the left"],
+        "image_size": 100,  # the photos' frames differ (128x96, 128x64) unless padded to a square
+        "batch_size": batch_size,
+    }
+    datamodule = build_datamodule(
+        {"root": str(coco_sample), "num_workers": 0, "predict": [entry | PREDICT_CLASSES | fields]}
+    )
+    datamodule.setup("predict")
+    return datamodule
+
+
+@torch.inference_mode()
+def predict_all(module: FINDModule, datamodule: Any) -> list[Any]:
+    [loader] = datamodule.predict_dataloader()
+    return [prediction for i, batch in enumerate(loader) for prediction in module.predict_step(batch, i)]
+
+
+def test_predict_step_gives_what_the_predictor_gives(coco_sample: Path) -> None:
+    from findlit.predictor import Predictor
+
+    module = tiny_encoder_module()
+    predictions = predict_all(module, predict_datamodule(coco_sample, batch_size=1))
+    predictor = Predictor(module, image_size=100, device="cpu")
+    photos = sorted((coco_sample / "val2017").glob("*.jpg"))
+    assert [prediction.image for prediction in predictions] == photos
+    prompts = ["the man jumping for the ball", "a tree on the left"]
+    for photo, prediction in zip(photos, predictions, strict=True):
+        expected = predictor.predict(photo, prompts, **PREDICT_CLASSES)
+        assert prediction.labels == expected.labels and prediction.sources == expected.sources
+        assert prediction.labels[-2:] == prompts
+        assert torch.equal(prediction.masks, expected.masks)
+        assert prediction.scores == pytest.approx(expected.scores)
+        assert torch.equal(prediction.pixels, expected.pixels)
+        height, width = prediction.size
+        assert prediction.masks.shape == (len(prediction.labels), height, width)
+    # the on-the-fly vocabulary stays out of the module
+    assert module.vocabularies == {}
+
+
+def test_predict_step_masks_do_not_depend_on_the_batch_size(coco_sample: Path) -> None:
+    module = tiny_encoder_module()
+    alone = predict_all(module, predict_datamodule(coco_sample, batch_size=1))
+    together = predict_all(module, predict_datamodule(coco_sample, batch_size=2))
+    assert len(alone) == len(together) == 2
+    for one, two in zip(alone, together, strict=True):
+        assert one.image == two.image and one.labels == two.labels
+        # each image sits in the same 128x128 frame in both: only float rounding of batched
+        # kernels may differ, so a mask may differ by a pixel on a decision boundary at most
+        assert one.masks.shape == two.masks.shape
+        assert (one.masks != two.masks).float().mean() < 1e-3
+        assert two.scores == pytest.approx(one.scores, abs=1e-4)
+
+
+def test_instance_mode_keeps_detections_above_min_score(coco_sample: Path) -> None:
+    module = tiny_encoder_module()
+    datamodule = predict_datamodule(coco_sample, batch_size=2, mode="instance", min_score=0.0, stuff=[])
+    for prediction in predict_all(module, datamodule):
+        classes = [
+            label
+            for label, source in zip(prediction.labels, prediction.sources, strict=True)
+            if source == "class"
+        ]
+        assert classes and set(classes) <= {"person", "horse"}
+    strict = predict_datamodule(coco_sample, batch_size=2, mode="instance", min_score=1.0, stuff=[])
+    for prediction in predict_all(module, strict):
+        assert prediction.sources == ["prompt", "prompt"]
+
+
+def test_predict_refuses_requests_the_model_cannot_serve_before_any_image(coco_sample: Path) -> None:
+    from findlit.data.errors import ConfigError
+
+    module = tiny_encoder_module(tasks=["segmentation"], task_options={"segmentation": {"num_points": 64}})
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    datamodule = predict_datamodule(coco_sample, batch_size=2)
+    encoder = cast(Any, module.vision_encoder)
+    with pytest.raises(
+        ConfigError, match=r"data\.predict\[0\]\.prompts: free-text prompts need the grounding task"
+    ):
+        trainer.predict(module, datamodule=datamodule)
+    assert encoder.calls == 0
+
+
+def test_predict_step_needs_a_prediction_batch(coco_sample: Path) -> None:
+    module = tiny_encoder_module()
+    batch = cast(Batch, {"task": "segmentation", "dataset": "x"})
+    with pytest.raises(ValueError, match=r"data\.predict"):
+        module.predict_step(batch, 0)

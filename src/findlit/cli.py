@@ -1,11 +1,14 @@
 """The ``findlit`` command.
 
 ``findlit fit|validate|test|predict`` train and evaluate a FINDModule with LightningCLI (see
-:mod:`findlit.lightning_cli`); ``findlit predict`` without ``--config`` predicts on image files
-instead (see :mod:`findlit.predict_cli`). ``findlit data synth`` writes the embedded default dataset;
-``findlit data check`` reads and decodes every record of the datasets an experiment config names
-and reports what is wrong; ``findlit cache`` fills the vision feature caches of a split (see
-:mod:`findlit.cache_cli`).
+:mod:`findlit.lightning_cli`); ``findlit predict --config`` predicts on the images of the config's
+``data.predict`` entries and writes ``predictions/<name>/<stem>.png`` and ``.json`` in the run
+folder (:mod:`findlit.outputs.prediction_writer`); ``findlit predict`` without ``--config``
+predicts on the image files it is given instead (see :mod:`findlit.predict_cli`).
+
+``findlit data synth`` writes the embedded default dataset; ``findlit data check`` reads and
+decodes every record of the datasets an experiment config names and reports what is wrong;
+``findlit cache`` fills the vision feature caches of a split (see :mod:`findlit.cache_cli`).
 """
 
 from __future__ import annotations
@@ -138,7 +141,9 @@ subcommands:
   test       evaluate a checkpoint on the test datasets (--ckpt_path)
   predict    masks for free-text prompts (and class names) on image files:
              --ckpt_path CKPT --images A.jpg ... --prompts "TEXT" ... [--classes a,b] --out DIR
-             (overlay PNG and RLE JSON per image); with --config, LightningCLI's predict
+             (overlay PNG and RLE JSON per image); with --config, LightningCLI's predict on the
+             config's data.predict entries (e.g. --config configs/predict/coco_sample.yaml after
+             the experiment), written to <run folder>/predictions/<name>/<stem>.png and .json
   data       synth: write the embedded default dataset; check: read every configured record
   cache      fill the vision feature caches of a split
   `findlit <subcommand> --help` describes each one."""

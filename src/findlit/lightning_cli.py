@@ -16,6 +16,15 @@ false`` (the DataModule shards by rank itself).
 panoptic, COCO instance results, grounding and retrieval JSON) to the run's log dir: see
 :mod:`findlit.outputs.test_results` and the ``test_results`` section.
 
+``findlit predict`` runs the model on the images of ``data.predict`` (files and folders, with
+free-text prompts and class names; e.g. ``configs/predict/coco_sample.yaml`` merged after an
+experiment) and writes ``predictions/<name>/<stem>.png`` (overlay) and ``<stem>.json`` (COCO RLE
+masks) per image in the run's log dir, refusing to overwrite earlier outputs: see
+:mod:`findlit.outputs.prediction_writer` and the ``prediction_writer`` section::
+
+    findlit predict --config configs/demo.yaml --config configs/predict/coco_sample.yaml \
+        --ckpt_path logs/demo/.../checkpoints/last.ckpt
+
 The resolved config is saved as ``config.yaml`` in the run's log dir. Lightning's default
 behaviour is kept: when that file already exists (a re-run into the same log dir) the run stops
 with an error instead of overwriting it; pick another ``trainer.default_root_dir`` or logger
@@ -42,6 +51,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from findlit.checkpoint_io import UseSafeCheckpointIO
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.module import FINDModule
+from findlit.outputs.prediction_writer import PredictionWriter
 from findlit.outputs.test_results import TestResultsWriter
 from findlit.rng_states import RestoreRNGStates
 
@@ -152,13 +162,17 @@ class FindLightningCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the ``test_results`` section: the :class:`TestResultsWriter` callback.
+        """Add the ``test_results`` and ``prediction_writer`` sections: the writer callbacks.
 
-        It is on by default and acts only in ``test`` (``metrics.json`` and the predictions in the
-        run's log dir). Every subcommand accepts the section, so one config serves ``fit`` and
-        ``test``; ``test_results: {enabled: false}`` turns it off, ``directory`` moves its output.
+        :class:`TestResultsWriter` is on by default and acts only in ``test`` (``metrics.json`` and
+        the predictions in the run's log dir); :class:`PredictionWriter` likewise acts only in
+        ``predict`` (an overlay and a JSON per image of ``data.predict``). Every subcommand accepts
+        both sections, so one config serves ``fit``, ``test`` and ``predict``; ``enabled: false``
+        turns a writer off, ``directory`` moves its output, ``prediction_writer.overwrite: true``
+        replaces earlier predictions.
         """
         parser.add_lightning_class_args(TestResultsWriter, "test_results")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_argument(
             "--test_after_fit",
             type=str | None,
@@ -175,6 +189,16 @@ class FindLightningCLI(LightningCLI):
         if checkpoint == "best" and not self._best_checkpoint_exists():
             checkpoint = "last"  # no checkpoint was monitored (e.g. no validation): test the weights
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=checkpoint)
+
+    def before_predict(self) -> None:
+        """Do not keep every image's masks until the end: the writer saves them batch by batch.
+
+        ``trainer.predict`` returns (and so holds in memory) all predictions unless told not to, and
+        the CLI discards them; an explicit ``--return_predictions true`` is kept.
+        """
+        arguments = self.config_init[str(self.subcommand)]
+        if arguments.get("return_predictions") is None:
+            arguments["return_predictions"] = False
 
     def _best_checkpoint_exists(self) -> bool:
         callback = self.trainer.checkpoint_callback

@@ -30,6 +30,10 @@ Evaluation metrics per (stage, dataset), logged as ``<stage>/<dataset>/<metric>`
 - interleave: the grounding metrics of each phrase against its referred segment and, when the task
   has its retrieval queries, the interleave retrieval recall IR@k / TR@k of each image's legend query
   (the whole interleaved prompt) against every image query of the dataset.
+
+Prediction (``findlit predict --config``): :meth:`FINDModule.predict_step` gives, per image of a
+``data.predict`` batch, the :class:`~findlit.batch_prediction.Prediction` that
+:class:`~findlit.predictor.Predictor` gives (both run :func:`~findlit.batch_prediction.predict_batch`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from findlit.batch_prediction import Prediction, capability_problem, predict_batch
 from findlit.data.collate import Batch, image_origin
+from findlit.data.errors import ConfigError
 from findlit.encoders.base import TextEncoder, VisionEncoder
 from findlit.encoders.checkpoint import check_encoder_specs, record_encoder_specs
 from findlit.encoders.prompt_cache import PromptCache
@@ -285,10 +291,19 @@ class FINDModule(L.LightningModule):
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Read the datamodule's vocabularies, check its cached features, build the metrics."""
+        """Read the datamodule's vocabularies, check its cached features, build the metrics.
+
+        For ``predict``: check that this model serves every request of ``data.predict`` (prompts
+        need the grounding task, class names the segmentation task), before any image runs.
+        """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "stage_datasets"):
             return
+        if stage == "predict" and hasattr(datamodule, "predict_datasets"):
+            for index, dataset in enumerate(datamodule.predict_datasets()):
+                problem = capability_problem(self, dataset.request)
+                if problem is not None:
+                    raise ConfigError(f"data.predict[{index}].{problem[0]}: {problem[1]}")
         splits = STAGES.get(stage, ())
         for split in splits:
             for dataset in datamodule.stage_datasets(split):
@@ -387,6 +402,27 @@ class FINDModule(L.LightningModule):
         callbacks' ``on_test_batch_end`` as ``outputs``, e.g. the writers of standard-format results.
         """
         return self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
+        """Per image of a ``data.predict`` batch, its masks for the batch's ``request``.
+
+        Args:
+            batch: a batch of :func:`~findlit.data.predict_dataset.collate_predict` (B images, with
+                ``request``, and each image's ``file`` and ``pixels`` in ``targets``).
+            batch_idx: index of the batch in its loader.
+            dataloader_idx: index of the ``data.predict`` entry.
+
+        Returns:
+            B :class:`~findlit.batch_prediction.Prediction` (masks bool[N,H,W] at each image's size,
+            on the CPU), as :meth:`Predictor.predict <findlit.predictor.Predictor.predict>` gives them;
+            callbacks get them as ``outputs`` (e.g. the writer of ``findlit predict``).
+
+        """
+        if "request" not in batch:
+            raise ValueError(
+                f"predict_step needs batches of data.predict (with a request), got a {batch['task']!r} batch"
+            )
+        return predict_batch(self, batch, batch["request"])
 
     def _evaluate(self, batch: Batch, split: str) -> list[dict[str, Any]]:
         task = self.task(batch)

@@ -7,8 +7,14 @@ r"""``findlit predict`` on image files: overlays and RLE JSON per image (see :mo
 
 writes ``predictions/a.png``, ``predictions/a.json``, ``predictions/b.png``, ``predictions/b.json``.
 Bad input (no prompt, a missing image, an existing output without ``--overwrite``, a checkpoint of
-other encoders) is reported before anything runs. ``findlit predict --config ...`` is LightningCLI's
-predict instead (see :mod:`findlit.lightning_cli`).
+other encoders) is reported before anything runs.
+
+``findlit predict --config EXP.yaml --config configs/predict/coco_sample.yaml --ckpt_path run.ckpt``
+is LightningCLI's predict instead (see :mod:`findlit.lightning_cli`): the same predictions
+(:func:`~findlit.batch_prediction.predict_batch` serves both) on the images of the config's
+``data.predict`` entries (:class:`~findlit.data.predict_config.PredictConfig`: files and folders,
+prompts, class names, resize, batch size), written to ``predictions/<name>/<stem>.png`` and
+``<stem>.json`` in the run folder (:mod:`findlit.outputs.prediction_writer`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ def parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="findlit predict",
         description="Predict masks for free-text prompts (and class names) on image files; write an "
-        "overlay PNG and a JSON of COCO RLE masks per image. With --config, LightningCLI's predict runs.",
+        "overlay PNG and a JSON of COCO RLE masks per image. With --config, LightningCLI's predict runs "
+        "on the config's data.predict entries (e.g. --config EXP.yaml --config "
+        "configs/predict/coco_sample.yaml --ckpt_path CKPT) and writes <run folder>/predictions/<name>/.",
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="findlit checkpoint")
     parser.add_argument("--images", type=str, nargs="+", required=True, help="image files")

@@ -10,13 +10,16 @@ with the masks and the padding mask.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.sample import Sample
+
+if TYPE_CHECKING:
+    from findlit.data.predict_config import PredictRequest
 
 _PER_IMAGE_META = (
     "task",
@@ -56,12 +59,15 @@ class Batch(_BatchFields, total=False):
     orig_sizes: (h, w) of each image on disk.
     targets: per-image dicts with the task's keys of :class:`Sample` (``masks`` bool[N,H,W]
     padded with False, ``ignore_mask`` bool[H,W] padded with True, ``labels``, ``captions``,
-    ``sentences``, ``entities``...).
+    ``sentences``, ``entities``...; for prediction batches ``file`` and ``pixels``).
+    request: in prediction batches (task ``predict``, :func:`~findlit.data.predict_dataset.collate_predict`),
+    what to predict on every image.
     """
 
     images: Tensor
     features: dict[str, Tensor]
     sample_seeds: list[int]
+    request: PredictRequest
 
 
 def collate_samples(samples: Sequence[Sample], size_divisibility: int = 32) -> Batch:

@@ -1,7 +1,8 @@
 """The multi-task DataModule.
 
-Interleaved task-homogeneous training batches, one loader per evaluation dataset, and a sampler
-position that checkpoints save and restore.
+Interleaved task-homogeneous training batches, one loader per evaluation dataset, one loader per
+set of images to predict on (``data.predict``), and a sampler position that checkpoints save and
+restore.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from findlit.data.collate import collate_samples
 from findlit.data.config import DatasetConfig, build_dataset
 from findlit.data.datasets import TaskDataset
 from findlit.data.errors import BadRecordPolicy, ConfigError
+from findlit.data.predict_config import PredictConfig, check_predict_config, evaluation_resize
+from findlit.data.predict_dataset import PredictDataset, build_predict_dataset, collate_predict
 from findlit.data.sample import Sample
 from findlit.data.sampler import MultiTaskBatchSampler, SampleKey, ShardedSampler
 from findlit.encoders.spec import EncoderSpec
@@ -87,12 +90,14 @@ class ResumableDataLoader(DataLoader[Sample]):
 
 
 class MultiTaskDataModule(L.LightningDataModule):
-    """Datasets of several tasks for training, validation and test.
+    """Datasets of several tasks for training, validation and test, and images to predict on.
 
     Args:
         train: training datasets; batches are drawn from them by their ``ratio``.
         val: validation datasets; one loader each, in this order.
         test: test datasets; one loader each, in this order.
+        predict: sets of image files with what to predict on them (``findlit predict --config``);
+            one loader each, in this order.
         root: folder that relative paths in ``paths`` are taken from (default: working directory).
         num_workers: DataLoader worker processes per loader.
         seed: seed of the task sequence and of every sample's augmentation.
@@ -109,6 +114,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         train: list[DatasetConfig] | None = None,
         val: list[DatasetConfig] | None = None,
         test: list[DatasetConfig] | None = None,
+        predict: list[PredictConfig] | None = None,
         root: str | None = None,
         num_workers: int = 2,
         seed: int = 0,
@@ -119,8 +125,13 @@ class MultiTaskDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.configs = {"train": list(train or []), "val": list(val or []), "test": list(test or [])}
-        for stage, configs in self.configs.items():
-            names = [c.name for c in configs]
+        # kept apart from ``configs`` (what ``findlit data check`` reads): they have no annotations
+        self.predict_configs = list(predict or [])
+        for index, config in enumerate(self.predict_configs):
+            check_predict_config(config, f"data.predict[{index}]")  # no file needed: before any run
+        names_of = {stage: [c.name for c in configs] for stage, configs in self.configs.items()}
+        names_of["predict"] = [c.name for c in self.predict_configs]
+        for stage, names in names_of.items():
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ConfigError(f"data.{stage}: dataset names must be unique, repeated: {duplicates}")
@@ -136,6 +147,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.size_divisibility = size_divisibility
         self.pin_memory = pin_memory
         self.datasets: dict[str, list[TaskDataset]] = {}
+        self._predict_datasets: list[PredictDataset] | None = None
         self.train_sampler: MultiTaskBatchSampler | None = None
         # Position of the training loop: batches that reached the model in the current epoch.
         self._epoch = 0
@@ -158,6 +170,24 @@ class MultiTaskDataModule(L.LightningDataModule):
             ]
         return self.datasets[stage]
 
+    def predict_datasets(self) -> list[PredictDataset]:
+        """The datasets of ``data.predict``, their image files listed and checked on first use.
+
+        An entry without ``image_size`` resizes as the first test, val or train dataset does.
+
+        Raises:
+            ConfigError: naming the entry's key: a missing file or folder, a folder without images,
+                two images of one stem.
+
+        """
+        if self._predict_datasets is None:
+            default_resize = evaluation_resize(self.configs)
+            self._predict_datasets = [
+                build_predict_dataset(config, f"data.predict[{i}]", self.root, default_resize)
+                for i, config in enumerate(self.predict_configs)
+            ]
+        return self._predict_datasets
+
     def setup(self, stage: str) -> None:
         """Read the annotation files the Lightning ``stage`` needs."""
         trainer = self.trainer
@@ -172,9 +202,11 @@ class MultiTaskDataModule(L.LightningDataModule):
                 "trainer.use_distributed_sampler must be false with MultiTaskDataModule, "
                 "which shards by rank itself"
             )
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
-            stage, ()
-        )
+        if stage == "predict":
+            if not self.predict_configs:
+                raise ConfigError("data.predict: predicting needs at least one entry (images and prompts)")
+            self.predict_datasets()
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         for split in wanted:
             if split == "train" and not self.configs["train"]:
                 raise ConfigError("data.train: fitting needs at least one training dataset")
@@ -196,8 +228,9 @@ class MultiTaskDataModule(L.LightningDataModule):
                     dataset.features.check_encoder(spec, f"data.{stage}[{index}].features")
 
     def names(self, stage: str) -> list[str]:
-        """Dataset names of ``stage`` in loader order (``dataloader_idx`` -> name)."""
-        return [config.name for config in self.configs[stage]]
+        """Dataset names of ``stage`` (or ``predict``) in loader order (``dataloader_idx`` -> name)."""
+        configs = self.predict_configs if stage == "predict" else self.configs[stage]
+        return [config.name for config in configs]
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -255,6 +288,27 @@ class MultiTaskDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader[Sample]]:
         """One loader per test dataset, in config order (see :meth:`names`)."""
         return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader[Sample]]:
+        """One loader per ``data.predict`` entry, in config order; this rank's share of its images.
+
+        Batches (:func:`~findlit.data.predict_dataset.collate_predict`) carry the entry's request.
+        """
+        rank, world_size = self._rank_and_world()
+        return [
+            DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                sampler=ShardedSampler(len(dataset), rank, world_size),
+                collate_fn=partial(
+                    collate_predict, request=dataset.request, size_divisibility=self.size_divisibility
+                ),
+                num_workers=self.num_workers,
+                worker_init_fn=partial(init_worker, rank=rank),
+                pin_memory=self.pin_memory,
+            )
+            for dataset, config in zip(self.predict_datasets(), self.predict_configs, strict=True)
+        ]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count training batches as they reach the model (the loader may prefetch further)."""

@@ -9,13 +9,15 @@ documents the keys and shapes. Which keys are present depends on the task:
 - segmentation: ``masks``, ``labels``, ``is_thing``, ``ignore_mask``;
 - retrieval: ``captions``;
 - grounding: ``masks`` (one per referred object), ``sentences``, ``sentence_targets``;
-- interleave: ``masks`` (the segments the phrases point at), ``entities``.
+- interleave: ``masks`` (the segments the phrases point at), ``entities``;
+- predict (image files, :mod:`findlit.data.predict_dataset`): ``file`` and ``pixels``.
 """
 
 from __future__ import annotations
 
 from typing import TypedDict
 
+import numpy as np
 from torch import Tensor
 
 
@@ -54,6 +56,9 @@ class Sample(TypedDict, total=False):
     float16[C_l,H/s_l,W/s_l] (the cache dtype), computed from the image resized to ``image_size``
     (h, w) and padded to H x W; padding_mask: bool[H,W], True on the padding (on the left after a
     flip). Targets are then in the H x W frame too.
+
+    Prediction samples (task ``predict``): file: the image file's path; pixels: uint8[3,H0,W0], the
+    image at its ``orig_size`` as a NumPy array (it stays on the CPU when Lightning moves a batch).
     """
 
     task: str
@@ -74,3 +79,5 @@ class Sample(TypedDict, total=False):
     image_size: tuple[int, int]
     padding_mask: Tensor
     frame: tuple[int, int]
+    file: str
+    pixels: np.ndarray

@@ -1,0 +1,226 @@
+"""What to predict on which images: the ``data.predict`` entries and the request they carry.
+
+A :class:`PredictConfig` names a set of image files (files and folders, relative to ``data.root``)
+and what to predict on each of them: masks for free-text prompts (grounding) and for class names
+(panoptic or instance segmentation). It is part of the YAML schema (jsonargparse reads it from the
+DataModule's signature), so a misspelt key is rejected by the parser with its name; what the
+parser cannot see (a missing file, an empty request, colliding outputs) is checked here, with
+messages that name the key, e.g. ``data.predict[0].prompts: ...``.
+
+The checks of a request (:func:`request_problem`) are shared with
+:class:`~findlit.predictor.Predictor`, which serves the same requests from Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from findlit.data.errors import ConfigError
+
+SegmentationMode = Literal["panoptic", "instance"]
+
+DEFAULT_IMAGE_SIZE = 1024
+"""Longest side of the prediction resize when nothing else gives one (the default of
+:class:`~findlit.data.transforms.TransformConfig`)."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+"""File name endings (any case) that a folder's images have; other files in it are ignored."""
+
+
+@dataclass
+class PredictRequest:
+    """What to predict on every image of a batch.
+
+    Args:
+        prompts: free-text referring expressions; each gives one mask per image (grounding task).
+        classes: thing class names (segmentation task).
+        stuff: stuff class names, after ``classes`` in the vocabulary (panoptic mode).
+        mode: what class names give: ``panoptic`` (non-overlapping segments) or ``instance``
+            (overlapping detections of the thing classes).
+        min_score: instance mode: detections below this score are dropped.
+
+    """
+
+    prompts: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    stuff: list[str] = field(default_factory=list)
+    mode: SegmentationMode = "panoptic"
+    min_score: float = 0.5
+
+
+def request_problem(
+    prompts: Sequence[str],
+    classes: Sequence[str] = (),
+    stuff: Sequence[str] = (),
+    mode: str = "panoptic",
+) -> tuple[str, str] | None:
+    """What is wrong with a request, as (field, message), or None when it can run.
+
+    Refused: one string where a list is expected, nothing to predict, a blank prompt or class name,
+    a class name given twice, an unknown mode, and instance mode without thing classes.
+    """
+    for name, texts in (("prompts", prompts), ("classes", classes), ("stuff", stuff)):
+        if isinstance(texts, str):
+            return name, "prompts, classes and stuff must be lists of strings, not one string"
+    if not prompts and not classes and not stuff:
+        return "prompts", "nothing to predict: the prompt list is empty and no class names are given"
+    kinds = (("prompts", "prompt", prompts), ("classes", "class name", classes))
+    for name, kind, texts in (*kinds, ("stuff", "stuff class name", stuff)):
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                return name, f"{kind} {index} is empty: {text!r}"
+    names = [*classes, *stuff]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return "classes", f"class names given more than once: {repeated}"
+    if mode not in ("panoptic", "instance"):
+        return "mode", f"mode must be 'panoptic' or 'instance', got {mode!r}"
+    if mode == "instance" and stuff and not classes:
+        return "classes", "instance mode needs thing class names: only stuff names are given"
+    return None
+
+
+@dataclass
+class PredictConfig:
+    """One set of images to predict on (an entry of ``data.predict``).
+
+    ``findlit predict --config ...`` writes, for each image, ``<stem>.png`` (overlay) and
+    ``<stem>.json`` (COCO RLE masks) in ``predictions/<name>/`` of the run's folder.
+
+    Args:
+        name: unique name; the folder of this entry's outputs.
+        images: image files and folders (every image file directly inside, by name), relative to
+            ``root``. No two images may share a file stem: their outputs would collide.
+        prompts: free-text referring expressions (grounding); each gives one mask per image.
+        classes: thing class names (segmentation: panoptic segments or instance detections).
+        stuff: stuff class names (panoptic mode), after ``classes`` in the vocabulary.
+        mode: what class names give: ``panoptic`` (non-overlapping segments) or ``instance``
+            (overlapping detections of the thing classes).
+        min_score: instance mode: detections below this score are dropped.
+        image_size: longest side of the resize (its cap when ``eval_shortest_edge`` is set); None:
+            the evaluation resize of the first ``test``, then ``val``, then ``train`` dataset of the
+            same ``data`` section (with its ``eval_shortest_edge``), else 1024.
+        eval_shortest_edge: resize the shortest side to this instead (longest capped at image_size).
+        batch_size: images per batch and per process.
+        pad_to_square: pad every image to ``image_size`` x ``image_size`` (as large-scale jitter's
+            training crops are), so that its masks do not depend on the other images of its batch
+            or on the number of processes; false pads only to the batch's largest image.
+        root: folder that relative ``images`` are taken from (default: ``data.root``); a relative
+            ``root`` is taken from the working directory, as ``data.root`` is.
+
+    """
+
+    name: str
+    images: list[str]
+    prompts: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    stuff: list[str] = field(default_factory=list)
+    mode: SegmentationMode = "panoptic"
+    min_score: float = 0.5
+    image_size: int | None = None
+    eval_shortest_edge: int | None = None
+    batch_size: int = 2
+    pad_to_square: bool = True
+    root: str | None = None
+
+    def request(self) -> PredictRequest:
+        """The request this entry makes of every one of its images."""
+        return PredictRequest(
+            list(self.prompts), list(self.classes), list(self.stuff), self.mode, self.min_score
+        )
+
+
+def check_predict_config(config: PredictConfig, key: str) -> None:
+    """Refuse, naming ``<key>.<field>``, what needs no file to be found wrong."""
+    name = config.name
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"{key}.name: must be a plain folder name (no '/'), got {name!r}")
+    problem = request_problem(config.prompts, config.classes, config.stuff, config.mode)
+    if problem is not None:
+        raise ConfigError(f"{key}.{problem[0]}: {problem[1]}")
+    if isinstance(config.images, str):
+        raise ConfigError(f"{key}.images: must be a list of files and folders, not one string")
+    if not config.images:
+        raise ConfigError(f"{key}.images: no image file or folder given")
+    if config.batch_size <= 0:
+        raise ConfigError(f"{key}.batch_size must be positive, got {config.batch_size}")
+    for option in ("image_size", "eval_shortest_edge"):
+        value = getattr(config, option)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}.{option} must be > 0 or null, got {value}")
+    if not 0.0 <= config.min_score <= 1.0:
+        raise ConfigError(f"{key}.min_score must be in [0, 1], got {config.min_score}")
+
+
+def image_files(config: PredictConfig, key: str, root: str | Path | None = None) -> list[Path]:
+    """The image files of an entry, in the order given (a folder's by name), checked.
+
+    Args:
+        config: the entry.
+        key: its config key, e.g. ``data.predict[0]``; messages name ``<key>.images[i]``.
+        root: ``data.root``; the entry's own ``root`` wins when set.
+
+    Raises:
+        ConfigError: a missing file or folder, a folder without images, two images of one stem.
+
+    """
+    base = config.root if config.root is not None else root
+    files: list[Path] = []
+    for index, entry in enumerate(config.images):
+        path = Path(entry).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = Path(base).expanduser() / path
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConfigError(
+                    f"{key}.images[{index}]: folder {path} holds no image file ({', '.join(IMAGE_SUFFIXES)})"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"{key}.images[{index}]: no such file or folder: {path}")
+    by_stem: dict[str, list[Path]] = {}
+    for file in files:
+        by_stem.setdefault(file.stem, []).append(file)
+    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if shared:
+        listed = "; ".join(f"{stem}: {', '.join(map(str, paths))}" for stem, paths in sorted(shared.items()))
+        raise ConfigError(
+            f"{key}.images: images share a file stem, so their outputs <stem>.png and <stem>.json would "
+            f"collide ({listed})"
+        )
+    return files
+
+
+def evaluation_resize(stages: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(image_size, eval_shortest_edge) of the first ``test``, then ``val``, then ``train`` dataset.
+
+    Args:
+        stages: a ``data`` section (or the DataModule's configs): stage -> list of dataset
+            configs, as mappings or :class:`~findlit.data.config.DatasetConfig` objects.
+
+    Returns:
+        The first dataset that sets ``transforms`` with an ``image_size`` wins; (None, None) when
+        none does.
+
+    """
+    for stage in ("test", "val", "train"):
+        for dataset in stages.get(stage) or []:
+            transforms = _field(dataset, "transforms")
+            if transforms is None:
+                continue
+            size = _field(transforms, "image_size")
+            shortest = _field(transforms, "eval_shortest_edge")
+            if size is not None:
+                return int(size), None if shortest is None else int(shortest)
+    return None, None
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value[name]`` of a mapping or ``value.name`` of a dataclass (configs come as either)."""
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
