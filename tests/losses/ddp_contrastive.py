@@ -1,8 +1,9 @@
 """Run by test_contrastive: 2 CPU processes (gloo) compute InfoNCE gradients with gathered negatives.
 
 Each rank takes its half of a 2b batch through a tiny projection wrapped in DDP (which averages the
-gradients over ranks) and rank 0 saves the gradients. It also saves the gradients of the naive
-gather (all_gather of detached features with the local chunk put back), averaged the same way.
+gradients over ranks) and rank 0 saves the gradients, with one text per image (CLIP) and with
+CAPTIONS texts per image. It also saves the gradients of the naive gather (all_gather of detached
+features with the local chunk put back), averaged the same way.
 
 Usage: python ddp_contrastive.py <out_file> <port>
 """
@@ -20,6 +21,7 @@ from findlit.losses.contrastive import symmetric_infonce
 
 WORLD = 2
 LOCAL_BATCH = 3
+CAPTIONS = 2
 
 
 class Projection(nn.Module):
@@ -38,6 +40,11 @@ def build() -> tuple[Projection, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = Projection()
     return model, torch.randn(WORLD * LOCAL_BATCH, 6), torch.randn(WORLD * LOCAL_BATCH, 5)
+
+
+def captions() -> torch.Tensor:
+    """float[WORLD * LOCAL_BATCH, CAPTIONS, 5]: the texts of the multi-caption case."""
+    return torch.randn(WORLD * LOCAL_BATCH, CAPTIONS, 5, generator=torch.Generator().manual_seed(1))
 
 
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,6 +78,12 @@ def worker(rank: int, port: int, out: str) -> None:
         loss.backward()
         correct = grads(model)
 
+        multi_model, _, _ = build()
+        ddp = nn.parallel.DistributedDataParallel(multi_model)
+        img, txt, scale = ddp(image[local], captions()[local])
+        symmetric_infonce(img, txt, scale).backward()
+        multi = grads(multi_model)
+
         naive_model, _, _ = build()
         img, txt, scale = naive_model(image[local], text[local])
         _naive_loss(img, txt, scale, rank).backward()
@@ -82,7 +95,10 @@ def worker(rank: int, port: int, out: str) -> None:
         losses = [torch.zeros(()) for _ in range(WORLD)]
         dist.all_gather(losses, loss.detach())
         if rank == 0:
-            torch.save({"correct": correct, "naive": naive, "mean_loss": torch.stack(losses).mean()}, out)
+            torch.save(
+                {"correct": correct, "multi": multi, "naive": naive, "mean_loss": torch.stack(losses).mean()},
+                out,
+            )
     finally:
         dist.destroy_process_group()
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from findlit.data.collate import Batch
+from findlit.losses import symmetric_infonce
 from findlit.tasks.retrieval import RetrievalTask
 from tests.tasks.test_grounding import FULL, SMALL, TEXT_DIM, context, features, make_batch, tiny_interface
 
@@ -20,7 +21,7 @@ def retrieval_batch(counts: Sequence[int], sizes: Sequence[tuple[int, int]] | No
 
 def test_prompts_shapes() -> None:
     interface = tiny_interface()
-    task = RetrievalTask()
+    task = RetrievalTask().eval()  # evaluation reads every caption
     batch = retrieval_batch([2, 3])
     prompts = task.prompts(batch, context(interface))
     tokens = prompts.tokens["tokens.language.caption"]
@@ -31,6 +32,49 @@ def test_prompts_shapes() -> None:
     output = interface(features(batch), prompts)
     assert output.last["queries.language.caption"]["embeddings"].shape == (2, 3, 16)
     assert output.last["queries.vision.image"]["embeddings"].shape == (2, 1, 16)
+
+
+@pytest.mark.parametrize(
+    ("train_captions", "expected"),
+    [
+        (1, [["caption 0 of picture 0"], ["caption 0 of picture 1"]]),
+        (
+            3,
+            [
+                ["caption 0 of picture 0", "caption 1 of picture 0", "caption 0 of picture 0"],
+                ["caption 0 of picture 1", "caption 1 of picture 1", "caption 2 of picture 1"],
+            ],
+        ),
+    ],
+)
+def test_training_reads_the_first_train_captions(train_captions: int, expected: list[list[str]]) -> None:
+    interface = tiny_interface()
+    task = RetrievalTask(train_captions=train_captions)
+    batch = retrieval_batch([2, 3])
+    seen: list[str] = []
+    ctx = context(interface)
+    encode = ctx.encode_text
+    ctx.encode_text = lambda texts: (seen.extend(texts), encode(texts))[1]  # type: ignore[assignment]
+    prompts = task.prompts(batch, ctx)
+    assert seen == [text for texts in expected for text in texts]
+    assert (
+        prompts.tokens["tokens.language.caption"].image.tolist()
+        == [0] * train_captions + [1] * train_captions
+    )
+    # the loss takes each image's captions as its positives
+    output = interface(features(batch), prompts)
+    _, logs = task.losses(output, batch, ctx)
+    captions = output.last["queries.language.caption"]["embeddings"]
+    assert captions.shape == (2, train_captions, 16)
+    expected_loss = symmetric_infonce(
+        output.last["queries.vision.image"]["embeddings"][:, 0], captions, output.logit_scale
+    )
+    assert logs["retrieval"].item() == pytest.approx(expected_loss.item())
+
+
+def test_train_captions_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="train_captions"):
+        RetrievalTask(train_captions=0)
 
 
 def test_missing_caption_is_an_error() -> None:
@@ -61,7 +105,7 @@ def test_losses_finite_and_backpropagate(counts: list[int]) -> None:
 
 def test_predict_normalised_embeddings() -> None:
     interface = tiny_interface()
-    task = RetrievalTask()
+    task = RetrievalTask().eval()
     batch = retrieval_batch([2, 3], sizes=[FULL, SMALL])
     ctx = context(interface)
     with torch.no_grad():

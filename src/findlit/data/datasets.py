@@ -216,20 +216,24 @@ class InstanceSegmentationDataset(_SegmentationDataset):
 
 
 class RetrievalDataset(TaskDataset):
-    """Image-text retrieval: training draws one caption per image, evaluation keeps them all."""
+    """Image-text retrieval: every caption of the image, in a random order in training.
+
+    The retrieval task trains on the first ``train_captions`` of them (FIND: one, a random draw);
+    evaluation keeps them all in the file's order.
+    """
 
     task = "retrieval"
 
     def decode(self, record: CaptionsRecord, generator: torch.Generator) -> Sample:
-        """Image and ``captions`` (one in training, all in evaluation)."""
+        """Image and ``captions`` (all, shuffled in training)."""
         if not record.captions:
             raise DataError("image has no captions", record.image.path, f"image_id={record.image.id}")
         sample = self._base(record)
-        sample["captions"] = (
-            [record.captions[_choice(len(record.captions), generator)]]
-            if self.train
-            else list(record.captions)
-        )
+        if self.train:
+            order = torch.randperm(len(record.captions), generator=generator).tolist()
+            sample["captions"] = [record.captions[i] for i in order]
+        else:
+            sample["captions"] = list(record.captions)
         return sample
 
 

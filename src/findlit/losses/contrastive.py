@@ -67,36 +67,86 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     return out
 
 
-def symmetric_infonce(image: Tensor, text: Tensor, logit_scale: Tensor, gather: bool = True) -> Tensor:
-    """CLIP's symmetric contrastive loss; row i of ``image`` and of ``text`` are the positive pair.
+def _gather_flags(flags: Tensor) -> Tensor:
+    """All ranks' bool[M] flags concatenated in rank order (no gradient; same M on every rank)."""
+    chunks = [torch.empty_like(flags) for _ in range(dist.get_world_size())]
+    dist.all_gather(chunks, flags.contiguous())
+    return torch.cat(chunks)
+
+
+def symmetric_infonce(
+    image: Tensor,
+    text: Tensor,
+    logit_scale: Tensor,
+    gather: bool = True,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """CLIP's symmetric contrastive loss; every image's own texts are its positives.
+
+    With ``text`` float[N, D] it is CLIP's loss: row i of ``image`` and of ``text`` are the positive
+    pair. With ``text`` float[N, k, D] (k captions per image, as COCO has five) the image-to-text
+    term is a cross-entropy against the uniform distribution over the image's valid texts (the
+    mean of its k CLIP terms, each against every text of the batch), and every valid text is a row
+    of the text-to-image term, labelled with its image. k = 1 is exactly CLIP's loss.
 
     Features are L2-normalised (in float32); each local row is scored against the columns of all
-    ranks, and the label of local row i is ``rank * N + i``.
+    ranks, and the label of local image i is ``rank * N + i``.
 
     Args:
         image: float[N, D] image-side embeddings of this rank.
-        text: float[N, D] text-side (or legend-side) embeddings, paired by row.
+        text: float[N, D] or float[N, k, D] text-side (or legend-side) embeddings of each image.
         logit_scale: scalar multiplier of the cosine similarities (already exponentiated, as in CLIP).
-        gather: take the negatives of every rank when distributed.
+        gather: take the negatives of every rank when distributed (every rank must pass the same
+            N and k).
+        valid: bool[N, k] (``text`` float[N, k, D] only): which texts exist; every image needs one.
+            None: all.
 
     Returns:
         scalar: mean of the image->text and text->image cross-entropies over the local rows.
 
     """
-    if image.shape != text.shape or image.dim() != 2:
-        raise ValueError(f"image and text must both be [N, D]; got {tuple(image.shape)}, {tuple(text.shape)}")
+    per_image = text.unsqueeze(1) if text.dim() == 2 else text
+    if (
+        image.dim() != 2
+        or per_image.dim() != 3
+        or per_image.shape[0] != image.shape[0]
+        or per_image.shape[2] != image.shape[1]
+    ):
+        raise ValueError(
+            f"image must be [N, D] and text [N, D] or [N, k, D]; "
+            f"got {tuple(image.shape)}, {tuple(text.shape)}"
+        )
+    count, per = int(per_image.shape[0]), int(per_image.shape[1])
+    if valid is None:
+        valid = torch.ones(count, per, dtype=torch.bool, device=image.device)
+    if valid.shape != per_image.shape[:2]:
+        raise ValueError(f"valid must be [N, k] = {tuple(per_image.shape[:2])}; got {tuple(valid.shape)}")
+    if not bool(valid.any(dim=1).all()):
+        raise ValueError("every image needs at least one valid text")
     image = F.normalize(image.float(), dim=-1)
-    text = F.normalize(text.float(), dim=-1)
+    flat_text = F.normalize(per_image.float(), dim=-1).reshape(count * per, -1)
+    flat_valid = valid.reshape(count * per)
     offset = 0
-    all_image, all_text = image, text
+    all_image, all_text, all_valid = image, flat_text, flat_valid
     # Only when gradients are taken: evaluation runs under no_grad on unpadded shards, where ranks
     # run different numbers of batches and a collective per batch would pair unrelated calls
     # (or wait forever); an evaluation loss is this rank's batch against itself, as in one process.
     if gather and _distributed() and torch.is_grad_enabled():
-        all_image, all_text = gather_with_grad(image), gather_with_grad(text)
-        offset = dist.get_rank() * image.shape[0]
-    labels = torch.arange(image.shape[0], device=image.device) + offset
+        all_image, all_text = gather_with_grad(image), gather_with_grad(flat_text)
+        all_valid = _gather_flags(flat_valid)
+        offset = dist.get_rank() * count
     scale = logit_scale.float()
-    image_to_text = scale * image @ all_text.T
-    text_to_image = scale * text @ all_image.T
-    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
+    owners = torch.arange(count, device=image.device).repeat_interleave(per) + offset
+    # image -> text: the target spreads evenly over the image's own valid texts; missing texts
+    # get the most negative logit (not -inf, whose product with a zero target would be nan)
+    # (in float32: under autocast the product may be bfloat16, which cannot hold that logit)
+    image_to_text = (
+        (scale * image @ all_text.T).float().masked_fill(~all_valid, torch.finfo(torch.float32).min)
+    )
+    columns = (torch.arange(count, device=image.device) + offset).unsqueeze(1) * per
+    target = torch.zeros_like(image_to_text)
+    target.scatter_(1, columns + torch.arange(per, device=image.device), valid.float())
+    target = target / target.sum(dim=1, keepdim=True)
+    # text -> image: one row per valid text, labelled with its image
+    text_to_image = scale * flat_text[flat_valid] @ all_image.T
+    return (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, owners[flat_valid])) / 2
