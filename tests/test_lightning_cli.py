@@ -46,6 +46,8 @@ CONFIG_RUNS = {
     "demo+slurm": [DEMO, CONFIGS / "trainer" / "slurm.yaml"],
     "demo+wandb": [DEMO, WANDB],
     "demo+predict": [DEMO, PREDICT],
+    "demo+retrieval_alone": [DEMO, CONFIGS / "experiments" / "retrieval_alone.yaml"],
+    "demo+retrieval_with_segmentation": [DEMO, CONFIGS / "experiments" / "retrieval_with_segmentation.yaml"],
     "find_coco_sam+slurm+wandb": [CONFIGS / "find_coco_sam.yaml", CONFIGS / "trainer" / "slurm.yaml", WANDB],
 }
 """Every experiment YAML under configs/ (configs/prototypes/ holds attention prototypes, not
@@ -92,6 +94,13 @@ def test_config_parses_with_print_config(
         # the partial changes only what it names
         assert printed["data"]["train"][0]["name"] == "demo_panoptic"
         assert printed["trainer"]["gradient_clip_val"] == 5.0
+    if name.startswith("demo+retrieval"):
+        # the experiments replace the demo's tasks and datasets, and monitor nothing
+        retrieval = [d for d in printed["data"]["train"] if d["task"] == "retrieval"]
+        assert [d["batch_size"] for d in retrieval] == [48]
+        assert printed["data"]["val"] == []
+        assert printed["trainer"]["callbacks"][0]["init_args"]["monitor"] is None
+        assert "interleave" not in printed["model"]["tasks"]
     if name.startswith("find_coco"):
         model, data = printed["model"], printed["data"]
         # FIND's interface and optimiser
