@@ -16,7 +16,7 @@ from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.errors import ConfigError, DataError
 from findlit.data.predict_config import PredictRequest, request_problem
 from findlit.data.predict_dataset import PREDICT_TASK
-from tests.fixtures import REPO
+from tests.fixtures import COCO_SAMPLE, REPO
 
 PREDICT_PARTIAL = REPO / "configs" / "predict" / "coco_sample.yaml"
 PROMPTS = ["the man jumping for the ball", "a tree on the left"]
@@ -210,8 +210,9 @@ def test_the_coco_sample_partial_builds_on_the_demo_config(monkeypatch: pytest.M
     assert data["root"] == "data/demo"
     datamodule = build_datamodule(data)
     [dataset] = datamodule.predict_datasets()
+    # both sides resolved: ../shared may be a symbolic link
     assert [file.resolve() for file in dataset.files] == sorted(
-        (REPO.parent / "shared" / "data" / "coco_panoptic_sample" / "val2017").glob("*.jpg")
+        file.resolve() for file in (COCO_SAMPLE / "val2017").glob("*.jpg")
     )
     assert dataset.request.prompts and dataset.request.classes and dataset.request.stuff
     assert dataset.resize.longest_edge == 128  # the demo's evaluation size

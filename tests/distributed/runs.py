@@ -154,3 +154,35 @@ def differences(
 ) -> dict[str, float]:
     """``|reference - other|`` per key (``keys`` default: the reference's)."""
     return {key: abs(reference[key] - other[key]) for key in (keys or sorted(reference))}
+
+
+def fit_checkpoint(config: Mapping[str, Any], tmp_path: Path, steps: int) -> Path:
+    """Fit ``config`` for ``steps`` steps (no validation) under ``tmp_path/fit``; its one checkpoint."""
+    fit = write_config(config, tmp_path / "fit.yaml", tmp_path / "fit")
+    run_findlit(
+        "fit", "--config", str(fit), "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0"
+    )
+    [checkpoint] = (tmp_path / "fit").rglob("*.ckpt")
+    return checkpoint
+
+
+def run_one_and_two_processes(
+    subcommand: str, config: Mapping[str, Any], checkpoint: Path, tmp_path: Path
+) -> list[tuple[int, str, str]]:
+    """Run ``findlit <subcommand>`` of ``config`` on ``checkpoint`` in 1 process (logs in
+    ``tmp_path/one``) and, at the same time, in 2 DDP processes (``tmp_path/two``); asserts both
+    succeeded and returns their (exit code, stdout, stderr)."""
+    one = write_config(config, tmp_path / "one.yaml", tmp_path / "one")
+    two = write_config(config, tmp_path / "two.yaml", tmp_path / "two")
+    commands = [
+        findlit_command(subcommand, "--config", str(one), "--ckpt_path", str(checkpoint)),
+        findlit_command(
+            subcommand,
+            *("--config", str(two), "--config", str(DDP)),
+            *("--trainer.devices", "2", "--ckpt_path", str(checkpoint)),
+        ),
+    ]
+    results = run_together(commands, [run_env(), run_env()], timeout=400)
+    for code, _, err in results:
+        assert code == 0, err[-4000:]
+    return results

@@ -15,15 +15,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from tests.distributed.runs import (
-    DDP,
-    findlit_command,
-    run_env,
-    run_findlit,
-    run_together,
-    small_config,
-    write_config,
-)
+from tests.distributed.runs import fit_checkpoint, run_one_and_two_processes, small_config
 from tests.fixtures import COCO_SAMPLE
 
 
@@ -33,9 +25,7 @@ def test_two_process_predict_writes_the_outputs_of_one_process(tmp_path: Path) -
     shutil.copytree(COCO_SAMPLE / "val2017", photos)
     shutil.copy(photos / "000000142238.jpg", photos / "copy.jpg")
     config = small_config(tmp_path, val_images=2, val_batch_size=2)
-    fit = write_config(config, tmp_path / "fit.yaml", tmp_path / "fit")
-    run_findlit("fit", "--config", str(fit), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
-    [checkpoint] = (tmp_path / "fit").rglob("*.ckpt")
+    checkpoint = fit_checkpoint(config, tmp_path, steps=1)
 
     config["data"]["predict"] = [
         {
@@ -47,19 +37,7 @@ def test_two_process_predict_writes_the_outputs_of_one_process(tmp_path: Path) -
             "batch_size": 2,
         }
     ]
-    one = write_config(config, tmp_path / "one.yaml", tmp_path / "one")
-    two = write_config(config, tmp_path / "two.yaml", tmp_path / "two")
-    commands = [
-        findlit_command("predict", "--config", str(one), "--ckpt_path", str(checkpoint)),
-        findlit_command(
-            "predict",
-            *("--config", str(two), "--config", str(DDP)),
-            *("--trainer.devices", "2", "--ckpt_path", str(checkpoint)),
-        ),
-    ]
-    results = run_together(commands, [run_env(), run_env()], timeout=400)
-    for code, _, err in results:
-        assert code == 0, err[-4000:]
+    results = run_one_and_two_processes("predict", config, checkpoint, tmp_path)
     for (_, out, _), logs in zip(results, (tmp_path / "one", tmp_path / "two"), strict=True):
         folder = logs / "run" / "version_0" / "predictions" / "photos"
         assert f"predictions of photos: 3 images (overlay PNG + RLE JSON each) in {folder}" in out

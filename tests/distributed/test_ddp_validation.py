@@ -11,16 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.runs import (
-    DDP,
-    evaluation_metrics,
-    findlit_command,
-    run_env,
-    run_findlit,
-    run_together,
-    small_config,
-    write_config,
-)
+from tests.distributed.runs import evaluation_metrics, fit_checkpoint, run_one_and_two_processes, small_config
 
 LOSS_TOLERANCE = 1e-4
 """Relative tolerance of the evaluation losses: each image's random points are seeded by its record
@@ -31,23 +22,8 @@ the order of the sums (measured about 1e-7)."""
 @pytest.mark.slow
 def test_two_process_validation_equals_one_process(tmp_path: Path) -> None:
     config = small_config(tmp_path, val_images=5, val_batch_size=1)
-    fit = write_config(config, tmp_path / "fit.yaml", tmp_path / "fit")
-    run_findlit("fit", "--config", str(fit), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0")
-    [checkpoint] = (tmp_path / "fit").rglob("*.ckpt")
-
-    one = write_config(config, tmp_path / "one.yaml", tmp_path / "one")
-    two = write_config(config, tmp_path / "two.yaml", tmp_path / "two")
-    commands = [
-        findlit_command("validate", "--config", str(one), "--ckpt_path", str(checkpoint)),
-        findlit_command(
-            "validate",
-            *("--config", str(two), "--config", str(DDP)),
-            *("--trainer.devices", "2", "--ckpt_path", str(checkpoint)),
-        ),
-    ]
-    results = run_together(commands, [run_env(), run_env()], timeout=400)
-    for code, _, err in results:
-        assert code == 0, err[-4000:]
+    checkpoint = fit_checkpoint(config, tmp_path, steps=2)
+    run_one_and_two_processes("validate", config, checkpoint, tmp_path)
 
     single, ddp = evaluation_metrics(tmp_path / "one"), evaluation_metrics(tmp_path / "two")
     assert set(single) == set(ddp)

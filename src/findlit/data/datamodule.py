@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -266,18 +266,25 @@ class MultiTaskDataModule(L.LightningDataModule):
             persistent_workers=False,
         )
 
-    def _eval_loaders(self, stage: str) -> list[DataLoader[Sample]]:
+    def _sharded_loader(
+        self, dataset: TaskDataset | PredictDataset, batch_size: int, collate_fn: Callable[[list[Any]], Any]
+    ) -> DataLoader[Any]:
+        """A loader of this rank's share of ``dataset`` (unpadded shards, in order)."""
         rank, world_size = self._rank_and_world()
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=ShardedSampler(len(dataset), rank, world_size),
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+            worker_init_fn=partial(init_worker, rank=rank),
+            pin_memory=self.pin_memory,
+        )
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader[Sample]]:
+        collate = partial(collate_samples, size_divisibility=self.size_divisibility)
         return [
-            DataLoader(
-                dataset,
-                batch_size=config.batch_size,
-                sampler=ShardedSampler(len(dataset), rank, world_size),
-                collate_fn=partial(collate_samples, size_divisibility=self.size_divisibility),
-                num_workers=self.num_workers,
-                worker_init_fn=partial(init_worker, rank=rank),
-                pin_memory=self.pin_memory,
-            )
+            self._sharded_loader(dataset, config.batch_size, collate)
             for dataset, config in zip(self.stage_datasets(stage), self.configs[stage], strict=True)
         ]
 
@@ -294,18 +301,11 @@ class MultiTaskDataModule(L.LightningDataModule):
 
         Batches (:func:`~findlit.data.predict_dataset.collate_predict`) carry the entry's request.
         """
-        rank, world_size = self._rank_and_world()
         return [
-            DataLoader(
+            self._sharded_loader(
                 dataset,
-                batch_size=config.batch_size,
-                sampler=ShardedSampler(len(dataset), rank, world_size),
-                collate_fn=partial(
-                    collate_predict, request=dataset.request, size_divisibility=self.size_divisibility
-                ),
-                num_workers=self.num_workers,
-                worker_init_fn=partial(init_worker, rank=rank),
-                pin_memory=self.pin_memory,
+                config.batch_size,
+                partial(collate_predict, request=dataset.request, size_divisibility=self.size_divisibility),
             )
             for dataset, config in zip(self.predict_datasets(), self.predict_configs, strict=True)
         ]
