@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
@@ -27,7 +27,7 @@ def read_image(info: ImageInfo, key: str | None = None) -> Tensor:
         annotation's, is a :class:`DataError` naming the file and image id.
 
     """
-    pixels = _read_rgb(info.path, f"image_id={info.id}", key)
+    pixels = read_rgb(info.path, f"image_id={info.id}", key)
     height, width = pixels.shape[:2]
     if info.height is not None and info.width is not None and (height, width) != (info.height, info.width):
         raise DataError(
@@ -39,13 +39,20 @@ def read_image(info: ImageInfo, key: str | None = None) -> Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def _read_rgb(path: Path, record: str, key: str | None) -> np.ndarray:
-    """uint8[H,W,3] from an image file; errors name the file."""
+def read_rgb(
+    path: str | Path, record: str | None = None, key: str | None = None, upright: bool = False
+) -> np.ndarray:
+    """uint8[H,W,3] from an image file; errors name the file (and ``record`` and ``key``).
+
+    ``upright`` applies the file's EXIF orientation (the image as it is shown, for photos given to
+    predict). Annotated images are read as stored, since their annotations are in that frame.
+    """
     try:
         with Image.open(path) as image:
             # load() forces the full decode, so a truncated file fails here and not later.
             image.load()
-            return np.array(image.convert("RGB"))
+            shown = ImageOps.exif_transpose(image) if upright else image
+            return np.array(shown.convert("RGB"))
     except FileNotFoundError:
         raise DataError("image file not found", path, record, key) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -59,7 +66,7 @@ def panoptic_id_map(record: PanopticRecord, key: str | None = None) -> np.ndarra
         int64[H,W].
 
     """
-    rgb = _read_rgb(record.png_path, f"image_id={record.image.id}", key).astype(np.int64)
+    rgb = read_rgb(record.png_path, f"image_id={record.image.id}", key).astype(np.int64)
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
     if record.image.height is not None and ids.shape != (record.image.height, record.image.width):
         raise DataError(

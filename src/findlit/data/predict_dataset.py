@@ -12,14 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset as TorchDataset
 
 from findlit.data.collate import Batch, collate_samples
-from findlit.data.errors import DataError
+from findlit.data.decode import read_rgb
 from findlit.data.predict_config import (
     DEFAULT_IMAGE_SIZE,
     PredictConfig,
@@ -41,14 +39,7 @@ def read_upright_image(path: str | Path, key: str | None = None) -> Tensor:
         DataError: a missing or unreadable file, naming it (and ``key``, the config key behind it).
 
     """
-    try:
-        with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image)
-            pixels = np.array(upright.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError("image file not found", path, key=key) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image: {error}", path, key=key) from None
+    pixels = read_rgb(path, key=key, upright=True)
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
