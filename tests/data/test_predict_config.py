@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from findlit.cli import build_datamodule, load_data_section
 from findlit.data.datamodule import MultiTaskDataModule
+from findlit.data.decode import read_rgb
 from findlit.data.errors import ConfigError, DataError
 from findlit.data.predict_config import PredictRequest, request_problem
-from findlit.data.predict_dataset import PREDICT_TASK
+from findlit.data.predict_dataset import PREDICT_TASK, read_upright_image
 from tests.fixtures import COCO_SAMPLE, REPO
 
 PREDICT_PARTIAL = REPO / "configs" / "predict" / "coco_sample.yaml"
@@ -237,3 +239,15 @@ def test_samples_are_uint8_images_resized_within_the_frame(coco_sample: Path) ->
     sample = datamodule.predict_datasets()[0][1]
     assert sample["image"].dtype == torch.uint8 and tuple(sample["image"].shape) == (3, 36, 64)
     assert sample["frame"] == (64, 64) and sample["orig_size"] == (360, 640)
+
+
+def test_photos_are_read_upright_and_annotated_images_as_stored(tmp_path: Path) -> None:
+    stored = np.zeros((4, 6, 3), dtype=np.uint8)
+    stored[0, :, 0] = 255  # a red top row
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: shown rotated 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    upright = read_upright_image(tmp_path / "photo.png")
+    assert upright.shape == (3, 6, 4)
+    assert (upright[0, :, -1] == 255).all()  # the top row is shown as the right column
+    assert read_rgb(tmp_path / "photo.png").shape == (4, 6, 3)
