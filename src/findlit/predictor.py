@@ -45,6 +45,7 @@ from findlit.data.predict_config import (
     SegmentationMode,
     evaluation_resize,
     request_problem,
+    shared_stems,
 )
 from findlit.data.predict_dataset import prediction_sample, read_upright_image
 from findlit.data.transforms import Resize
@@ -122,8 +123,7 @@ def check_files(images: Sequence[str | Path], out: str | Path, overwrite: bool =
     missing = [str(image) for image in images if not Path(image).is_file()]
     if missing:
         raise PredictError(f"image file(s) not found: {', '.join(missing)}")
-    stems = [Path(image).stem for image in images]
-    shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+    shared = sorted(shared_stems(images))
     if shared:
         raise PredictError(f"images share file stems {shared}: their outputs in {out} would collide")
     if not overwrite:
@@ -206,18 +206,23 @@ class Predictor:
     def request(
         self, prompts: Sequence[str], classes: Sequence[str] = (), stuff: Sequence[str] = ()
     ) -> PredictRequest:
-        """The request of these prompts and names in this predictor's mode, checked (:meth:`check`)."""
-        self.check(prompts, classes, stuff)
-        return PredictRequest(list(prompts), list(classes), list(stuff), self.mode, self.min_score)
+        """The request of these prompts and names in this predictor's mode.
 
-    def check(self, prompts: Sequence[str], classes: Sequence[str] = (), stuff: Sequence[str] = ()) -> None:
-        """Refuse a request this model cannot serve (see also :func:`check_prompts`)."""
+        Raises:
+            PredictError: a request this model cannot serve (see also :func:`check_prompts`).
+
+        """
         problem = request_problem(prompts, classes, stuff, self.mode)
         if problem is None:
             request = PredictRequest(list(prompts), list(classes), list(stuff), self.mode, self.min_score)
             problem = capability_problem(self.module, request)
         if problem is not None:
             raise PredictError(problem[1])
+        return request
+
+    def check(self, prompts: Sequence[str], classes: Sequence[str] = (), stuff: Sequence[str] = ()) -> None:
+        """Refuse a request this model cannot serve (:meth:`request`, result unused)."""
+        self.request(prompts, classes, stuff)
 
     # -- inference ---------------------------------------------------------------------------
 

@@ -184,10 +184,7 @@ def image_files(config: PredictConfig, key: str, root: str | Path | None = None)
             files.append(path)
         else:
             raise ConfigError(f"{key}.images[{index}]: no such file or folder: {path}")
-    by_stem: dict[str, list[Path]] = {}
-    for file in files:
-        by_stem.setdefault(file.stem, []).append(file)
-    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    shared = shared_stems(files)
     if shared:
         listed = "; ".join(f"{stem}: {', '.join(map(str, paths))}" for stem, paths in sorted(shared.items()))
         raise ConfigError(
@@ -195,6 +192,14 @@ def image_files(config: PredictConfig, key: str, root: str | Path | None = None)
             f"collide ({listed})"
         )
     return files
+
+
+def shared_stems(files: Sequence[str | Path]) -> dict[str, list[Path]]:
+    """File stem -> its files, for the stems of several files (outputs <stem>.png would collide)."""
+    by_stem: dict[str, list[Path]] = {}
+    for file in files:
+        by_stem.setdefault(Path(file).stem, []).append(Path(file))
+    return {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
 
 
 def evaluation_resize(stages: Mapping[str, Any]) -> tuple[int | None, int | None]:
