@@ -29,6 +29,13 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _all_gather(tensor: Tensor) -> list[Tensor]:
+    """Every rank's ``tensor`` (same shape on every rank), in rank order; no gradient."""
+    chunks = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(chunks, tensor.contiguous())
+    return chunks
+
+
 class _GatherSumGrad(torch.autograd.Function):
     """all_gather forward; backward: sum the gathered gradient over ranks, return the local slice."""
 
@@ -36,8 +43,7 @@ class _GatherSumGrad(torch.autograd.Function):
     def forward(ctx: Any, tensor: Tensor) -> Tensor:
         rank, n = dist.get_rank(), tensor.shape[0]
         ctx.local = (rank * n, (rank + 1) * n)
-        chunks = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(chunks, tensor.contiguous())
+        chunks = _all_gather(tensor)
         chunks[rank] = tensor  # the same values; the exact local tensor
         return torch.cat(chunks)
 
@@ -65,13 +71,6 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
         return tensor
     out: Tensor = _GatherSumGrad.apply(tensor)
     return out
-
-
-def _gather_flags(flags: Tensor) -> Tensor:
-    """All ranks' bool[M] flags concatenated in rank order (no gradient; same M on every rank)."""
-    chunks = [torch.empty_like(flags) for _ in range(dist.get_world_size())]
-    dist.all_gather(chunks, flags.contiguous())
-    return torch.cat(chunks)
 
 
 def symmetric_infonce(
@@ -119,10 +118,11 @@ def symmetric_infonce(
     count, per = int(per_image.shape[0]), int(per_image.shape[1])
     if valid is None:
         valid = torch.ones(count, per, dtype=torch.bool, device=image.device)
-    if valid.shape != per_image.shape[:2]:
-        raise ValueError(f"valid must be [N, k] = {tuple(per_image.shape[:2])}; got {tuple(valid.shape)}")
-    if not bool(valid.any(dim=1).all()):
-        raise ValueError("every image needs at least one valid text")
+    else:  # (checked only when given: the test reads the values, a device sync per step)
+        if valid.shape != per_image.shape[:2]:
+            raise ValueError(f"valid must be [N, k] = {tuple(per_image.shape[:2])}; got {tuple(valid.shape)}")
+        if not bool(valid.any(dim=1).all()):
+            raise ValueError("every image needs at least one valid text")
     image = F.normalize(image.float(), dim=-1)
     flat_text = F.normalize(per_image.float(), dim=-1).reshape(count * per, -1)
     flat_valid = valid.reshape(count * per)
@@ -133,7 +133,7 @@ def symmetric_infonce(
     # (or wait forever); an evaluation loss is this rank's batch against itself, as in one process.
     if gather and _distributed() and torch.is_grad_enabled():
         all_image, all_text = gather_with_grad(image), gather_with_grad(flat_text)
-        all_valid = _gather_flags(flat_valid)
+        all_valid = torch.cat(_all_gather(flat_valid))
         offset = dist.get_rank() * count
     scale = logit_scale.float()
     owners = torch.arange(count, device=image.device).repeat_interleave(per) + offset
