@@ -160,14 +160,19 @@ def predict_batch(module: FINDModule, batch: Batch, request: PredictRequest) -> 
         size = (int(batch["orig_sizes"][b][0]), int(batch["orig_sizes"][b][1]))
         pixels = target["pixels"]
         pixels = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels.cpu()
-        empty = torch.zeros(0, *size, dtype=torch.bool)
-        prediction = Prediction(Path(target["file"]), pixels, empty, [], [], [])
-        for masks, labels, scores, source in parts:
-            prediction.masks = torch.cat([prediction.masks, resize_masks(masks, size).cpu()])
-            prediction.labels += labels
-            prediction.scores += scores
-            prediction.sources += [source] * len(labels)
-        predictions.append(prediction)
+        # the empty block keeps the size when nothing was found
+        image_masks = [torch.zeros(0, *size, dtype=torch.bool)]
+        image_masks += [resize_masks(masks, size).cpu() for masks, _, _, _ in parts]
+        predictions.append(
+            Prediction(
+                Path(target["file"]),
+                pixels,
+                torch.cat(image_masks),
+                [label for _, labels, _, _ in parts for label in labels],
+                [score for _, _, scores, _ in parts for score in scores],
+                [source for _, labels, _, source in parts for _ in labels],
+            )
+        )
     return predictions
 
 
