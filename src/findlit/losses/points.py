@@ -10,8 +10,9 @@ a whole batch, or one per image. Training gives every image its own generators, 
 image's sample seed (:func:`image_generators`): an image's points then do not depend on which
 other images share its batch or its rank, so N processes draw the points that one process with
 the N-fold batch draws. The pixels they address are the same only if the image's padded frame is:
-a batch is padded to its largest image, so images of varying sizes (LSJ crops smaller than the crop
-size) are framed, and thus sampled and encoded, differently in different batches.
+large-scale jitter crops carry their frame (the crop square, which collate pads to), but other
+images of varying sizes in one batch are padded to the largest, so they are framed, and thus
+sampled and encoded, differently in different batches.
 """
 
 from __future__ import annotations
