@@ -79,8 +79,10 @@ def worker(rank: int, port: int, out: str) -> None:
         correct = grads(model)
 
         multi_model, _, _ = build()
-        ddp = nn.parallel.DistributedDataParallel(multi_model)
-        img, txt, scale = ddp(image[local], captions()[local])
+        # a name of its own: rebinding ``ddp`` would destroy the first DDP (and its reducer) while
+        # the process group still runs collectives, which aborts the process now and then
+        multi_ddp = nn.parallel.DistributedDataParallel(multi_model)
+        img, txt, scale = multi_ddp(image[local], captions()[local])
         symmetric_infonce(img, txt, scale).backward()
         multi = grads(multi_model)
 
