@@ -1,9 +1,9 @@
 """Run by test_contrastive: 2 CPU processes (gloo) compute InfoNCE gradients with gathered negatives.
 
 Each rank takes its half of a 2b batch through a tiny projection wrapped in DDP (which averages the
-gradients over ranks) and rank 0 saves the gradients, with one text per image (CLIP) and with
-CAPTIONS texts per image. It also saves the gradients of the naive gather (all_gather of detached
-features with the local chunk put back), averaged the same way.
+gradients over ranks) and rank 0 saves the gradients. It also saves, averaged over ranks the same
+way, the gradients with CAPTIONS texts per image and those of the naive gather (all_gather of
+detached features with the local chunk put back).
 
 Usage: python ddp_contrastive.py <out_file> <port>
 """
@@ -65,6 +65,14 @@ def _naive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, ra
     return (ce(scale * image @ gather(text).T, labels) + ce(scale * text @ gather(image).T, labels)) / 2
 
 
+def averaged_over_ranks(gradients: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What DDP does to each rank's gradients: their mean over ranks (in place)."""
+    for g in gradients.values():
+        dist.all_reduce(g)
+        g /= WORLD
+    return gradients
+
+
 def worker(rank: int, port: int, out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -78,21 +86,17 @@ def worker(rank: int, port: int, out: str) -> None:
         loss.backward()
         correct = grads(model)
 
+        # the same model without a second DDP (two DDP instances in one process group made rank 1
+        # abort now and then under load), its gradients averaged over ranks as DDP averages them
         multi_model, _, _ = build()
-        # a name of its own: rebinding ``ddp`` would destroy the first DDP (and its reducer) while
-        # the process group still runs collectives, which aborts the process now and then
-        multi_ddp = nn.parallel.DistributedDataParallel(multi_model)
-        img, txt, scale = multi_ddp(image[local], captions()[local])
+        img, txt, scale = multi_model(image[local], captions()[local])
         symmetric_infonce(img, txt, scale).backward()
-        multi = grads(multi_model)
+        multi = averaged_over_ranks(grads(multi_model))
 
         naive_model, _, _ = build()
         img, txt, scale = naive_model(image[local], text[local])
         _naive_loss(img, txt, scale, rank).backward()
-        naive = grads(naive_model)
-        for g in naive.values():  # what DDP would do
-            dist.all_reduce(g)
-            g /= WORLD
+        naive = averaged_over_ranks(grads(naive_model))
 
         losses = [torch.zeros(()) for _ in range(WORLD)]
         dist.all_gather(losses, loss.detach())
