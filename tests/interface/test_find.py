@@ -190,6 +190,24 @@ def test_each_query_reads_only_its_own_prompt() -> None:
             assert not reads[j, len(expected) :].any()
 
 
+def test_a_caption_embedding_does_not_depend_on_the_other_captions_of_its_image() -> None:
+    # independent prompts: retrieval galleries read all of an image's captions in one pass; a
+    # caption that saw its siblings would carry their content (a leak of the ground truth)
+    interface = _interface().eval()
+    captions = _text(3, image=torch.tensor([0, 0, 0]))
+    first = PromptTokens(captions.tokens[:1], captions.mask[:1], torch.tensor([0]))
+
+    def caption_embeddings(prompt: PromptTokens) -> Tensor:
+        prompts = InterfacePrompts(learned={IMAGE: 1}, tokens={CAPTION_T: prompt}, per_prompt={CAPTION_Q: CAPTION_T})
+        with torch.no_grad():
+            return interface(_features(1), prompts).last[CAPTION_Q]["embeddings"][0]
+
+    alone, together = caption_embeddings(first), caption_embeddings(captions)
+    assert together.shape[0] == 3
+    torch.testing.assert_close(together[0], alone[0])
+    assert not torch.allclose(together[1], together[0])
+
+
 def test_gradients_reach_interface_parameters_only() -> None:
     interface = _interface()
     features = _features(2)

@@ -110,7 +110,8 @@ class CompiledPrototype:
         counts: int64[B] number of real embeddings of each type per sample.
         valid: bool[B,S], False on padding.
         self_mask: bool[B,S,S], True where the query row may attend the key column. Padded
-            columns are False; rows of padded positions attend only themselves, so no row is empty.
+            columns are False, and so are columns of another prompt (``groups``); rows of padded
+            positions attend only themselves, so no row is empty.
         token_order: token types read in cross-attention by some present type, in sequence order.
         token_slices: positions of each of those types in the token memory of length T.
         token_positions: int64[T], the sequence position of each token-memory column
@@ -257,9 +258,12 @@ class Prototype:
             batch_size: B.
             device: where every returned tensor lives (default CPU).
             groups: optional ``{type: int64[B, n_type]}`` prompt ids (n_type: the type's reserved
-                length). A row reads a token column in cross-attention only if their ids are equal
-                when both types have ids, so each caption query reads its own caption's tokens.
-                Types not laid out are ignored.
+                length). Where a row and a column both have ids, the row attends the column (in
+                self-attention, and to a token column in cross-attention) only if their ids are
+                equal: each caption query reads its own caption's tokens, and prompts stay
+                independent (APE): neither the queries nor the tokens of one caption see another
+                caption of the same image, so a caption's embedding does not depend on which other
+                captions share its batch. Types not laid out are ignored.
 
         Returns:
             the :class:`CompiledPrototype`.
@@ -297,6 +301,10 @@ class Prototype:
         pairs = allowed[type_index[:, None], type_index[None, :]]  # [S,S]
         eye = torch.eye(length, dtype=torch.bool, device=device)
         self_mask = torch.where(valid[:, :, None], pairs[None] & valid[:, None, :], eye[None])
+        same_group = _same_group(groups, slices, valid.shape, device) if groups else None
+        if same_group is not None:
+            # the diagonal always has equal ids, so no row is left empty
+            self_mask = self_mask & same_group
 
         read_tokens = {token for name in order for token in self.types[name].cross_tokens}
         token_order = tuple(name for name in order if name in read_tokens)
@@ -314,8 +322,8 @@ class Prototype:
         reads = _table(order, order, lambda query, key: key in self.types[query].cross_tokens, device)
         row_reads = reads[type_index[:, None], token_type_index[None, :]]  # [S,T]
         cross_tokens = row_reads[None] & valid[:, :, None] & valid[:, None, token_positions]
-        if groups:
-            cross_tokens = cross_tokens & _same_group(groups, slices, valid.shape, token_positions, device)
+        if same_group is not None:
+            cross_tokens = cross_tokens & same_group[:, :, token_positions]
 
         def per_position(flag: Sequence[bool]) -> Tensor:
             return torch.tensor(list(flag), dtype=torch.bool, device=device)[type_index]
@@ -484,10 +492,9 @@ def _same_group(
     groups: Mapping[str, Tensor],
     slices: Mapping[str, slice],
     shape: torch.Size,
-    token_positions: Tensor,
     device: torch.device,
 ) -> Tensor:
-    """bool[B,S,T]: False where a row and a token column both have prompt ids and they differ."""
+    """bool[B,S,S]: False where a row and a column both have prompt ids and they differ."""
     ids = torch.zeros(shape, dtype=torch.long, device=device)
     has_ids = torch.zeros(shape[1], dtype=torch.bool, device=device)
     for name, group in groups.items():
@@ -499,5 +506,5 @@ def _same_group(
             raise ValueError(f"groups[{name!r}] must have shape {list(expected)}, got {list(group.shape)}")
         ids[:, span] = group.to(device=device, dtype=torch.long)
         has_ids[span] = True
-    both = has_ids[:, None] & has_ids[None, token_positions]  # [S,T]
-    return ~both[None] | (ids[:, :, None] == ids[:, None, token_positions])
+    both = has_ids[:, None] & has_ids[None, :]  # [S,S]
+    return ~both[None] | (ids[:, :, None] == ids[:, None, :])
