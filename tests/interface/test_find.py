@@ -198,7 +198,9 @@ def test_a_caption_embedding_does_not_depend_on_the_other_captions_of_its_image(
     first = PromptTokens(captions.tokens[:1], captions.mask[:1], torch.tensor([0]))
 
     def caption_embeddings(prompt: PromptTokens) -> Tensor:
-        prompts = InterfacePrompts(learned={IMAGE: 1}, tokens={CAPTION_T: prompt}, per_prompt={CAPTION_Q: CAPTION_T})
+        prompts = InterfacePrompts(
+            learned={IMAGE: 1}, tokens={CAPTION_T: prompt}, per_prompt={CAPTION_Q: CAPTION_T}
+        )
         with torch.no_grad():
             return interface(_features(1), prompts).last[CAPTION_Q]["embeddings"][0]
 
