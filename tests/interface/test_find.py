@@ -130,6 +130,29 @@ def test_mask_pooling_adds_to_proposal_embeddings_only() -> None:
     assert plain.mask_pooling is None
 
 
+def test_image_pooling_adds_the_mean_mask_feature_to_the_image_query_only() -> None:
+    prompts = _segmentation()
+    plain = _interface()
+    pooled = _interface(image_pooling=True)
+    pooled.load_state_dict(plain.state_dict(), strict=False)  # same weights but the pooling MLP
+    assert pooled.image_pooling is not None
+    features = _features(2)
+    with torch.no_grad():
+        a, b = plain(features, prompts), pooled(features, prompts)
+        mask_features = pooled.pixel_decoder(features).mask_features  # [B,C,h,w]
+        count = mask_features.shape[-2] * mask_features.shape[-1]
+        # the pooled mean (with the one unit of prior weight) through the pooling MLP
+        mean = mask_features.flatten(2).sum(-1) / (count + 1.0)
+        expected = pooled.image_pooling.mlp(mean)[:, None]
+    for layer in (0, -1):
+        assert torch.allclose(
+            b.layers[layer][IMAGE]["embeddings"], a.layers[layer][IMAGE]["embeddings"] + expected, atol=1e-5
+        )
+        assert torch.equal(b.layers[layer][OBJECT]["embeddings"], a.layers[layer][OBJECT]["embeddings"])
+        assert torch.equal(b.layers[layer][CLASS_Q]["embeddings"], a.layers[layer][CLASS_Q]["embeddings"])
+    assert plain.image_pooling is None
+
+
 def test_grounding_shapes_and_padding() -> None:
     out = _interface()(_features(2), _grounding([2, 3]))
     _check(out, 2, {GROUNDING: PROPOSALS, DESC_Q: 3})
@@ -216,6 +239,8 @@ def test_gradients_reach_interface_parameters_only() -> None:
     out = interface(features, _mixed(2))
     # class logits with the learned no-object class, as segmentation uses them
     loss = out.class_logits(OBJECT, out.last[CLASS_Q]["embeddings"], no_object=interface.no_object()).mean()
+    # sentence-level class embeddings (APE) are made outside the decoder, by their own projection
+    loss = loss + out.class_logits(OBJECT, interface.embed_sentences(torch.randn(3, TEXT_DIM))).mean()
     for layer in out.layers:
         for entry in layer.values():
             loss = loss + entry["embeddings"].pow(2).mean()

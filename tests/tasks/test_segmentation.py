@@ -286,8 +286,10 @@ def test_sentence_class_embeddings_leave_the_decoder_sequence(context: TaskConte
     batch["dataset"] = "toy"
     total, _ = task.losses(output, batch, context)
     total.backward()
-    projection = context.interface.language_projection.linear.weight.grad
+    # through their own projection, not the token path's (which no prompt of this batch used)
+    projection = context.interface.sentence_projection.linear.weight.grad
     assert projection is not None and float(projection.abs().sum()) > 0
+    assert context.interface.language_projection.linear.weight.grad is None
 
 
 def test_sentence_class_embeddings_read_encode_sentences_when_the_context_has_it(

@@ -43,6 +43,8 @@ from findlit.interface.pixel_decoder import PixelDecoder, PixelDecoderOutput
 from findlit.interface.prompts import LanguageProjection
 from findlit.interface.prototype import CompiledPrototype, Prototype, default_prototype, kind_of
 
+IMAGE_QUERY = "queries.vision.image"
+
 LayerOutput = dict[str, dict[str, Tensor]]
 """One prediction: ``{output type: {"embeddings": float[B,n,E], "valid": bool[B,n]}}``; proposal
 types also carry ``"mask_logits": float[B,n,H/4,W/4]``."""
@@ -188,6 +190,11 @@ class FINDInterface(nn.Module):
         mask_pooling: add to every proposal's semantic embedding its mask features pooled under its
             own predicted mask (:class:`~findlit.interface.heads.MaskPooledEmbedding`; not in FIND,
             which is the default ``False``).
+        image_pooling: add to the ``queries.vision.image`` embedding the mean of the mask features
+            over the whole frame, through its own pooling MLP (mask pooling with the whole image as
+            the mask; not in FIND). The image query then sees every region of the image, not only
+            what its attention picks out. The frame includes any padding, as the interface is not
+            given the padding mask.
 
     """
 
@@ -203,6 +210,7 @@ class FINDInterface(nn.Module):
         embed_dim: int = 512,
         prototype: Prototype | None = None,
         mask_pooling: bool = False,
+        image_pooling: bool = False,
     ):
         super().__init__()
         self.prototype = default_prototype() if prototype is None else prototype
@@ -215,6 +223,9 @@ class FINDInterface(nn.Module):
         self.num_proposals = num_proposals
         self.pixel_decoder = PixelDecoder(in_channels, hidden_dim, hidden_dim, heads=num_heads)
         self.language_projection = LanguageProjection(text_dim, hidden_dim)
+        # pooled sentences straight to the joint space, by their own map: sharing the token path's
+        # projections lets the class-name embeddings drag every caption query towards them
+        self.sentence_projection = LanguageProjection(text_dim, embed_dim)
         roots = {
             _parameter_key(name): num_proposals if kind_of(name) == "proposals" else 1
             for name, rule in self.prototype.types.items()
@@ -236,14 +247,16 @@ class FINDInterface(nn.Module):
         # (pass ``no_object=self.no_object()`` to ``InterfaceOutput.class_logits``).
         self.no_object = NoObjectEmbedding(embed_dim)
         self.mask_pooling = MaskPooledEmbedding(hidden_dim, embed_dim) if mask_pooling else None
+        self.image_pooling = MaskPooledEmbedding(hidden_dim, embed_dim) if image_pooling else None
 
     def embed_sentences(self, sentences: Tensor) -> Tensor:
         """Pooled text vectors float[K,text_dim] -> the joint space float[K,E], outside the decoder.
 
-        The language projection then the semantic projection: APE's sentence-level class
-        embeddings (``SegmentationTask(class_embeddings="sentences")``).
+        APE's sentence-level class embeddings (``SegmentationTask(class_embeddings="sentences")``),
+        by their own linear map and LayerNorm (``sentence_projection``), not the token path's
+        language and semantic projections.
         """
-        return self.semantic(self.language_projection.project(sentences))
+        return self.sentence_projection.project(sentences)
 
     def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
         """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
@@ -384,6 +397,13 @@ class FINDInterface(nn.Module):
             pooled = self.mask_pooling(logits, mask_features)  # [B,P,E], the proposal rows come first
             embeddings = torch.cat(
                 [embeddings[:, :num_proposal_rows] + pooled, embeddings[:, num_proposal_rows:]], dim=1
+            )
+        if self.image_pooling is not None and IMAGE_QUERY in compiled.slices:
+            whole = mask_features.new_ones(mask_features.shape[0], 1, *mask_features.shape[-2:])
+            pooled = self.image_pooling.pool(whole, mask_features)  # [B,1,E]
+            span = compiled.slices[IMAGE_QUERY]
+            embeddings = torch.cat(
+                [embeddings[:, : span.start], embeddings[:, span] + pooled, embeddings[:, span.stop :]], dim=1
             )
         output: LayerOutput = {}
         for name in compiled.outputs:

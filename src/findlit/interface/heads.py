@@ -131,7 +131,11 @@ class MaskPooledEmbedding(nn.Module):
             float[B,Q,E].
 
         """
-        weights = mask_logits.detach().sigmoid().to(mask_features.dtype)
+        return self.pool(mask_logits.detach().sigmoid(), mask_features)
+
+    def pool(self, weights: Tensor, mask_features: Tensor) -> Tensor:
+        """float[B,Q,h,w] weights in [0, 1] and float[B,C,h,w] features -> float[B,Q,E]."""
+        weights = weights.to(mask_features.dtype)
         pooled = torch.einsum("bqhw,bchw->bqc", weights, mask_features)
         pooled = pooled / (weights.flatten(2).sum(-1, keepdim=True) + 1.0)
         return self.mlp(pooled)
