@@ -10,13 +10,12 @@ from torch import Tensor
 
 from findlit.data.collate import Batch
 from findlit.encoders.base import TextEmbeddings
-from findlit.interface.find import FINDInterface
+from findlit.interface.find import IMAGE_QUERY, FINDInterface
 from findlit.losses import LossWeights
 from findlit.tasks.base import TaskContext, Vocabulary
 from findlit.tasks.segmentation import (
     CLASS_QUERY,
     CLASS_TOKENS,
-    IMAGE,
     OBJECT,
     SegmentationTask,
     instance_inference,
@@ -107,7 +106,7 @@ def small_task(**kwargs: object) -> SegmentationTask:
 
 def test_prompts(context: TaskContext) -> None:
     prompts = small_task().prompts(make_batch([FRAME]), context)
-    assert prompts.learned == {OBJECT: PROPOSALS, IMAGE: 1}
+    assert prompts.learned == {OBJECT: PROPOSALS, IMAGE_QUERY: 1}
     assert prompts.per_prompt == {CLASS_QUERY: CLASS_TOKENS}
     tokens = prompts.tokens[CLASS_TOKENS]
     longest = max(len(n) for n in VOCABULARY.class_names)
@@ -270,7 +269,11 @@ def test_sentence_class_embeddings_leave_the_decoder_sequence(context: TaskConte
     task = small_task(class_embeddings="sentences")
     batch = make_batch([FRAME, FRAME])
     prompts = task.prompts(batch, context)
-    assert prompts.learned == {OBJECT: PROPOSALS, IMAGE: 1} and not prompts.tokens and not prompts.per_prompt
+    assert (
+        prompts.learned == {OBJECT: PROPOSALS, IMAGE_QUERY: 1}
+        and not prompts.tokens
+        and not prompts.per_prompt
+    )
     output = context.interface(batch["features"], prompts)
     assert CLASS_QUERY not in output.last
     logits = task.class_logits(output, batch, context)

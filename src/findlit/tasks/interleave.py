@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.collate import Batch
-from findlit.interface.find import InterfaceOutput, InterfacePrompts
+from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts
 from findlit.interface.heads import class_logits
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, grounding_losses, symmetric_infonce
 from findlit.losses.points import DEFAULT_NUM_POINTS
@@ -44,7 +44,6 @@ ENTITY_PROPOSALS = "proposals.interleave.entity"
 LEGEND_TOKENS = "tokens.interleave.legend"
 ENTITY_QUERIES = "queries.interleave.entity"
 LEGEND_QUERIES = "queries.interleave.legend"
-IMAGE_QUERIES = "queries.vision.image"
 
 
 def phrases_of(target: dict[str, Any]) -> tuple[list[str], list[int]]:
@@ -99,7 +98,7 @@ class InterleaveTask(Task):
         learned: dict[str, int | Tensor] = {ENTITY_PROPOSALS: self.num_proposals}
         if self.retrieval:
             learned[LEGEND_QUERIES] = 1
-            learned[IMAGE_QUERIES] = 1
+            learned[IMAGE_QUERY] = 1
         return InterfacePrompts(
             learned=learned,
             tokens={LEGEND_TOKENS: tokens},
@@ -126,8 +125,8 @@ class InterleaveTask(Task):
             seeds=batch.get("sample_seeds"),
         )
         last = output.last
-        if IMAGE_QUERIES in last and LEGEND_QUERIES in last:
-            image = last[IMAGE_QUERIES]["embeddings"][:, 0]
+        if IMAGE_QUERY in last and LEGEND_QUERIES in last:
+            image = last[IMAGE_QUERY]["embeddings"][:, 0]
             legend = last[LEGEND_QUERIES]["embeddings"][:, 0]
             contrastive = symmetric_infonce(image, legend, output.logit_scale)
             total = total + self.weights.interleave_retrieval * contrastive
@@ -153,8 +152,8 @@ class InterleaveTask(Task):
             {"masks": masks, "scores": scores, "phrases": phrases_of(target)[0]}
             for (masks, scores), target in zip(per_image, batch["targets"], strict=True)
         ]
-        if IMAGE_QUERIES in last and LEGEND_QUERIES in last:
-            images = F.normalize(last[IMAGE_QUERIES]["embeddings"][:, 0].float(), dim=-1)  # [B,E]
+        if IMAGE_QUERY in last and LEGEND_QUERIES in last:
+            images = F.normalize(last[IMAGE_QUERY]["embeddings"][:, 0].float(), dim=-1)  # [B,E]
             legends = F.normalize(last[LEGEND_QUERIES]["embeddings"][:, 0].float(), dim=-1)  # [B,E]
             for b, result in enumerate(results):
                 result["image_embedding"] = images[b]

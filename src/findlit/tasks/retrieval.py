@@ -19,14 +19,13 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.collate import Batch
-from findlit.interface.find import InterfaceOutput, InterfacePrompts
+from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts
 from findlit.losses import LossWeights, symmetric_infonce
 from findlit.tasks.base import Task, TaskContext
 from findlit.tasks.grounding import encode_per_image
 
 CAPTION_TOKENS = "tokens.language.caption"
 CAPTION_QUERIES = "queries.language.caption"
-IMAGE_QUERIES = "queries.vision.image"
 
 
 class RetrievalTask(Task):
@@ -61,7 +60,7 @@ class RetrievalTask(Task):
             captions = [[texts[i % len(texts)] for i in range(k)] for texts in captions]
         tokens = encode_per_image(captions, context, batch["padding_mask"].device)
         return InterfacePrompts(
-            learned={IMAGE_QUERIES: 1},
+            learned={IMAGE_QUERY: 1},
             tokens={CAPTION_TOKENS: tokens},
             per_prompt={CAPTION_QUERIES: CAPTION_TOKENS},
         )
@@ -71,7 +70,7 @@ class RetrievalTask(Task):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Symmetric InfoNCE of the image query against its caption queries, last prediction only."""
         last = output.last
-        image = last[IMAGE_QUERIES]["embeddings"][:, 0]
+        image = last[IMAGE_QUERY]["embeddings"][:, 0]
         captions = last[CAPTION_QUERIES]
         loss = symmetric_infonce(image, captions["embeddings"], output.logit_scale, valid=captions["valid"])
         return self.weights.retrieval * loss, {"retrieval": loss.detach()}
@@ -79,7 +78,7 @@ class RetrievalTask(Task):
     def predict(self, output: InterfaceOutput, batch: Batch, context: TaskContext) -> list[dict[str, Any]]:
         """Per image ``{"image_embedding": float[E], "caption_embeddings": float[c,E]}``, L2-normalised."""
         last = output.last
-        images = F.normalize(last[IMAGE_QUERIES]["embeddings"][:, 0].float(), dim=-1)
+        images = F.normalize(last[IMAGE_QUERY]["embeddings"][:, 0].float(), dim=-1)
         captions = F.normalize(last[CAPTION_QUERIES]["embeddings"].float(), dim=-1)
         valid = last[CAPTION_QUERIES]["valid"]
         return [

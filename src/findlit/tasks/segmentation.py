@@ -25,12 +25,11 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.collate import Batch, image_origin
-from findlit.interface.find import InterfaceOutput, InterfacePrompts, PromptTokens
+from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, segmentation_losses
 from findlit.tasks.base import Task, TaskContext, Vocabulary
 
 OBJECT = "proposals.vision.object"
-IMAGE = "queries.vision.image"
 CLASS_QUERY = "queries.language.class"
 CLASS_TOKENS = "tokens.language.class"
 OUTPUTS: tuple[str, ...] = ("panoptic", "instance", "semantic")
@@ -253,7 +252,7 @@ class SegmentationTask(Task):
 
     def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
         """Shared class-name prompts, one class query each, object proposals and the image query."""
-        learned: dict[str, int | Tensor] = {OBJECT: self.num_proposals, IMAGE: 1}
+        learned: dict[str, int | Tensor] = {OBJECT: self.num_proposals, IMAGE_QUERY: 1}
         if self.class_embeddings == "sentences":
             return InterfacePrompts(learned=learned)
         names = context.encode_text(self.vocabulary(batch, context).class_names)
