@@ -155,6 +155,13 @@ def _parameter_key(type_name: str) -> str:
     return type_name.replace(".", "__")
 
 
+def _add_to_rows(embeddings: Tensor, rows: slice, term: Tensor) -> Tensor:
+    """``embeddings`` float[B,S,E] with ``term`` float[B,n,E] added to ``rows`` (n rows), out of place."""
+    return torch.cat(
+        [embeddings[:, : rows.start], embeddings[:, rows] + term, embeddings[:, rows.stop :]], dim=1
+    )
+
+
 def _rank_within(owner: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     """For items owned by images: each item's rank among its image's items (in order), and counts.
 
@@ -388,23 +395,20 @@ class FINDInterface(nn.Module):
         num_proposal_rows: int,
         mask_features: Tensor,
         target_size: tuple[int, int] | None,
+        image_term: Tensor | None = None,
     ) -> tuple[LayerOutput, Tensor | None]:
-        """Heads on the normalised sequence; the next layer's feature mask bool[B,P,h*w] of proposal rows."""
+        """Heads on the normalised sequence; the next layer's feature mask bool[B,P,h*w] of proposal rows.
+
+        ``image_term``: float[B,1,E] added to the image query's embedding (image pooling), or None.
+        """
         y = self.decoder_norm(x)
         embeddings = self.semantic(y)
         logits = self.mask_head(y[:, :num_proposal_rows], mask_features)[1] if num_proposal_rows else None
         if self.mask_pooling is not None and logits is not None:
             pooled = self.mask_pooling(logits, mask_features)  # [B,P,E], the proposal rows come first
-            embeddings = torch.cat(
-                [embeddings[:, :num_proposal_rows] + pooled, embeddings[:, num_proposal_rows:]], dim=1
-            )
-        if self.image_pooling is not None and IMAGE_QUERY in compiled.slices:
-            whole = mask_features.new_ones(mask_features.shape[0], 1, *mask_features.shape[-2:])
-            pooled = self.image_pooling.pool(whole, mask_features)  # [B,1,E]
-            span = compiled.slices[IMAGE_QUERY]
-            embeddings = torch.cat(
-                [embeddings[:, : span.start], embeddings[:, span] + pooled, embeddings[:, span.stop :]], dim=1
-            )
+            embeddings = _add_to_rows(embeddings, slice(0, num_proposal_rows), pooled)
+        if image_term is not None:
+            embeddings = _add_to_rows(embeddings, compiled.slices[IMAGE_QUERY], image_term)
         output: LayerOutput = {}
         for name in compiled.outputs:
             span = compiled.slices[name]
@@ -455,7 +459,15 @@ class FINDInterface(nn.Module):
         cross_rows = (compiled.reads_features | compiled.reads_tokens)[None] & compiled.valid
         sizes = pixel.sizes
 
-        prediction, previous = self._predict(x, compiled, num_proposal_rows, mask_features, sizes[0])
+        # the whole-image pooling does not change across layers: computed once
+        image_term = None
+        if self.image_pooling is not None and IMAGE_QUERY in compiled.slices:
+            whole = mask_features.new_ones(batch, 1, *mask_features.shape[-2:])
+            image_term = self.image_pooling.pool(whole, mask_features)  # [B,1,E]
+
+        prediction, previous = self._predict(
+            x, compiled, num_proposal_rows, mask_features, sizes[0], image_term
+        )
         predictions = [prediction]
         for i, layer in enumerate(self.layers):
             keys, key_pos = pixel.memory(i % len(sizes))
@@ -465,6 +477,8 @@ class FINDInterface(nn.Module):
             cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
             x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
             target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None
-            prediction, previous = self._predict(x, compiled, num_proposal_rows, mask_features, target)
+            prediction, previous = self._predict(
+                x, compiled, num_proposal_rows, mask_features, target, image_term
+            )
             predictions.append(prediction)
         return InterfaceOutput(layers=predictions, logit_scale=self.logit_scale(), compiled=compiled)
