@@ -28,6 +28,7 @@ from findlit.data.collate import Batch, image_origin
 from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, segmentation_losses
 from findlit.tasks.base import Task, TaskContext, Vocabulary
+from findlit.tasks.mask_nms import mask_nms
 
 OBJECT = "proposals.vision.object"
 CLASS_QUERY = "queries.language.class"
@@ -143,18 +144,22 @@ def instance_inference(
     mask_logits: Tensor,
     is_thing: Sequence[bool] | Tensor,
     max_detections: int = 100,
+    nms_threshold: float | None = None,
 ) -> dict[str, Tensor]:
-    """Mask2Former's instance inference of one image.
+    """Mask2Former's instance inference of one image, optionally followed by mask NMS.
 
     The ``max_detections`` (query, class) pairs of highest class probability over the thing classes
     are kept; each gets the query's binary mask (logit > 0) and the score class probability times
-    the mask score (mean sigmoid inside the binary mask).
+    the mask score (mean sigmoid inside the binary mask). With ``nms_threshold``, a detection whose
+    mask overlaps a better-scored one of its class by more than that IoU is dropped
+    (:func:`~findlit.tasks.mask_nms.mask_nms`; not in Mask2Former).
 
     Args:
         class_probs: float[Q,K+1] softmax class probabilities (last: no object).
         mask_logits: float[Q,h,w].
         is_thing: K flags, whether each class is a thing.
         max_detections: at most this many detections.
+        nms_threshold: mask IoU of per-class NMS, or None for none.
 
     Returns:
         ``{"masks": bool[n,h,w], "labels": int64[n], "scores": float[n]}``, by decreasing score.
@@ -174,7 +179,10 @@ def instance_inference(
     masks = logits > 0
     mask_scores = (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
     scores = top * mask_scores
-    order = scores.argsort(descending=True)
+    if nms_threshold is None:
+        order = scores.argsort(descending=True)
+    else:
+        order = mask_nms(masks, labels, scores, nms_threshold)
     return {
         "masks": masks[order],
         "labels": labels[order].to(torch.int64),
@@ -195,6 +203,10 @@ class SegmentationTask(Task):
         overlap_threshold: panoptic: minimum kept area / mask area of a segment.
         object_mask_threshold: panoptic: minimum top class probability of a kept query.
         max_detections: instance: detections per image.
+        instance_nms: instance: the mask IoU above which a detection repeating a better-scored one
+            of its class is dropped (:func:`~findlit.tasks.mask_nms.mask_nms`); None (FIND,
+            Mask2Former): no NMS. After a short training several proposals still cover one object
+            (measured on the demo: most high-scored false positives are such repeats).
         outputs: which predictions ``predict`` returns, among ``panoptic``, ``instance``,
             ``semantic``.
         class_embeddings: where the class embeddings come from. ``"queries"`` (FIND): one
@@ -221,6 +233,7 @@ class SegmentationTask(Task):
         max_detections: int = 100,
         outputs: tuple[str, ...] = OUTPUTS,
         class_embeddings: str = "queries",
+        instance_nms: float | None = None,
     ):
         super().__init__()
         if class_embeddings not in CLASS_EMBEDDINGS:
@@ -231,6 +244,8 @@ class SegmentationTask(Task):
             raise ValueError(f"unknown segmentation outputs {sorted(unknown)}; choose from {list(OUTPUTS)}")
         if num_proposals < 1 or max_detections < 1:
             raise ValueError("num_proposals and max_detections must be >= 1")
+        if instance_nms is not None and not 0.0 <= instance_nms <= 1.0:
+            raise ValueError(f"instance_nms must be an IoU in [0, 1] or None, got {instance_nms}")
         self.num_proposals = num_proposals
         self.weights = weights
         self.matcher = HungarianMatcher(
@@ -240,6 +255,7 @@ class SegmentationTask(Task):
         self.overlap_threshold = overlap_threshold
         self.object_mask_threshold = object_mask_threshold
         self.max_detections = max_detections
+        self.instance_nms = instance_nms
         self.outputs = tuple(outputs)
 
     @staticmethod
@@ -338,7 +354,9 @@ class SegmentationTask(Task):
                     probs[b], logits, is_thing, self.object_mask_threshold, self.overlap_threshold
                 )
             if "instance" in self.outputs:
-                result["instance"] = instance_inference(probs[b], logits, is_thing, self.max_detections)
+                result["instance"] = instance_inference(
+                    probs[b], logits, is_thing, self.max_detections, self.instance_nms
+                )
             if "semantic" in self.outputs:
                 result["semantic"] = semantic_inference(probs[b], logits)
             results.append(result)
