@@ -117,3 +117,53 @@ def test_predict_normalised_embeddings() -> None:
         assert torch.allclose(
             prediction["caption_embeddings"].norm(dim=-1), torch.ones(len(prediction["caption_embeddings"]))
         )
+
+
+def test_caption_embeddings_must_be_known() -> None:
+    with pytest.raises(ValueError, match="caption_embeddings"):
+        RetrievalTask(caption_embeddings="tokens")
+
+
+def test_sentence_captions_are_their_projected_sentence_vectors_and_nothing_else() -> None:
+    interface = tiny_interface()
+    task = RetrievalTask(caption_embeddings="sentences").eval()
+    batch = retrieval_batch([2, 3], sizes=[FULL, SMALL])
+    ctx = context(interface)
+    prompts = task.prompts(batch, ctx)
+    # the decoder reads the image query only: no caption tokens, no caption queries
+    assert prompts.learned == {"queries.vision.image": 1}
+    assert not prompts.tokens and not prompts.per_prompt
+    with torch.no_grad():
+        predictions = task.predict(interface(features(batch), prompts), batch, ctx)
+        for image, target in enumerate(batch["targets"]):
+            expected = interface.embed_sentences(ctx.sentences(target["captions"]))
+            expected = torch.nn.functional.normalize(expected, dim=-1)
+            assert torch.allclose(predictions[image]["caption_embeddings"], expected, atol=1e-6)
+        # so a caption's embedding depends neither on its image nor on its sibling captions
+        alone = task.predict(
+            interface(features(retrieval_batch([1])), task.prompts(retrieval_batch([1]), ctx)),
+            retrieval_batch([1]),
+            ctx,
+        )
+    first = predictions[0]["caption_embeddings"][0]
+    assert torch.allclose(alone[0]["caption_embeddings"][0], first, atol=1e-6)
+
+
+def test_sentence_captions_train_the_sentence_projection_and_the_image_query() -> None:
+    interface = tiny_interface()
+    task = RetrievalTask(caption_embeddings="sentences", train_captions=2)
+    batch = retrieval_batch([2, 1, 3])
+    ctx = context(interface)
+    output = interface(features(batch), task.prompts(batch, ctx))
+    total, logs = task.losses(output, batch, ctx)
+    captions = interface.embed_sentences(
+        ctx.sentences([text for target in batch["targets"] for text in (target["captions"] * 2)[:2]])
+    ).reshape(3, 2, -1)
+    expected = symmetric_infonce(
+        output.last["queries.vision.image"]["embeddings"][:, 0], captions, output.logit_scale
+    )
+    assert logs["retrieval"].item() == pytest.approx(expected.item(), rel=1e-5)
+    total.backward()
+    assert float(interface.sentence_projection.linear.weight.grad.abs().sum()) > 0
+    assert float(interface.embeddings["queries__vision__image"].grad.abs().sum()) > 0
+    assert interface.language_projection.linear.weight.grad is None  # no token path
