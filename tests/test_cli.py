@@ -11,10 +11,12 @@ import yaml
 
 import findlit
 from findlit.cli import main
+from findlit.data.check import COUNTED, PREDICT_COUNTED
 from tests.fixtures import COCO_SAMPLE, REPO, copy_sample
 
 SAMPLE = COCO_SAMPLE
 SAMPLE_CONFIG = "configs/coco_sample.yaml"
+PREDICT_CONFIG = "configs/predict/coco_sample.yaml"
 
 
 def write_yaml(path: Path, content: object) -> Path:
@@ -80,13 +82,114 @@ def test_check_one_stage(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert "no problems found" in out
 
 
+@pytest.mark.parametrize("stage", ["train", "predict"])
 def test_check_stage_without_datasets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stage: str
+) -> None:
+    monkeypatch.chdir(REPO)
+    code, _, err = run(capsys, "data", "check", "--config", SAMPLE_CONFIG, "--stage", stage)
+    assert code == 2
+    assert f"no datasets configured for stage {stage}" in err
+
+
+def test_check_unknown_stage_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(REPO)
-    code, _, err = run(capsys, "data", "check", "--config", SAMPLE_CONFIG, "--stage", "train")
+    with pytest.raises(SystemExit) as caught:
+        main(["data", "check", "--config", SAMPLE_CONFIG, "--stage", "vall"])
+    assert caught.value.code == 2
+    assert "vall" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# findlit data check on data.predict: the images of each entry, its prompts and class names
+
+
+def counts_of(out: str, label: str) -> dict[str, int]:
+    """The counts of the report row of ``label`` (``"<key> <name>"``) in a table with predict columns."""
+    [line] = [line for line in out.splitlines() if line.startswith(f"{label} ")]
+    columns = [*COUNTED, *PREDICT_COUNTED, "bad records"]
+    return dict(zip(columns, map(int, line.split()[3:]), strict=True))
+
+
+def predict_config(folder: Path, **fields: object) -> Path:
+    """An experiment of the COCO sample whose ``data.predict`` entry reads the photos of ``folder``."""
+    config = sample_config()
+    config["data"]["root"] = str(SAMPLE.resolve())
+    entry = {"name": "photos", "root": str(folder), "images": ["val2017"], "prompts": ["the sky"]}
+    config["data"]["predict"] = [entry | fields]
+    return write_yaml(folder.parent / "exp.yaml", config)
+
+
+def test_check_reports_the_predict_entries_with_the_other_datasets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO)
+    code, out, err = run(capsys, "data", "check", "--config", SAMPLE_CONFIG, "--config", PREDICT_CONFIG)
+    assert code == 0, out + err
+    assert "no problems found" in out
+    assert "data.val[0] sample_panoptic" in out
+    # the two real photos, the partial's 2 prompts and 4 + 3 class names
+    counts = counts_of(out, "data.predict[0] coco_sample")
+    assert counts["images"] == 2 and counts["bad records"] == 0
+    assert counts["prompts"] == 2 and counts["class names"] == 7
+
+
+def test_check_only_predict_on_the_demo_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--stage predict reads no annotation: the demo's generated data need not exist."""
+    monkeypatch.chdir(REPO)
+    argv = (
+        "data",
+        "check",
+        "--config",
+        "configs/demo.yaml",
+        "--config",
+        PREDICT_CONFIG,
+        "--stage",
+        "predict",
+    )
+    code, out, err = run(capsys, *argv)
+    assert code == 0, out + err
+    assert counts_of(out, "data.predict[0] coco_sample")["images"] == 2
+    assert "data.train" not in out and "data.val" not in out
+
+
+def test_check_names_missing_and_unreadable_predict_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_sample(tmp_path)
+    broken = root / "val2017" / "000000142238.jpg"
+    broken.write_bytes(b"not a jpeg")
+    config = predict_config(root, images=["val2017", "nowhere.jpg", "no_folder"])
+    code, out, _ = run(capsys, "data", "check", "--config", str(config), "--stage", "predict")
+    assert code == 1
+    assert f"data.predict[0].images[1]: no such file or folder: {root / 'nowhere.jpg'}" in out
+    assert f"data.predict[0].images[2]: no such file or folder: {root / 'no_folder'}" in out
+    assert f"[file {broken}; set by config key 'data.predict[0].images']" in out
+    counts = counts_of(out, "data.predict[0] photos")
+    assert counts["images"] == 1 and counts["bad records"] == 1
+    assert "3 problem(s)" in out
+
+
+def test_check_names_a_predict_entry_without_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_sample(tmp_path)
+    code, out, _ = run(capsys, "data", "check", "--config", str(predict_config(root, images=["annotations"])))
+    assert code == 1
+    assert f"data.predict[0].images[0]: folder {root / 'annotations'} holds no image file" in out
+    assert counts_of(out, "data.predict[0] photos")["images"] == 0
+
+
+def test_check_refuses_an_empty_predict_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = predict_config(copy_sample(tmp_path), prompts=[])
+    code, out, err = run(capsys, "data", "check", "--config", str(config))
     assert code == 2
-    assert "no datasets configured for stage train" in err
+    assert "findlit: config error: data.predict[0].prompts: nothing to predict" in err
+    assert not out  # refused with the config, before any dataset is read
 
 
 def test_check_data_section_with_init_args(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
+import re
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,14 @@ from pycocotools import mask as mask_utils
 
 import findlit
 from findlit.cli import main
-from findlit.data.errors import ConfigError
+from findlit.data.datamodule import MultiTaskDataModule
+from findlit.data.errors import ConfigError, DataError
 from findlit.data.synthetic import generate
 from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
+from findlit.encoders.feature_cache.errors import StaleCacheError
 from findlit.encoders.registry import EncoderConfig
-from findlit.lightning_cli import FindLightningCLI, wants_default_progress_bar
+from findlit.lightning_cli import FindLightningCLI, user_error_message, wants_default_progress_bar
+from findlit.outputs.test_results import OutputExistsError
 from tests.fixtures import COCO_SAMPLE, REPO
 from tests.test_module import INTERFACE, TASK_OPTIONS, data_section
 
@@ -420,49 +427,219 @@ def test_predict_with_batch_size_2_gives_the_masks_of_batch_size_1(
 
 
 @pytest.mark.slow
-def test_predict_refuses_to_overwrite_earlier_predictions(fitted: tuple[Path, Path], predicted: Path) -> None:
+def test_predict_refuses_to_overwrite_earlier_predictions(
+    fitted: tuple[Path, Path], predicted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, checkpoint = fitted
     partial = predict_partial(config.parent, "again", batch_size=2)
     document = predicted / "predictions" / "coco_sample" / f"{PHOTOS[0].stem}.json"
     before = document.read_bytes()
     directory = ("--prediction_writer.directory", str(predicted))
-    with pytest.raises(FileExistsError, match=rf"{PHOTOS[0].stem}\.(png|json).*prediction_writer\.overwrite"):
-        predict_run(config, checkpoint, partial, "again", *directory)
+    assert predict_run(config, checkpoint, partial, "again", *directory) == 2
+    err = capsys.readouterr().err
+    assert "findlit: output error: " in err and "Traceback" not in err
+    assert re.search(rf"{PHOTOS[0].stem}\.(png|json).*prediction_writer\.overwrite", err)
     assert document.read_bytes() == before
 
 
-@pytest.mark.slow
-def test_predict_config_errors_name_the_key(
-    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    config, checkpoint = fitted
-    missing = predict_partial(tmp_path, "missing", images=["val2017", "nowhere.jpg"])
-    with pytest.raises(
-        ConfigError, match=r"data\.predict\[0\]\.images\[1\]: no such file or folder: .*nowhere"
-    ):
-        predict_run(config, checkpoint, missing, "missing")
-    empty = predict_partial(tmp_path, "empty", prompts=[], classes=[], stuff=[])
-    with pytest.raises(ConfigError, match=r"data\.predict\[0\]\.prompts: nothing to predict"):
-        predict_run(config, checkpoint, empty, "empty")
-    typo = predict_partial(tmp_path, "typo", promts=["a typo"])
-    assert predict_run(config, checkpoint, typo, "typo") == 2
-    err = capsys.readouterr().err
-    assert "data.predict" in err and "promts" in err
+def other_encoder_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` that claims other vision encoder weights (its digest changed)."""
+    content = torch.load(checkpoint, weights_only=True)
+    content[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
+    other = folder / "other_encoder.ckpt"
+    torch.save(content, other)
+    return other
+
+
+def file_contents(folder: Path) -> dict[Path, bytes]:
+    """Every file under ``folder`` with its bytes, to show that a failed run left them alone."""
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 @pytest.mark.slow
 def test_predict_with_a_checkpoint_of_other_encoders_is_refused(
-    fitted: tuple[Path, Path], tmp_path: Path
+    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     config, checkpoint = fitted
-    content = torch.load(checkpoint, weights_only=True)
-    content[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
-    other = tmp_path / "other_encoder.ckpt"
-    torch.save(content, other)
+    other = other_encoder_checkpoint(checkpoint, tmp_path)
     partial = predict_partial(tmp_path, "other")
-    with pytest.raises(EncoderMismatchError, match="weights_digest"):
-        predict_run(config, other, partial, "other", "--prediction_writer.directory", str(tmp_path / "out"))
+    out = ("--prediction_writer.directory", str(tmp_path / "out"))
+    assert predict_run(config, other, partial, "other", *out) == 2
+    err = capsys.readouterr().err
+    assert "findlit: checkpoint error: the checkpoint's encoders differ" in err
+    assert "encoder 'vision_encoder' weights_digest" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_test_with_a_checkpoint_of_other_encoders_ends_with_exit_2_and_leaves_files_alone(
+    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config, checkpoint = fitted
+    other = other_encoder_checkpoint(checkpoint, tmp_path)
+    earlier_run = file_contents(checkpoint.parents[1])
+    earlier_other = other.read_bytes()
+    code, _, err = run(
+        capsys,
+        "test",
+        *("--config", str(config), "--ckpt_path", str(other)),
+        *("--trainer.logger.init_args.save_dir", str(tmp_path / "logs")),
+    )
+    assert code == 2, err
+    assert "findlit: checkpoint error: " in err and "weights_digest" in err and "Traceback" not in err
+    # the checkpoint given, and the run that wrote the original, are as they were
+    assert other.read_bytes() == earlier_other
+    assert file_contents(checkpoint.parents[1]) == earlier_run
+    # nothing was tested, so no results were written
+    assert not list((tmp_path / "logs").rglob("metrics.json"))
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors found after parsing: exit code 2 and one line naming the key or file, never a traceback
+
+
+def failed_run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """stderr of a ``findlit`` command that has to end with exit code 2 and no traceback."""
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_our_errors_get_a_label_and_others_none() -> None:
+    key = "data.val[0].paths.panoptic_json"
+    assert user_error_message(ConfigError("data.predict[0].prompts: empty")) == (
+        "findlit: config error: data.predict[0].prompts: empty"
+    )
+    assert user_error_message(DataError("file not found", "a.json", key=key)) == (
+        f"findlit: data error: file not found [file a.json; set by config key '{key}']"
+    )
+    assert user_error_message(EncoderMismatchError("differ")) == "findlit: checkpoint error: differ"
+    assert user_error_message(StaleCacheError("stale")) == "findlit: cache error: stale"
+    assert user_error_message(OutputExistsError("earlier")) == "findlit: output error: earlier"
+    # the built-in types ours derive from say nothing about who is at fault
+    for other in (ValueError("x"), FileExistsError("x"), RuntimeError("x"), KeyError("x")):
+        assert user_error_message(other) is None
+
+
+@pytest.mark.parametrize(("subcommand", "split"), [("fit", "val"), ("validate", "val"), ("test", "test")])
+def test_missing_dataset_file_ends_the_run_with_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str, split: str
+) -> None:
+    config = tiny_config(tmp_path)
+    missing = tmp_path / "data" / "annotations" / "panoptic_val.json"
+    missing.unlink()  # data.val[0] and data.test[0] read it
+    earlier = tmp_path / "logs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run's checkpoint")
+    err = failed_run(capsys, subcommand, "--config", str(config), "--trainer.max_steps", "1")
+    key = f"data.{split}[0].paths.panoptic_json"
+    assert f"findlit: data error: file not found [file {missing}; set by config key '{key}']" in err
+    assert earlier.read_bytes() == b"an earlier run's checkpoint"
+    assert list((tmp_path / "logs").rglob("*.ckpt")) == [earlier]
+
+
+def test_wrong_model_tasks_end_the_run_with_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path)
+    err = failed_run(capsys, "validate", "--config", str(config), "--model.tasks", "[segmentation, depth]")
+    assert "findlit: config error: model.tasks: unknown task(s) ['depth']" in err
+
+
+SEGMENTATION_ONLY = {
+    "tasks": ["segmentation"],
+    "task_options": {"segmentation": TASK_OPTIONS["segmentation"]},
+}
+"""A ``model`` section without the grounding task, so it cannot serve free-text prompts."""
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "expected"),
+    [
+        (
+            {"prompts": [], "classes": [], "stuff": []},
+            None,
+            "findlit: config error: data.predict[0].prompts: nothing to predict",
+        ),
+        (
+            {"images": ["val2017", "nowhere.jpg"]},
+            None,
+            "findlit: config error: data.predict[0].images[1]: no such file or folder: "
+            f"{COCO_SAMPLE / 'nowhere.jpg'}",
+        ),
+        (
+            {},
+            SEGMENTATION_ONLY,
+            "findlit: config error: data.predict[0].prompts: free-text prompts need the grounding task",
+        ),
+    ],
+    ids=["empty-request", "missing-image", "model-without-grounding"],
+)
+def test_predict_request_errors_end_the_run_with_exit_2(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    fields: dict[str, Any],
+    model: dict[str, Any] | None,
+    expected: str,
+) -> None:
+    """Found before a checkpoint is loaded (by the DataModule, or the model's setup): none is needed."""
+    configs = [tiny_config(tmp_path), predict_partial(tmp_path, "request", **fields)]
+    if model is not None:
+        configs.append(tmp_path / "model.yaml")
+        configs[-1].write_text(yaml.safe_dump({"model": model}))
+    arguments = [argument for path in configs for argument in ("--config", str(path))]
+    out = tmp_path / "out"
+    err = failed_run(capsys, "predict", *arguments, "--prediction_writer.directory", str(out))
+    assert expected in err
+    assert not out.exists()
+
+
+def test_predict_key_typo_is_a_parse_error_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tiny_config(tmp_path)
+    typo = predict_partial(tmp_path, "typo", promts=["a typo"])
+    err = failed_run(capsys, "predict", "--config", str(config), "--config", str(typo))
+    assert "data.predict" in err and "promts" in err
+
+
+@pytest.mark.parametrize("bug", [RuntimeError, ValueError, FileExistsError])
+def test_other_exceptions_keep_their_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bug: type[Exception]
+) -> None:
+    """Only findlit's own error types become exit code 2: anything else is a bug to be seen."""
+    config = tiny_config(tmp_path)
+
+    def broken_setup(self: MultiTaskDataModule, stage: str) -> None:
+        raise bug("a bug in setup")
+
+    monkeypatch.setattr(MultiTaskDataModule, "setup", broken_setup)
+    with pytest.raises(bug, match="a bug in setup"):
+        main(["validate", "--config", str(config)])
+
+
+@pytest.mark.slow
+def test_console_script_reports_a_missing_dataset_file_without_traceback(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    missing = tmp_path / "data" / "annotations" / "panoptic_train.json"
+    missing.unlink()
+    # the findlit of this checkout, whatever the environment's editable install points to
+    paths = [str(REPO / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    result = subprocess.run(
+        [sys.executable, "-m", "findlit", "fit", "--config", str(config)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True,
+        text=True,
+        timeout=600,  # an import of torch and Lightning on a busy machine takes minutes
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    key = "data.train[0].paths.panoptic_json"
+    assert f"findlit: data error: file not found [file {missing}; set by config key '{key}']" in result.stderr
 
 
 WANDB_BLOCK = 32768

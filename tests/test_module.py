@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from findlit.cli import build_datamodule
 from findlit.data.collate import Batch
 from findlit.data.decode import decode_panoptic
+from findlit.data.errors import ConfigError
 from findlit.data.formats import read_coco_panoptic
 from findlit.data.synthetic import generate
 from findlit.encoders import EncoderConfig
@@ -248,7 +249,7 @@ def test_construction_groups_and_hparams() -> None:
     assert "interface.pixel_decoder.level_embed.weight" in no_decay["names"]
     assert any(name.startswith("interface.embeddings.") for name in no_decay["names"])
     assert all(not name.endswith("bias") for name in decay["names"])
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ConfigError, match=r"model\.tasks: unknown task"):
         tiny_module(tasks=["segmentation", "depth"])
 
 

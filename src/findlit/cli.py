@@ -7,7 +7,8 @@ folder (:mod:`findlit.outputs.prediction_writer`); ``findlit predict`` without `
 predicts on the image files it is given instead (see :mod:`findlit.predict_cli`).
 
 ``findlit data synth`` writes the embedded default dataset; ``findlit data check`` reads and
-decodes every record of the datasets an experiment config names and reports what is wrong;
+decodes every record of the datasets an experiment config names, and every image of its
+``data.predict`` entries, and reports what is wrong;
 ``findlit cache`` fills the vision feature caches of a split (see :mod:`findlit.cache_cli`).
 """
 
@@ -29,6 +30,9 @@ from findlit.data.errors import ConfigError
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 """The LightningCLI subcommands (see :mod:`findlit.lightning_cli`)."""
 
+CHECK_STAGES = ("train", "val", "test", "predict")
+"""The ``data`` sections that ``findlit data check`` reads, in this order."""
+
 
 def data_parser() -> ArgumentParser:
     """The parser of ``findlit data`` with its ``synth`` and ``check`` subcommands."""
@@ -40,7 +44,9 @@ def data_parser() -> ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     synth.add_argument("--workers", type=int, default=2, help="worker processes")
 
-    check = ArgumentParser(description="Read and decode every record of the configured datasets.")
+    check = ArgumentParser(
+        description="Read and decode every record of the configured datasets and every image of data.predict."
+    )
     check.add_argument(
         "--config",
         type=str,
@@ -48,7 +54,13 @@ def data_parser() -> ArgumentParser:
         required=True,
         help="experiment YAML (repeatable, merged in order)",
     )
-    check.add_argument("--stage", type=str, default=None, help="only this stage: train, val or test")
+    check.add_argument(
+        "--stage",
+        type=str,
+        choices=CHECK_STAGES,
+        default=None,
+        help="only this section: train, val, test or predict",
+    )
 
     parser = ArgumentParser(prog="findlit data", description="Dataset tools.")
     subcommands = parser.add_subcommands()
@@ -115,15 +127,15 @@ def build_datamodule(data: dict[str, Any]) -> Any:
 
 def run_check(args: Namespace) -> int:
     """``findlit data check``: print counts and problems; non-zero exit when anything is wrong."""
-    from findlit.data.check import check_stages, format_reports
+    from findlit.data.check import check_predict, check_stages, format_reports
 
     datamodule = build_datamodule(load_data_section(args.config))
-    stages = (
-        datamodule.configs if args.stage is None else {args.stage: datamodule.configs.get(args.stage, [])}
-    )
-    if not any(stages.values()):
+    wanted = CHECK_STAGES if args.stage is None else (args.stage,)
+    stages = {stage: datamodule.configs[stage] for stage in wanted if stage != "predict"}
+    predict = datamodule.predict_configs if "predict" in wanted else []
+    if not any(stages.values()) and not predict:
         raise ConfigError(f"no datasets configured{' for stage ' + args.stage if args.stage else ''}")
-    reports = check_stages(stages, datamodule.root)
+    reports = check_stages(stages, datamodule.root) + check_predict(predict, datamodule.root)
     print(format_reports(reports))
     return 0 if all(report.ok for report in reports) else 1
 
@@ -145,6 +157,7 @@ subcommands:
              config's data.predict entries (e.g. --config configs/predict/coco_sample.yaml after
              the experiment), written to <run folder>/predictions/<name>/<stem>.png and .json
   data       synth: write the embedded default dataset; check: read every configured record
+             and every data.predict image
   cache      fill the vision feature caches of a split
   `findlit <subcommand> --help` describes each one."""
 

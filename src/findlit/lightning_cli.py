@@ -9,7 +9,10 @@ section). Configs are parsed in OmegaConf mode, so ``${...}`` interpolations res
     findlit fit --config configs/demo.yaml --print_config
     findlit test --config configs/demo.yaml --ckpt_path logs/demo/.../checkpoints/last.ckpt
 
-Unknown keys are errors that name the key. The Trainer defaults to ``use_distributed_sampler:
+Unknown keys are errors that name the key. So are the problems found after parsing, before
+anything trains (a missing dataset file, an empty ``data.predict`` request, a checkpoint of other
+encoders...): the command prints ``findlit: config error: ...`` (or ``data error``...) and exits
+with code 2, without a traceback (:func:`run`). The Trainer defaults to ``use_distributed_sampler:
 false`` (the DataModule shards by rank itself).
 
 ``findlit test`` also writes ``metrics.json`` and its predictions in standard formats (COCO
@@ -48,11 +51,14 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from findlit.checkpoint_io import UseSafeCheckpointIO
+from findlit.checkpoint_io import UnsafeCheckpointError, UseSafeCheckpointIO
 from findlit.data.datamodule import MultiTaskDataModule
+from findlit.data.errors import ConfigError, DataError
+from findlit.encoders.checkpoint import EncoderMismatchError
+from findlit.encoders.feature_cache.errors import FeatureCacheError
 from findlit.module import FINDModule
 from findlit.outputs.prediction_writer import PredictionWriter
-from findlit.outputs.test_results import TestResultsWriter
+from findlit.outputs.test_results import OutputExistsError, TestResultsWriter
 from findlit.rng_states import RestoreRNGStates
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -213,11 +219,36 @@ class FindLightningCLI(LightningCLI):
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, RichProgressBar()]}
 
 
+USER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (ConfigError, "config error"),
+    (DataError, "data error"),
+    (FeatureCacheError, "cache error"),
+    (EncoderMismatchError, "checkpoint error"),
+    (UnsafeCheckpointError, "checkpoint error"),
+    (OutputExistsError, "output error"),
+)
+"""findlit's own errors that stop a run on something the user fixes, and the label each is printed
+with: a config key, a data file, a feature cache, a ``--ckpt_path`` checkpoint, earlier outputs.
+Each message names the key or file, so a traceback would only hide it."""
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """``findlit: <label>: <message>`` for one of :data:`USER_ERRORS`; None for any other exception."""
+    for kind, label in USER_ERRORS:
+        if isinstance(error, kind):
+            return f"findlit: {label}: {error}"
+    return None
+
+
 def run(args: Sequence[str] | None = None) -> int:
     """Run one LightningCLI subcommand (``args``, default ``sys.argv[1:]``) and return its exit code.
 
     Parse errors, ``--help`` and ``--print_config`` end the parser with ``SystemExit``: its code is
-    returned.
+    returned. One of :data:`USER_ERRORS`, raised while building the model and data or by the run
+    (e.g. a missing dataset file in the DataModule's setup, a checkpoint of other encoders), is
+    printed as ``findlit: <label>: <message>`` on stderr and gives exit code 2; any other exception
+    is a bug and keeps its traceback. Lightning has already torn the run down by then (its loggers
+    are finalised as failed); nothing of the user's is removed.
     """
     try:
         FindLightningCLI(args=args)
@@ -229,4 +260,12 @@ def run(args: Sequence[str] | None = None) -> int:
             return code
         print(code, file=sys.stderr)
         return 1
+    except Exception as error:
+        # Trainer.fit/validate/test/predict re-raise the original exception after their teardown,
+        # so our own types arrive here unwrapped
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
     return 0

@@ -243,10 +243,10 @@ class FINDModule(L.LightningModule):
         tasks = list(TASKS) if tasks is None else list(tasks)
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
-            raise ValueError(f"model.tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
+            raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
         extra = sorted(set(task_options or {}) - set(tasks))
         if extra:
-            raise ValueError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
+            raise ConfigError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
         # hyperparameters are plain data (checkpoints load with weights_only=True)
         self.save_hyperparameters(ignore=["vision_encoder", "text_encoder", "tasks"])
         self.hparams["vision_encoder"] = asdict(vision_config)
@@ -257,9 +257,9 @@ class FINDModule(L.LightningModule):
         vision = vision_config.build("model.vision_encoder")
         text = text_config.build("model.text_encoder")
         if not isinstance(vision, VisionEncoder):
-            raise TypeError(f"model.vision_encoder: {vision_config.name!r} is not a vision encoder")
+            raise ConfigError(f"model.vision_encoder: {vision_config.name!r} is not a vision encoder")
         if not isinstance(text, TextEncoder):
-            raise TypeError(f"model.text_encoder: {text_config.name!r} is not a text encoder")
+            raise ConfigError(f"model.text_encoder: {text_config.name!r} is not a text encoder")
         self.vision_encoder = vision
         self.text_encoder = text
         self.prompt_cache = PromptCache(text, max_entries=prompt_cache_size)

@@ -16,7 +16,13 @@ from findlit.cli import build_datamodule, load_data_section
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.decode import read_rgb
 from findlit.data.errors import ConfigError, DataError
-from findlit.data.predict_config import PredictRequest, request_problem
+from findlit.data.predict_config import (
+    PredictConfig,
+    PredictRequest,
+    find_images,
+    image_files,
+    request_problem,
+)
 from findlit.data.predict_dataset import PREDICT_TASK, read_upright_image
 from tests.fixtures import COCO_SAMPLE, REPO
 
@@ -124,6 +130,28 @@ def test_images_of_one_stem_are_refused(coco_sample: Path, tmp_path: Path) -> No
         ConfigError, match=r"data\.predict\[0\]\.images: images share a file stem.*000000142238"
     ):
         datamodule.setup("predict")
+
+
+def test_find_images_lists_every_problem_and_image_files_raises_the_first(
+    coco_sample: Path, tmp_path: Path
+) -> None:
+    """``findlit data check`` reports them all; building the dataset stops at the first."""
+    other = tmp_path / "000000142238.png"
+    other.write_bytes((coco_sample / "val2017" / "000000142238.jpg").read_bytes())
+    config = PredictConfig(
+        name="photos", images=["nowhere.jpg", "val2017", "annotations", str(other)], prompts=PROMPTS
+    )
+    files, problems = find_images(config, "data.predict[0]", coco_sample)
+    assert files == [*sorted((coco_sample / "val2017").glob("*.jpg")), other]
+    assert len(problems) == 3
+    assert problems[0] == f"data.predict[0].images[0]: no such file or folder: {coco_sample / 'nowhere.jpg'}"
+    assert problems[1].startswith(f"data.predict[0].images[2]: folder {coco_sample / 'annotations'} holds no")
+    assert problems[2].startswith("data.predict[0].images: images share a file stem")
+    assert problems[2].endswith(f"(000000142238: {coco_sample / 'val2017' / '000000142238.jpg'}, {other})")
+    with pytest.raises(ConfigError) as caught:
+        image_files(config, "data.predict[0]", coco_sample)
+    assert str(caught.value) == problems[0]
+    assert find_images(PredictConfig(name="photos", images=["val2017"]), "k", coco_sample)[1] == []
 
 
 def test_predicting_needs_an_entry(coco_sample: Path) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from findlit.outputs.prediction_writer import PredictionWriter, existing_outputs
+from findlit.outputs.test_results import OutputExistsError
 from tests.test_module import predict_datamodule, tiny_encoder_module
 
 PROMPTS = ["the man jumping for the ball", "a tree on the left"]
@@ -71,7 +72,7 @@ def test_refuses_to_overwrite_before_any_image_runs(coco_sample: Path, tmp_path:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    with pytest.raises(FileExistsError, match=r"000000439180\.json.*prediction_writer\.overwrite"):
+    with pytest.raises(OutputExistsError, match=r"000000439180\.json.*prediction_writer\.overwrite"):
         trainer.predict(module, datamodule=predict_datamodule(coco_sample, 2))
     assert cast(Any, module.vision_encoder).calls == 0  # no image ran
     assert existing.read_text() == "keep me"

@@ -30,6 +30,7 @@ from findlit.data.synthetic import generate
 from findlit.lightning_cli import FindLightningCLI
 from findlit.outputs.overlays_sink import log_overlays_to_wandb, shorten
 from findlit.outputs.test_results import (
+    OutputExistsError,
     TestResultsWriter,
     metrics_document,
     metrics_table,
@@ -110,7 +111,7 @@ def test_refuses_earlier_results(tmp_path: Path, existing: str) -> None:
     (tmp_path / existing).write_text("{}")
     trainer = _fake_trainer(default_root_dir=str(tmp_path), loggers=[])
     writer = TestResultsWriter()
-    with pytest.raises(FileExistsError, match=Path(existing).parts[0]):
+    with pytest.raises(OutputExistsError, match=Path(existing).parts[0]):
         writer.setup(trainer, None, "test")  # type: ignore[arg-type]
     assert (tmp_path / existing).read_text() == "{}"
     writer.setup(trainer, None, "fit")  # acts only in test
@@ -604,7 +605,7 @@ def test_findlit_test_writes_metrics_and_predictions(
 
     # a second run into the same directory stops before testing and leaves the results alone
     before = (run / "metrics.json").read_bytes()
-    with pytest.raises(FileExistsError, match=r"metrics\.json"):
+    with pytest.raises(OutputExistsError, match=r"metrics\.json"):
         FindLightningCLI(args=["test", "--config", str(path), "--test_results.directory", str(run)])
     assert (run / "metrics.json").read_bytes() == before
 

@@ -1,11 +1,13 @@
 """``findlit data check``: read and decode every record of every configured dataset.
 
 It counts what is there and lists every problem with its file and record, before a long job finds them.
+The ``data.predict`` entries have no records: their image files are listed and decoded as
+``findlit predict`` reads them, and their prompts and class names counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +15,15 @@ import torch
 
 from findlit.data.config import TASK_DATASETS, DatasetConfig, read_records
 from findlit.data.errors import BadRecords, ConfigError, DataError
+from findlit.data.predict_config import PredictConfig, check_predict_config, find_images
+from findlit.data.predict_dataset import PREDICT_TASK, read_upright_image
 from findlit.data.sample import Sample
 
 COUNTED = ("images", "segments", "captions", "refs", "sentences", "entities")
+"""The columns of every dataset's report."""
+
+PREDICT_COUNTED = ("prompts", "class names")
+"""The columns that ``data.predict`` entries add (class names: things and stuff)."""
 
 
 @dataclass
@@ -79,10 +87,52 @@ def check_stages(stages: dict[str, list[DatasetConfig]], root: str | Path | None
     ]
 
 
+def check_predict_entry(config: PredictConfig, key: str, root: str | Path | None = None) -> CheckReport:
+    """Find an entry's image files, decode each one as ``findlit predict`` does, count its request.
+
+    Every missing file or folder, folder without images, shared file stem and unreadable image is a
+    problem naming ``<key>.images[...]`` or the file; images counts those that decode. An entry
+    that is wrong without reading a file (an empty request...) gets that one problem.
+    """
+    report = CheckReport(key=key, name=config.name, task=PREDICT_TASK, format="images")
+    report.counts |= {"prompts": len(config.prompts), "class names": len(config.classes) + len(config.stuff)}
+    try:
+        # the DataModule refuses these when it is built; a caller from Python may have built none
+        check_predict_config(config, key)
+    except ConfigError as error:
+        report.problems.append(str(error))
+        return report  # e.g. images as one string: its entries are not file names
+    files, problems = find_images(config, key, root)
+    report.problems.extend(problems)
+    unreadable = 0
+    for file in files:
+        try:
+            read_upright_image(file, f"{key}.images")
+        except DataError as error:
+            report.problems.append(str(error))
+            unreadable += 1
+            continue
+        report.counts["images"] += 1
+    report.counts["bad records"] = unreadable
+    return report
+
+
+def check_predict(configs: Sequence[PredictConfig], root: str | Path | None = None) -> list[CheckReport]:
+    """Check every ``data.predict`` entry; keys are ``data.predict[i]``."""
+    return [
+        check_predict_entry(config, f"data.predict[{index}]", root) for index, config in enumerate(configs)
+    ]
+
+
 def format_reports(reports: Iterable[CheckReport]) -> str:
-    """A plain-text table of counts per dataset followed by every problem."""
+    """A plain-text table of counts per dataset followed by every problem.
+
+    The columns are :data:`COUNTED`, then those of :data:`PREDICT_COUNTED` that a report has, then
+    bad records (for a ``data.predict`` entry: its unreadable images).
+    """
     reports = list(reports)
-    columns = [*COUNTED, "bad records"]
+    extra = [name for name in PREDICT_COUNTED if any(name in report.counts for report in reports)]
+    columns = [*COUNTED, *extra, "bad records"]
     # the label column fits the longest "<key> <name>" (never truncated: names are identifiers)
     width = max([28, *(len(f"{report.key} {report.name}") for report in reports)])
     header = f"{'dataset':<{width}} {'task':<13} " + " ".join(f"{c:>11}" for c in columns)

@@ -164,11 +164,37 @@ def image_files(config: PredictConfig, key: str, root: str | Path | None = None)
         root: ``data.root``; the entry's own ``root`` wins when set.
 
     Raises:
-        ConfigError: a missing file or folder, a folder without images, two images of one stem.
+        ConfigError: the first of :func:`find_images`' problems (a missing file or folder, a
+            folder without images, two images of one stem).
+
+    """
+    files, problems = find_images(config, key, root)
+    if problems:
+        raise ConfigError(problems[0])
+    return files
+
+
+def find_images(
+    config: PredictConfig, key: str, root: str | Path | None = None
+) -> tuple[list[Path], list[str]]:
+    """The image files of an entry that exist, in the order given, and every problem of its ``images``.
+
+    :func:`image_files` stops at the first problem; ``findlit data check`` lists them all.
+
+    Args:
+        config: the entry.
+        key: its config key, e.g. ``data.predict[0]``; problems name ``<key>.images[i]``.
+        root: ``data.root``; the entry's own ``root`` wins when set.
+
+    Returns:
+        (files, problems): a folder gives its image files by name; problems are a missing file or
+        folder, a folder without images, and images that share a file stem (their outputs would
+        collide).
 
     """
     base = config.root if config.root is not None else root
     files: list[Path] = []
+    problems: list[str] = []
     for index, entry in enumerate(config.images):
         path = Path(entry).expanduser()
         if not path.is_absolute() and base is not None:
@@ -176,22 +202,22 @@ def image_files(config: PredictConfig, key: str, root: str | Path | None = None)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise ConfigError(
+                problems.append(
                     f"{key}.images[{index}]: folder {path} holds no image file ({', '.join(IMAGE_SUFFIXES)})"
                 )
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise ConfigError(f"{key}.images[{index}]: no such file or folder: {path}")
+            problems.append(f"{key}.images[{index}]: no such file or folder: {path}")
     shared = shared_stems(files)
     if shared:
         listed = "; ".join(f"{stem}: {', '.join(map(str, paths))}" for stem, paths in sorted(shared.items()))
-        raise ConfigError(
+        problems.append(
             f"{key}.images: images share a file stem, so their outputs <stem>.png and <stem>.json would "
             f"collide ({listed})"
         )
-    return files
+    return files, problems
 
 
 def shared_stems(files: Sequence[str | Path]) -> dict[str, list[Path]]:

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from findlit.batch_prediction import output_paths
-from findlit.outputs.test_results import PREDICTIONS_FOLDER, run_directory
+from findlit.outputs.test_results import PREDICTIONS_FOLDER, OutputExistsError, run_directory
 
 _SHOWN = 5
 """How many existing outputs a refusal names (then how many more there are)."""
@@ -42,7 +42,7 @@ _SHOWN = 5
 class PredictionWriter(BasePredictionWriter):
     """Write the overlay and RLE JSON of every image of a ``trainer.predict`` run.
 
-    The run stops before predicting, with :class:`FileExistsError` naming the files, when an output
+    The run stops before predicting, with :class:`OutputExistsError` naming the files, when an output
     of one of its images exists (unless ``overwrite``).
 
     Args:
@@ -79,7 +79,7 @@ class PredictionWriter(BasePredictionWriter):
             problem = existing_outputs(self.folders, files)
         problem = trainer.strategy.broadcast(problem)
         if problem is not None:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{problem}; findlit predict refuses to overwrite earlier predictions. Set "
                 "prediction_writer.overwrite: true, choose another prediction_writer.directory, "
                 "or move the old outputs away."

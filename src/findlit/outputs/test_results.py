@@ -332,6 +332,14 @@ def run_directory(trainer: L.Trainer) -> Path:
     return Path(path)
 
 
+class OutputExistsError(FileExistsError):
+    """A run would overwrite the outputs of an earlier one; raised before it starts, naming them.
+
+    Its own type (not any :class:`FileExistsError`) so that the ``findlit`` command can report it as
+    the user's to resolve, while a file clash from a bug keeps its traceback.
+    """
+
+
 def _existing_output(directory: Path, predictions: bool, overlays: bool = False) -> str | None:
     """Why writing into ``directory`` would overwrite something, or None."""
     metrics = directory / METRICS_NAME
@@ -347,7 +355,7 @@ def _existing_output(directory: Path, predictions: bool, overlays: bool = False)
 class TestResultsWriter(L.Callback):
     """Write ``metrics.json``, standard-format predictions and overlays of a ``trainer.test`` run.
 
-    The run stops before testing, with :class:`FileExistsError` naming the file, when
+    The run stops before testing, with :class:`OutputExistsError` naming the file, when
     ``metrics.json`` or a non-empty ``predictions`` (or, with overlays, ``overlays``) folder exists
     in the directory.
 
@@ -397,7 +405,7 @@ class TestResultsWriter(L.Callback):
         )
         problem = trainer.strategy.broadcast(problem)
         if problem is not None:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{problem}; findlit test refuses to overwrite earlier results. Choose another "
                 "test_results.directory or logger version, or move the old results away."
             )
