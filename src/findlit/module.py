@@ -373,9 +373,9 @@ class FINDModule(L.LightningModule):
         return cast(Task, self.tasks[name])
 
     def forward(self, batch: Batch) -> Any:
-        """Run the interface on a batch: its task's prompts over the batch's features."""
+        """Run the interface on a batch: its task's prompts over the batch's features and padding."""
         prompts = self.task(batch).prompts(batch, self.context)
-        return self.interface(self.features(batch), prompts)
+        return self.interface(self.features(batch), prompts, batch["padding_mask"])
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Loss of the batch's task; logs ``train/<task>/<term>`` and ``train/loss``."""

@@ -47,6 +47,18 @@ def test_mask_pooled_embedding_is_the_mlp_of_the_weighted_mean_under_the_mask() 
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pool.parameters())
 
 
+def test_mask_pooled_embedding_leaves_padded_cells_out() -> None:
+    torch.manual_seed(0)
+    pool = MaskPooledEmbedding(8, 6)
+    features = torch.randn(1, 8, 4, 4)
+    logits = torch.full((1, 1, 4, 4), -30.0)
+    logits[0, 0, :2] = 30.0  # the top two rows, of which row 1 is padding
+    padding = torch.zeros(1, 4, 4, dtype=torch.bool)
+    padding[0, 1:] = True
+    expected = pool.mlp(features[0, :, 0].sum(-1) / 5)  # row 0 only: 4 cells of weight 1
+    torch.testing.assert_close(pool(logits, features, padding)[0, 0], expected)
+
+
 def test_attention_mask_from_logits_thresholds() -> None:
     logits = torch.full((1, 2, 8, 8), -5.0)
     logits[0, 0, :4] = 5.0  # top half of proposal 0

@@ -130,7 +130,7 @@ def test_prompts_shapes() -> None:
     assert tokens.tokens.shape[-1] == TEXT_DIM
     assert prompts.learned == {"proposals.vision.grounding": 8}
     assert prompts.per_prompt == {"queries.language.description": "tokens.language.description"}
-    output = interface(features(batch), prompts)
+    output = interface(features(batch), prompts, batch["padding_mask"])
     assert output.last["queries.language.description"]["valid"].tolist() == [
         [True, True, False],
         [True, True, True],
@@ -144,7 +144,7 @@ def test_losses_finite_and_backpropagate(counts: list[int]) -> None:
     task = GroundingTask(num_proposals=8, num_points=64)
     batch = grounding_batch(counts)
     ctx = context(interface)
-    output = interface(features(batch), task.prompts(batch, ctx))
+    output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
     total, logs = task.losses(output, batch, ctx)
     assert total.dim() == 0 and torch.isfinite(total)
     assert {"ce", "bce", "dice", "ce_0", "dice_2"} <= set(logs)
@@ -158,7 +158,7 @@ def test_losses_use_sentence_targets() -> None:
     task = GroundingTask(num_proposals=8, num_points=64)
     batch = grounding_batch([2])
     ctx = context(interface)
-    output = interface(features(batch), task.prompts(batch, ctx))
+    output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
     target = batch["targets"][0]
     wanted = target["masks"][target["sentence_targets"]].float()  # [2,H,W]
     logits = torch.nn.functional.interpolate(wanted[None], size=(16, 24), mode="area")[0]
@@ -178,7 +178,7 @@ def test_predict_crops_to_image_sizes() -> None:
     assert batch["padding_mask"].shape[-2:] == (64, 96)
     ctx = context(interface)
     with torch.no_grad():
-        output = interface(features(batch), task.prompts(batch, ctx))
+        output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
         predictions = task.predict(output, batch, ctx)
     assert len(predictions) == 2
     for prediction, count, size in zip(predictions, [2, 3], [FULL, SMALL], strict=True):

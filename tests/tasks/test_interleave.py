@@ -65,7 +65,7 @@ def test_prompts_shapes() -> None:
         "queries.vision.image": 1,
     }
     assert prompts.per_prompt == {"queries.interleave.entity": "tokens.interleave.legend"}
-    output = interface(features(batch), prompts)
+    output = interface(features(batch), prompts, batch["padding_mask"])
     assert output.last["queries.interleave.entity"]["valid"].tolist() == [[True, True, False], [True] * 3]
     assert output.last["proposals.interleave.entity"]["mask_logits"].shape == (2, 8, 16, 24)
 
@@ -82,7 +82,7 @@ def test_losses_finite_and_backpropagate(counts: list[int], retrieval: bool) -> 
     task = InterleaveTask(num_proposals=8, num_points=64, retrieval=retrieval)
     batch = interleave_batch(counts)
     ctx = context(interface)
-    output = interface(features(batch), task.prompts(batch, ctx))
+    output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
     total, logs = task.losses(output, batch, ctx)
     assert torch.isfinite(total)
     assert {"ce", "bce", "dice"} <= set(logs)
@@ -99,7 +99,9 @@ def test_predict_crops_to_image_sizes() -> None:
     batch = interleave_batch([2, 3], sizes=[FULL, SMALL])
     ctx = context(interface)
     with torch.no_grad():
-        predictions = task.predict(interface(features(batch), task.prompts(batch, ctx)), batch, ctx)
+        predictions = task.predict(
+            interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"]), batch, ctx
+        )
     for prediction, count, size in zip(predictions, [2, 3], [FULL, SMALL], strict=True):
         assert prediction["masks"].shape == (count, *size) and prediction["masks"].dtype == torch.bool
         assert prediction["scores"].shape == (count,)
@@ -113,7 +115,7 @@ def test_predict_returns_retrieval_embeddings(retrieval: bool) -> None:
     batch = interleave_batch([2, 1, 3])
     ctx = context(interface)
     with torch.no_grad():
-        output = interface(features(batch), task.prompts(batch, ctx))
+        output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
         predictions = task.predict(output, batch, ctx)
     if not retrieval:
         assert all("legend_embedding" not in p and "image_embedding" not in p for p in predictions)

@@ -29,7 +29,7 @@ def test_prompts_shapes() -> None:
     assert tokens.tokens.shape[-1] == TEXT_DIM
     assert prompts.learned == {"queries.vision.image": 1}
     assert prompts.per_prompt == {"queries.language.caption": "tokens.language.caption"}
-    output = interface(features(batch), prompts)
+    output = interface(features(batch), prompts, batch["padding_mask"])
     assert output.last["queries.language.caption"]["embeddings"].shape == (2, 3, 16)
     assert output.last["queries.vision.image"]["embeddings"].shape == (2, 1, 16)
 
@@ -62,7 +62,7 @@ def test_training_reads_the_first_train_captions(train_captions: int, expected: 
         == [0] * train_captions + [1] * train_captions
     )
     # the loss takes each image's captions as its positives
-    output = interface(features(batch), prompts)
+    output = interface(features(batch), prompts, batch["padding_mask"])
     _, logs = task.losses(output, batch, ctx)
     captions = output.last["queries.language.caption"]["embeddings"]
     assert captions.shape == (2, train_captions, 16)
@@ -89,7 +89,7 @@ def test_losses_finite_and_backpropagate(counts: list[int]) -> None:
     task = RetrievalTask()
     batch = retrieval_batch(counts)
     ctx = context(interface)
-    output = interface(features(batch), task.prompts(batch, ctx))
+    output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
     total, logs = task.losses(output, batch, ctx)
     assert torch.isfinite(total)
     assert torch.allclose(total.detach(), 8 * logs["retrieval"])
@@ -109,7 +109,9 @@ def test_predict_normalised_embeddings() -> None:
     batch = retrieval_batch([2, 3], sizes=[FULL, SMALL])
     ctx = context(interface)
     with torch.no_grad():
-        predictions = task.predict(interface(features(batch), task.prompts(batch, ctx)), batch, ctx)
+        predictions = task.predict(
+            interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"]), batch, ctx
+        )
     assert [p["caption_embeddings"].shape for p in predictions] == [(2, 16), (3, 16)]
     for prediction in predictions:
         assert prediction["image_embedding"].shape == (16,)

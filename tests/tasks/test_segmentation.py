@@ -129,7 +129,7 @@ def test_unknown_dataset_and_outputs(context: TaskContext) -> None:
 def test_losses_finite_with_grads(context: TaskContext, batch_size: int) -> None:
     task = small_task(weights=LossWeights())
     batch = make_batch([FRAME] * batch_size)
-    output = context.interface(batch["features"], task.prompts(batch, context))
+    output = context.interface(batch["features"], task.prompts(batch, context), batch["padding_mask"])
     assert output.last[OBJECT]["mask_logits"].shape == (batch_size, PROPOSALS, 16, 24)
     total, logs = task.losses(output, batch, context)
     assert total.dim() == 0 and torch.isfinite(total)
@@ -146,7 +146,7 @@ def test_predict_shapes_cropped(context: TaskContext) -> None:
     task = small_task(max_detections=5, object_mask_threshold=0.0, overlap_threshold=0.0)
     batch = make_batch(sizes)
     with torch.no_grad():
-        output = context.interface(batch["features"], task.prompts(batch, context))
+        output = context.interface(batch["features"], task.prompts(batch, context), batch["padding_mask"])
     predictions = task.predict(output, batch, context)
     assert len(predictions) == 2
     for (h, w), prediction in zip(sizes, predictions, strict=True):
@@ -177,7 +177,7 @@ def test_predict_selected_outputs(context: TaskContext) -> None:
     task = small_task(outputs=("semantic",))
     batch = make_batch([FRAME])
     with torch.no_grad():
-        output = context.interface(batch["features"], task.prompts(batch, context))
+        output = context.interface(batch["features"], task.prompts(batch, context), batch["padding_mask"])
     (prediction,) = task.predict(output, batch, context)
     assert set(prediction) == {"semantic"}
 
@@ -274,7 +274,7 @@ def test_sentence_class_embeddings_leave_the_decoder_sequence(context: TaskConte
         and not prompts.tokens
         and not prompts.per_prompt
     )
-    output = context.interface(batch["features"], prompts)
+    output = context.interface(batch["features"], prompts, batch["padding_mask"])
     assert CLASS_QUERY not in output.last
     logits = task.class_logits(output, batch, context)
     assert logits.shape == (2, PROPOSALS, K + 1)
@@ -300,7 +300,7 @@ def test_sentence_class_embeddings_read_encode_sentences_when_the_context_has_it
 ) -> None:
     task = small_task(class_embeddings="sentences")
     batch = make_batch([FRAME])
-    output = context.interface(batch["features"], task.prompts(batch, context))
+    output = context.interface(batch["features"], task.prompts(batch, context), batch["padding_mask"])
     asked: list[list[str]] = []
 
     def encode_sentences(texts: Sequence[str]) -> Tensor:

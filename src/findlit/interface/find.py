@@ -12,6 +12,12 @@ update it. After a shared decoder ``LayerNorm``, proposals give mask logits and 
 queries give semantic embeddings; this happens before the first layer and after every layer (deep
 supervision), so there are ``num_layers + 1`` predictions.
 
+Padding: images of a batch are zero-padded to a common frame. Given the batch's padding mask, the
+interface leaves padded cells out of everything an image's outputs read (the pixel decoder's norms,
+convolution borders, encoder attention and positions, see :mod:`~findlit.interface.pixel_decoder`;
+the decoder's cross-attention keys; mask and image pooling), so an image's outputs on its own region
+do not depend on the other images of its batch, as long as its frozen features do not either.
+
 Learnable embeddings (FIND's duplication): only *root* types (those without ``init_from`` in the
 prototype, e.g. ``proposals.vision.object`` and ``queries.vision.image``) own parameters. A type with
 ``init_from`` (grounding / segment / entity proposals, every other query type) uses its source's
@@ -162,6 +168,30 @@ def _add_to_rows(embeddings: Tensor, rows: slice, term: Tensor) -> Tensor:
     )
 
 
+def _image_weights(mask_features: Tensor, padding: Tensor | None) -> Tensor:
+    """float[B,1,h,w] on the mask features' grid: 1 on each image's own cells, 0 on padding.
+
+    Args:
+        mask_features: float[B,C,h,w].
+        padding: bool[B,h,w], True on padded cells; None = no padding (all ones).
+
+    """
+    if padding is None:
+        return mask_features.new_ones(mask_features.shape[0], 1, *mask_features.shape[-2:])
+    return (~padding).unsqueeze(1).to(mask_features.dtype)
+
+
+def _check_padding_mask(padding_mask: Tensor, features: Mapping[str, Tensor]) -> None:
+    """Raise if ``padding_mask`` is not bool[B,H,W] for the B images of ``features``."""
+    batch = int(next(iter(features.values())).shape[0]) if features else None
+    if padding_mask.dtype != torch.bool or padding_mask.dim() != 3:
+        raise ValueError(
+            f"padding_mask must be bool[B,H,W], got {padding_mask.dtype}{list(padding_mask.shape)}"
+        )
+    if batch is not None and int(padding_mask.shape[0]) != batch:
+        raise ValueError(f"padding_mask has {padding_mask.shape[0]} images, the features {batch}")
+
+
 def _rank_within(owner: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     """For items owned by images: each item's rank among its image's items (in order), and counts.
 
@@ -198,10 +228,10 @@ class FINDInterface(nn.Module):
             own predicted mask (:class:`~findlit.interface.heads.MaskPooledEmbedding`; not in FIND,
             which is the default ``False``).
         image_pooling: add to the ``queries.vision.image`` embedding the mean of the mask features
-            over the whole frame, through its own pooling MLP (mask pooling with the whole image as
-            the mask; not in FIND). The image query then sees every region of the image, not only
-            what its attention picks out. The frame includes any padding, as the interface is not
-            given the padding mask.
+            over the image, through its own pooling MLP (mask pooling with the whole image as the
+            mask; not in FIND). The image query then sees every region of the image, not only what
+            its attention picks out. The mean is over the image's own cells: with a padding mask,
+            padded cells are left out; without one, the whole frame is the image.
 
     """
 
@@ -396,16 +426,19 @@ class FINDInterface(nn.Module):
         mask_features: Tensor,
         target_size: tuple[int, int] | None,
         image_term: Tensor | None = None,
+        mask_padding: Tensor | None = None,
     ) -> tuple[LayerOutput, Tensor | None]:
         """Heads on the normalised sequence; the next layer's feature mask bool[B,P,h*w] of proposal rows.
 
         ``image_term``: float[B,1,E] added to the image query's embedding (image pooling), or None.
+        ``mask_padding``: bool[B,H/4,W/4], padded cells of the mask features (not mask-pooled), or None.
         """
         y = self.decoder_norm(x)
         embeddings = self.semantic(y)
         logits = self.mask_head(y[:, :num_proposal_rows], mask_features)[1] if num_proposal_rows else None
         if self.mask_pooling is not None and logits is not None:
-            pooled = self.mask_pooling(logits, mask_features)  # [B,P,E], the proposal rows come first
+            # [B,P,E], the proposal rows come first
+            pooled = self.mask_pooling(logits, mask_features, mask_padding)
             embeddings = _add_to_rows(embeddings, slice(0, num_proposal_rows), pooled)
         if image_term is not None:
             embeddings = _add_to_rows(embeddings, compiled.slices[IMAGE_QUERY], image_term)
@@ -422,32 +455,53 @@ class FINDInterface(nn.Module):
         return output, attend
 
     @staticmethod
-    def _feature_mask(compiled: CompiledPrototype, previous: Tensor | None, num_keys: int) -> Tensor:
-        """bool[B,S,h*w]: who reads which feature position (masked proposal rows: inside ``previous``)."""
+    def _feature_mask(
+        compiled: CompiledPrototype, previous: Tensor | None, num_keys: int, valid: Tensor | None = None
+    ) -> Tensor:
+        """bool[B,S,h*w]: who reads which feature position (masked proposal rows: inside ``previous``).
+
+        ``valid``: bool[B,h*w], each image's own positions (nobody reads padding), or None (all).
+        """
         batch, length = compiled.batch_size, compiled.length
         reads = compiled.reads_features[None, :, None].expand(batch, length, num_keys)
+        if valid is not None:
+            reads = reads & valid[:, None]
         if previous is None:
             return reads
         rows = previous.shape[1]
-        # Mask2Former: a proposal whose previous mask is empty reads every position
+        if valid is not None:
+            # a mask only on padding is empty on the image
+            previous = previous & valid[:, None]
+        # Mask2Former: a proposal whose previous mask is empty reads every position (of its image,
+        # as ``reads`` already excludes padding; a row left with no key at all is opened by the layer)
         previous = previous | ~previous.any(dim=-1, keepdim=True)
         masked = compiled.features_masked[None, :rows, None]
         proposals = reads[:, :rows] & (~masked | previous)
         return torch.cat([proposals, reads[:, rows:]], dim=1)
 
-    def forward(self, features: Mapping[str, Tensor], prompts: InterfacePrompts) -> InterfaceOutput:
+    def forward(
+        self, features: Mapping[str, Tensor], prompts: InterfacePrompts, padding_mask: Tensor | None = None
+    ) -> InterfaceOutput:
         """Run the interface.
 
         Args:
             features: the frozen pyramid ``{"res2": float[B,C2,H/4,W/4], ..., "res5":
                 float[B,C5,H/32,W/32]}``.
             prompts: the types to instantiate and the prompt tokens (:class:`InterfacePrompts`).
+            padding_mask: bool[B,H,W] at input resolution, True on padded pixels (a batch's
+                ``padding_mask``); a feature cell is padding when it is entirely padding. None, or a
+                mask without padding, runs the unmasked interface.
 
         Returns:
-            :class:`InterfaceOutput` with ``num_layers + 1`` predictions.
+            :class:`InterfaceOutput` with ``num_layers + 1`` predictions; mask logits on padded cells
+            are computed but mean nothing.
 
         """
-        pixel: PixelDecoderOutput = self.pixel_decoder(features)
+        if padding_mask is not None:
+            _check_padding_mask(padding_mask, features)
+            if not bool(padding_mask.any()):
+                padding_mask = None  # nothing padded: the unmasked path, exactly and at its cost
+        pixel: PixelDecoderOutput = self.pixel_decoder(features, padding_mask)
         mask_features = pixel.mask_features
         batch = int(mask_features.shape[0])
         compiled, x, pos = self._assemble(prompts, batch, mask_features.device)
@@ -459,26 +513,31 @@ class FINDInterface(nn.Module):
         cross_rows = (compiled.reads_features | compiled.reads_tokens)[None] & compiled.valid
         sizes = pixel.sizes
 
+        valid_keys = pixel.valid_keys()  # per level, once (not per layer)
+        mask_padding = pixel.mask_padding
+
         # the whole-image pooling does not change across layers: computed once
         image_term = None
         if self.image_pooling is not None and IMAGE_QUERY in compiled.slices:
-            whole = mask_features.new_ones(batch, 1, *mask_features.shape[-2:])
+            whole = _image_weights(mask_features, mask_padding)
             image_term = self.image_pooling.pool(whole, mask_features)  # [B,1,E]
 
         prediction, previous = self._predict(
-            x, compiled, num_proposal_rows, mask_features, sizes[0], image_term
+            x, compiled, num_proposal_rows, mask_features, sizes[0], image_term, mask_padding
         )
         predictions = [prediction]
         for i, layer in enumerate(self.layers):
-            keys, key_pos = pixel.memory(i % len(sizes))
+            level = i % len(sizes)
+            keys, key_pos = pixel.memory(level)
             memory = torch.cat([keys, compiled.tokens(x).to(keys.dtype)], dim=1)
             memory_pos = torch.cat([key_pos, compiled.tokens(pos).to(key_pos.dtype)], dim=1)
-            feature_mask = self._feature_mask(compiled, previous, keys.shape[1])
+            valid = None if valid_keys is None else valid_keys[level]
+            feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid)
             cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
             x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
             target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None
             prediction, previous = self._predict(
-                x, compiled, num_proposal_rows, mask_features, target, image_term
+                x, compiled, num_proposal_rows, mask_features, target, image_term, mask_padding
             )
             predictions.append(prediction)
         return InterfaceOutput(layers=predictions, logit_scale=self.logit_scale(), compiled=compiled)
