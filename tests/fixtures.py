@@ -7,6 +7,10 @@ import shutil
 import stat
 from pathlib import Path
 
+import torch
+
+from findlit.encoders.checkpoint import CHECKPOINT_KEY
+
 REPO = Path(__file__).resolve().parents[1]
 COCO_SAMPLE = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
 
@@ -25,3 +29,12 @@ def copy_sample(tmp_path: Path) -> Path:
             path = os.path.join(folder, name)
             os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
     return root
+
+
+def other_encoder_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` that records another vision encoder's weights digest."""
+    content = torch.load(checkpoint, weights_only=True)
+    content[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
+    other = folder / "other_encoder.ckpt"
+    torch.save(content, other)
+    return other

@@ -28,12 +28,12 @@ from findlit.cli import main
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.errors import ConfigError, DataError
 from findlit.data.synthetic import generate
-from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
+from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.encoders.feature_cache.errors import StaleCacheError
 from findlit.encoders.registry import EncoderConfig
 from findlit.lightning_cli import FindLightningCLI, user_error_message, wants_default_progress_bar
 from findlit.outputs.test_results import OutputExistsError
-from tests.fixtures import COCO_SAMPLE, REPO
+from tests.fixtures import COCO_SAMPLE, REPO, other_encoder_checkpoint
 from tests.test_module import INTERFACE, TASK_OPTIONS, data_section
 
 CONFIGS = REPO / "configs"
@@ -440,15 +440,6 @@ def test_predict_refuses_to_overwrite_earlier_predictions(
     assert "findlit: output error: " in err and "Traceback" not in err
     assert re.search(rf"{PHOTOS[0].stem}\.(png|json).*prediction_writer\.overwrite", err)
     assert document.read_bytes() == before
-
-
-def other_encoder_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    """A copy of ``checkpoint`` that claims other vision encoder weights (its digest changed)."""
-    content = torch.load(checkpoint, weights_only=True)
-    content[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
-    other = folder / "other_encoder.ckpt"
-    torch.save(content, other)
-    return other
 
 
 def file_contents(folder: Path) -> dict[Path, bytes]:

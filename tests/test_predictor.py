@@ -16,12 +16,12 @@ from pycocotools import mask as mask_utils
 
 import findlit
 from findlit.encoders import EncoderConfig
-from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
+from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.encoders.registry import _REGISTRY, register
 from findlit.module import FINDModule
 from findlit.predictor import DEFAULT_IMAGE_SIZE, PredictError, Predictor, training_resize
 from tests.encoders.tiny import TinyText
-from tests.fixtures import COCO_SAMPLE
+from tests.fixtures import COCO_SAMPLE, other_encoder_checkpoint
 from tests.test_module import INTERFACE, TASK_OPTIONS
 
 if "tiny_test_text" not in _REGISTRY:
@@ -61,15 +61,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def predictor(checkpoint: Path) -> Predictor:
     return Predictor.from_checkpoint(checkpoint, image_size=64, device="cpu")
-
-
-def mismatched_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    """The checkpoint with another vision encoder's weights digest recorded."""
-    content = torch.load(checkpoint, weights_only=True)
-    content[CHECKPOINT_KEY]["vision_encoder"]["weights_digest"] = "0" * 64
-    path = folder / "other_encoder.ckpt"
-    torch.save(content, path)
-    return path
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -193,7 +184,7 @@ def test_existing_output_is_refused_unless_overwrite(predictor: Predictor, tmp_p
 
 
 def test_checkpoint_of_other_encoders_is_refused(checkpoint: Path, tmp_path: Path) -> None:
-    other = mismatched_checkpoint(checkpoint, tmp_path)
+    other = other_encoder_checkpoint(checkpoint, tmp_path)
     with pytest.raises(EncoderMismatchError, match=r"other_encoder\.ckpt(.|\n)*vision_encoder"):
         Predictor.from_checkpoint(other, image_size=64)
     with pytest.raises(FileNotFoundError, match=r"absent\.ckpt"):
