@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from findlit.cli import main
-from tests.test_predictor import PHOTOS, PROMPTS, check_outputs, mismatched_checkpoint, save_checkpoint
+from tests.fixtures import other_encoder_checkpoint
+from tests.test_predictor import PHOTOS, PROMPTS, check_outputs, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_missing_image_is_named(capsys: pytest.CaptureFixture[str], checkpoint: 
 def test_missing_and_mismatched_checkpoints_are_named(
     capsys: pytest.CaptureFixture[str], checkpoint: Path, tmp_path: Path
 ) -> None:
-    other = mismatched_checkpoint(checkpoint, tmp_path)
+    other = other_encoder_checkpoint(checkpoint, tmp_path)
     code, _, err = predict(capsys, *arguments(other, tmp_path / "out", "--prompts", "the cat"))
     assert code == 2 and str(other) in err and "vision_encoder" in err and "weights_digest" in err
     assert not (tmp_path / "out").exists()
