@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from findlit.tasks.mask_nms import per_class_nms as findlit_nms
 
 Detection = dict[str, Any]
 
@@ -109,23 +112,18 @@ def outcome_counts(ground_truth: COCO, detections: list[Detection], top: int) ->
 
 
 def per_class_nms(detections: list[Detection], iou_threshold: float) -> list[Detection]:
-    """Greedy per-class mask NMS per image, by decreasing score."""
+    """Per image, the detections ``instance_nms`` keeps (findlit's NMS on pycocotools' mask IoU)."""
     kept_all: list[Detection] = []
     by_image: dict[int, list[Detection]] = {}
     for detection in detections:
         by_image.setdefault(detection["image_id"], []).append(detection)
     for image_detections in by_image.values():
-        kept: list[Detection] = []
-        for detection in sorted(image_detections, key=lambda d: -d["score"]):
-            rivals = [k["segmentation"] for k in kept if k["category_id"] == detection["category_id"]]
-            if (
-                rivals
-                and coco_mask.iou([detection["segmentation"]], rivals, [0] * len(rivals)).max()
-                > iou_threshold
-            ):
-                continue
-            kept.append(detection)
-        kept_all += kept
+        rles = [detection["segmentation"] for detection in image_detections]
+        ious = torch.as_tensor(coco_mask.iou(rles, rles, [0] * len(rles)))
+        labels = torch.tensor([detection["category_id"] for detection in image_detections])
+        scores = torch.tensor([detection["score"] for detection in image_detections])
+        kept = findlit_nms(ious, labels, scores, iou_threshold)
+        kept_all += [image_detections[index] for index in kept.tolist()]
     return kept_all
 
 

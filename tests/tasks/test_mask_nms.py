@@ -7,7 +7,7 @@ import pytest
 import torch
 from pycocotools import mask as coco_mask
 
-from findlit.tasks.mask_nms import mask_iou, mask_nms
+from findlit.tasks.mask_nms import mask_iou, per_class_nms
 from findlit.tasks.segmentation import SegmentationTask, instance_inference
 
 
@@ -36,18 +36,19 @@ def test_nms_drops_repeats_of_a_kept_detection_of_the_same_class_only() -> None:
     masks = torch.stack([d, b, c, a])
     labels = torch.tensor([1, 1, 2, 1])
     scores = torch.tensor([0.6, 0.8, 0.7, 0.9])
-    kept = mask_nms(masks, labels, scores, iou_threshold=0.7)
+    ious = mask_iou(masks)
+    kept = per_class_nms(ious, labels, scores, iou_threshold=0.7)
     # by score: a (kept), b (repeats a: dropped), c (other class: kept), d (only b, dropped, is
     # above the threshold: kept, as greedy NMS compares with kept detections only)
     assert kept.tolist() == [3, 2, 0]
-    assert mask_nms(masks, labels, scores, iou_threshold=0.5).tolist() == [3, 2]
-    assert mask_nms(masks, labels, scores, iou_threshold=1.0).tolist() == [3, 1, 2, 0]
+    assert per_class_nms(ious, labels, scores, iou_threshold=0.5).tolist() == [3, 2]
+    assert per_class_nms(ious, labels, scores, iou_threshold=1.0).tolist() == [3, 1, 2, 0]
 
 
 def test_nms_rejects_a_threshold_outside_0_1() -> None:
     masks = box(0, 0, 2, 2)[None]
     with pytest.raises(ValueError, match="iou_threshold"):
-        mask_nms(masks, torch.tensor([0]), torch.tensor([1.0]), iou_threshold=1.5)
+        per_class_nms(mask_iou(masks), torch.tensor([0]), torch.tensor([1.0]), iou_threshold=1.5)
 
 
 def test_instance_inference_with_nms_keeps_one_of_two_proposals_on_one_object() -> None:
@@ -71,3 +72,18 @@ def test_segmentation_task_rejects_an_instance_nms_outside_0_1() -> None:
         SegmentationTask(instance_nms=-0.1)
     assert SegmentationTask(instance_nms=0.5).instance_nms == 0.5
     assert SegmentationTask().instance_nms is None
+
+
+def test_instance_nms_on_per_query_ious_equals_nms_on_every_detection_s_own_mask() -> None:
+    # 4 queries x 2 thing classes = 8 detections, each query's mask shared by its two detections
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 12, 12, generator=generator)
+    logits[1] = logits[0] + 0.1  # a near repeat of query 0
+    probs = torch.rand(4, 3, generator=generator).softmax(-1)
+    plain = instance_inference(probs, logits, [True, True], max_detections=8)
+    kept = per_class_nms(mask_iou(plain["masks"]), plain["labels"], plain["scores"], 0.5)
+    deduplicated = instance_inference(probs, logits, [True, True], max_detections=8, nms_threshold=0.5)
+    assert 0 < len(kept) < 8
+    assert torch.equal(deduplicated["masks"], plain["masks"][kept])
+    assert torch.equal(deduplicated["labels"], plain["labels"][kept])
+    assert torch.equal(deduplicated["scores"], plain["scores"][kept])

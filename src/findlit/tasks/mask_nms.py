@@ -39,14 +39,15 @@ def mask_iou(masks: Tensor, chunk_pixels: int = DEFAULT_CHUNK_PIXELS) -> Tensor:
     return intersection / union.clamp(min=1)
 
 
-def mask_nms(masks: Tensor, labels: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy per-class NMS: indices of the kept detections, by decreasing score.
+def per_class_nms(ious: Tensor, labels: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy per-class NMS from pairwise IoU: indices of the kept detections, by decreasing score.
 
-    Visiting detections from the best score down, one is dropped when its mask IoU with an
-    already kept detection of the same label exceeds ``iou_threshold``.
+    Visiting detections from the best score down, one is dropped when its IoU with an already kept
+    detection of the same label exceeds ``iou_threshold``. The IoU is the caller's (:func:`mask_iou`
+    of binary masks, pycocotools' of RLEs...), so detections sharing a mask need it only once.
 
     Args:
-        masks: bool[n,h,w].
+        ious: float[n,n] pairwise IoU.
         labels: int64[n].
         scores: float[n].
         iou_threshold: in [0, 1]; 1 keeps everything.
@@ -58,9 +59,9 @@ def mask_nms(masks: Tensor, labels: Tensor, scores: Tensor, iou_threshold: float
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
     order = scores.argsort(descending=True)
-    repeats = mask_iou(masks[order]) > iou_threshold
+    repeats = ious[order][:, order] > iou_threshold
     repeats &= labels[order][:, None] == labels[order][None, :]
-    keep = torch.ones(int(order.numel()), dtype=torch.bool, device=masks.device)
+    keep = torch.ones(int(order.numel()), dtype=torch.bool, device=scores.device)
     # a loop over at most max_detections rows: each kept row suppresses the later repeats it has
     for i in range(int(order.numel())):
         if keep[i]:

@@ -28,7 +28,7 @@ from findlit.data.collate import Batch, image_origin
 from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, segmentation_losses
 from findlit.tasks.base import Task, TaskContext, Vocabulary
-from findlit.tasks.mask_nms import mask_nms
+from findlit.tasks.mask_nms import mask_iou, per_class_nms
 
 OBJECT = "proposals.vision.object"
 CLASS_QUERY = "queries.language.class"
@@ -152,7 +152,7 @@ def instance_inference(
     are kept; each gets the query's binary mask (logit > 0) and the score class probability times
     the mask score (mean sigmoid inside the binary mask). With ``nms_threshold``, a detection whose
     mask overlaps a better-scored one of its class by more than that IoU is dropped
-    (:func:`~findlit.tasks.mask_nms.mask_nms`; not in Mask2Former).
+    (:func:`~findlit.tasks.mask_nms.per_class_nms`; not in Mask2Former).
 
     Args:
         class_probs: float[Q,K+1] softmax class probabilities (last: no object).
@@ -182,7 +182,10 @@ def instance_inference(
     if nms_threshold is None:
         order = scores.argsort(descending=True)
     else:
-        order = mask_nms(masks, labels, scores, nms_threshold)
+        # a query's detections (one per class) share its mask: IoU once per query, then per detection
+        picked, detection_query = queries.unique(return_inverse=True)
+        ious = mask_iou(mask_logits[picked].float() > 0)[detection_query][:, detection_query]
+        order = per_class_nms(ious, labels, scores, nms_threshold)
     return {
         "masks": masks[order],
         "labels": labels[order].to(torch.int64),
@@ -204,7 +207,7 @@ class SegmentationTask(Task):
         object_mask_threshold: panoptic: minimum top class probability of a kept query.
         max_detections: instance: detections per image.
         instance_nms: instance: the mask IoU above which a detection repeating a better-scored one
-            of its class is dropped (:func:`~findlit.tasks.mask_nms.mask_nms`); None (FIND,
+            of its class is dropped (:func:`~findlit.tasks.mask_nms.per_class_nms`); None (FIND,
             Mask2Former): no NMS. After a short training several proposals still cover one object
             (measured on the demo: most high-scored false positives are such repeats).
         outputs: which predictions ``predict`` returns, among ``panoptic``, ``instance``,
