@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from findlit.data.collate import Batch
 from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts
@@ -85,20 +86,16 @@ class RetrievalTask(Task):
         device = batch["padding_mask"].device
         flat = [text for texts in captions for text in texts]
         embedded = context.interface.embed_sentences(context.sentences(flat).to(device))
-        width = max(len(texts) for texts in captions)
-        out = embedded.new_zeros(len(captions), width, embedded.shape[-1])
-        valid = torch.zeros(len(captions), width, dtype=torch.bool, device=device)
-        start = 0
-        for b, texts in enumerate(captions):
-            out[b, : len(texts)] = embedded[start : start + len(texts)]
-            valid[b, : len(texts)] = True
-            start += len(texts)
-        return out, valid
+        counts = [len(texts) for texts in captions]
+        per_image = pad_sequence(list(embedded.split(counts)), batch_first=True)  # zeros after each
+        valid = torch.arange(per_image.shape[1], device=device) < torch.tensor(counts, device=device)[:, None]
+        return per_image, valid
 
     def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
         """Each image's captions as prompts of the image, one query each, and one image query.
 
-        In training only each image's first ``train_captions`` (repeated when it has fewer).
+        In training only each image's first ``train_captions`` (repeated when it has fewer). With
+        ``caption_embeddings="sentences"`` only the image query: captions do not enter the decoder.
         """
         if self.caption_embeddings == "sentences":
             return InterfacePrompts(learned={IMAGE_QUERY: 1})
