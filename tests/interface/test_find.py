@@ -130,12 +130,18 @@ def test_mask_pooling_adds_to_proposal_embeddings_only() -> None:
     assert plain.mask_pooling is None
 
 
-def test_image_pooling_adds_the_mean_mask_feature_to_the_image_query_only() -> None:
-    prompts = _segmentation()
+def _image_pooled_pair() -> tuple[FINDInterface, FINDInterface]:
+    """An interface and the same one (same weights) with image pooling."""
     plain = _interface()
     pooled = _interface(image_pooling=True)
     pooled.load_state_dict(plain.state_dict(), strict=False)  # same weights but the pooling MLP
     assert pooled.image_pooling is not None
+    return plain, pooled
+
+
+def test_image_pooling_adds_the_mean_mask_feature_to_the_image_query_only() -> None:
+    prompts = _segmentation()
+    plain, pooled = _image_pooled_pair()
     features = _features(2)
     with torch.no_grad():
         a, b = plain(features, prompts), pooled(features, prompts)

@@ -30,7 +30,9 @@ from tests.interface.test_find import (
     H,
     W,
     _features,
+    _image_pooled_pair,
     _interface,
+    _segmentation,
     _text,
 )
 
@@ -130,7 +132,7 @@ def test_padding_changes_nothing_of_the_larger_image() -> None:
     interface = _interface(mask_pooling=True, image_pooling=True).eval()
     features, padding_mask = _padded_batch(_own_features(3, ALONE), "right")
     larger = {level: value[1:] for level, value in features.items()}
-    prompts = _segmentation_prompts()
+    prompts = _segmentation()
     with torch.no_grad():
         together = interface(features, prompts, padding_mask)
         alone = interface(larger, prompts)
@@ -139,18 +141,9 @@ def test_padding_changes_nothing_of_the_larger_image() -> None:
         torch.testing.assert_close(t[IMAGE]["embeddings"][1:], a[IMAGE]["embeddings"])
 
 
-def _segmentation_prompts() -> InterfacePrompts:
-    return InterfacePrompts(
-        learned={OBJECT: PROPOSALS, IMAGE: 1}, tokens={CLASS_T: _text(5)}, per_prompt={CLASS_Q: CLASS_T}
-    )
-
-
 def test_image_pooling_averages_the_mask_features_over_the_image_s_own_cells() -> None:
-    prompts = _segmentation_prompts()
-    plain = _interface()
-    pooled = _interface(image_pooling=True)
-    pooled.load_state_dict(plain.state_dict(), strict=False)  # same weights but the pooling MLP
-    assert pooled.image_pooling is not None
+    prompts = _segmentation()
+    plain, pooled = _image_pooled_pair()
     features, padding_mask = _padded_batch(_own_features(3, ALONE), "left")
     rows, cols = _region("left", 4)
     with torch.no_grad():
@@ -198,7 +191,7 @@ def test_cross_attention_never_reads_padding_and_empty_masks_open_to_the_image_o
         layer.cross_attention.register_forward_pre_hook(hook)
     features, padding_mask = _padded_batch(_own_features(3, ALONE), "left")
     with torch.no_grad():
-        out = interface(features, _segmentation_prompts(), padding_mask)
+        out = interface(features, _segmentation(), padding_mask)
     compiled = out.compiled
     objects, image = compiled.slices[OBJECT], compiled.slices[IMAGE]
     for i, args in enumerate(captured):
@@ -222,7 +215,7 @@ def test_feature_mask_opens_a_proposal_whose_mask_lies_only_on_padding_to_the_im
     interface = _interface()
     features, padding_mask = _padded_batch(_own_features(3, ALONE), "right")
     with torch.no_grad():
-        compiled = interface(features, _segmentation_prompts(), padding_mask).compiled
+        compiled = interface(features, _segmentation(), padding_mask).compiled
     keys = 8
     valid = torch.tensor([[True] * 5 + [False] * 3, [True] * keys])
     previous = torch.zeros(2, PROPOSALS, keys, dtype=torch.bool)
@@ -241,9 +234,9 @@ def test_feature_mask_opens_a_proposal_whose_mask_lies_only_on_padding_to_the_im
 def test_padding_mask_must_match_the_batch() -> None:
     interface = _interface()
     with pytest.raises(ValueError, match="2 images, the features 1"):
-        interface(_features(1), _segmentation_prompts(), torch.zeros(2, 64, 96, dtype=torch.bool))
+        interface(_features(1), _segmentation(), torch.zeros(2, 64, 96, dtype=torch.bool))
     with pytest.raises(ValueError, match="bool"):
-        interface(_features(1), _segmentation_prompts(), torch.zeros(1, 64, 96))
+        interface(_features(1), _segmentation(), torch.zeros(1, 64, 96))
 
 
 def test_runs_under_bf16_autocast_with_padding() -> None:
