@@ -1,4 +1,4 @@
-"""Shared fixtures: the real COCO sample in ../shared/data (tests fail, not skip, without it)."""
+"""Shared fixtures: the real COCO sample in tests/data/coco_sample (tests fail, not skip, without it)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 from findlit.encoders.checkpoint import CHECKPOINT_KEY
 
 REPO = Path(__file__).resolve().parents[1]
-COCO_SAMPLE = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
+COCO_SAMPLE = REPO / "tests" / "data" / "coco_sample"
 
 
 def copy_sample(tmp_path: Path) -> Path:

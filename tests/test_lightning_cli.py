@@ -159,7 +159,7 @@ def test_config_parses_with_print_config(
     if name == "demo+predict":
         [entry] = printed["data"]["predict"]
         assert entry["name"] == "coco_sample" and entry["images"] == ["val2017"]
-        assert entry["root"] == "../shared/data/coco_panoptic_sample" and entry["prompts"]
+        assert entry["root"] == "tests/data/coco_sample" and entry["prompts"]
         assert printed["data"]["root"] == "data/demo"  # the partial leaves the experiment's root alone
         assert printed["prediction_writer"] == {"enabled": True, "directory": None, "overwrite": False}
     if name.endswith("wandb"):

@@ -1,6 +1,6 @@
 """Every kind of bad input gets an error naming the file, the record and the config key.
 
-Each test copies the real COCO sample (``../shared/data/coco_panoptic_sample``) into ``tmp_path``,
+Each test copies the real COCO sample (``tests/data/coco_sample``) into ``tmp_path``,
 corrupts one thing in its copy, and reads it the way training does
 (:func:`findlit.data.config.build_dataset`, then ``dataset[i]`` for what is only found when
 decoding pixels) or the way ``findlit data check`` does.
