@@ -40,8 +40,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from findlit.data.collate import collate_samples
 from findlit.data.config import DatasetConfig, DatasetPaths, build_dataset, feature_cache, read_records
 from findlit.data.transforms import TransformConfig
-from findlit.module import FINDModule
 from findlit.tasks.base import Vocabulary
+from findlit.training.module import FINDModule
 
 PARTS = {
     "timm": {

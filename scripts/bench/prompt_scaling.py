@@ -45,8 +45,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from findlit.data.collate import collate_samples
 from findlit.data.config import DatasetConfig, DatasetPaths, build_dataset
 from findlit.data.transforms import TransformConfig
-from findlit.module import FINDModule
 from findlit.tasks.base import Vocabulary
+from findlit.training.module import FINDModule
 
 
 def demo_batch(root: Path) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 
 from typing import TYPE_CHECKING
 
+from findlit import moved_modules
+
 if TYPE_CHECKING:
-    from findlit.predictor import Predictor
+    from findlit.inference.predictor import Predictor
+
+moved_modules.install()
 
 __version__ = "0.1.0"
 
@@ -11,7 +15,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """``findlit.Predictor``, imported on first use (it pulls in torch and Lightning)."""
     if name == "Predictor":
-        from findlit.predictor import Predictor
+        from findlit.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'findlit' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L  # noqa: N812
 import torch
 
-from findlit.cli import build_datamodule
+from findlit.cli.config import build_datamodule
 
 ANN = "annotations/"
 

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from findlit.cli import build_datamodule, main
+from findlit.cli import main
+from findlit.cli.config import build_datamodule
 from findlit.data.config import DatasetConfig, DatasetPaths, build_dataset, read_records
 from findlit.data.datasets import TaskDataset
 from findlit.data.errors import ConfigError, DataError

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from findlit.cli import build_datamodule
+from findlit.cli.config import build_datamodule
 from findlit.data.collate import collate_samples
 from findlit.data.config import feature_cache, read_records
 from findlit.data.datamodule import MultiTaskDataModule

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from findlit.cli import build_datamodule
+from findlit.cli.config import build_datamodule
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.errors import ConfigError
 

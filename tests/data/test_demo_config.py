@@ -46,7 +46,7 @@ def test_data_check_passes_on_generated_data(demo_config: Path, capsys: pytest.C
 
 
 def test_train_loader_on_generated_data(demo_config: Path) -> None:
-    from findlit.cli import build_datamodule, load_data_section
+    from findlit.cli.config import build_datamodule, load_data_section
 
     data = load_data_section([str(demo_config)])
     data.update(num_workers=0, steps_per_epoch=6)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from findlit.cli import build_datamodule, load_data_section
+from findlit.cli.config import build_datamodule, load_data_section
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.decode import read_rgb
 from findlit.data.errors import ConfigError, DataError

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from findlit.data.synthetic import generate
+from tests.cli.test_train import tiny_config
 from tests.fixtures import REPO
-from tests.test_lightning_cli import tiny_config
 
 DDP = REPO / "configs" / "trainer" / "ddp.yaml"
 
@@ -100,7 +100,7 @@ def small_config(
     train_batch_size: int = 2,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """tests/test_lightning_cli.py's tiny config over ``val_images`` generated validation images.
+    """tests/cli/test_train.py's tiny config over ``val_images`` generated validation images.
 
     Every validation batch is kept (``limit_val_batches: 1.0``): a metric over part of a shard
     would not be comparable across world sizes. ``overrides`` updates the ``trainer`` section.

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from findlit.outputs.prediction_writer import PredictionWriter, existing_outputs
 from findlit.outputs.test_results import OutputExistsError
-from tests.test_module import predict_datamodule, tiny_encoder_module
+from tests.training.test_module import predict_datamodule, tiny_encoder_module
 
 PROMPTS = ["the man jumping for the ball", "a tree on the left"]
 

@@ -23,11 +23,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from findlit.cli import build_datamodule
+from findlit.cli.config import build_datamodule
+from findlit.cli.train import FindLightningCLI
 from findlit.data.decode import panoptic_id_map
 from findlit.data.formats import read_coco_panoptic
 from findlit.data.synthetic import generate
-from findlit.lightning_cli import FindLightningCLI
 from findlit.outputs.overlays_sink import log_overlays_to_wandb, shorten
 from findlit.outputs.test_results import (
     OutputExistsError,
@@ -38,9 +38,9 @@ from findlit.outputs.test_results import (
     run_directory,
 )
 from findlit.tasks.interleave import phrases_of
+from tests.cli.test_train import tiny_config
 from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder
-from tests.test_lightning_cli import tiny_config
-from tests.test_module import data_section
+from tests.training.test_module import data_section
 
 ORIG = 64
 """Side of the generated images on disk."""

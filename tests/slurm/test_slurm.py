@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
+from tests.cli.test_train import tiny_config as shared_tiny_config
 from tests.fixtures import REPO
-from tests.test_lightning_cli import tiny_config as shared_tiny_config
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("FINDLIT_SLURM_TEST") != "1", reason="needs the local SLURM cluster: run `make test-slurm`"
@@ -52,7 +52,7 @@ def cluster() -> Iterator[list[str]]:
 
 
 def tiny_config(tmp_path: Path, max_steps: int) -> Path:
-    """tests/test_lightning_cli.py's tiny config over 16 images: one epoch of max_steps steps."""
+    """tests/cli/test_train.py's tiny config over 16 images: one epoch of max_steps steps."""
     path = shared_tiny_config(tmp_path, train_images=16)
     config: dict[str, Any] = yaml.safe_load(path.read_text())
     config["data"]["steps_per_epoch"] = max_steps

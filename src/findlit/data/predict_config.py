@@ -8,7 +8,7 @@ parser cannot see (a missing file, an empty request, colliding outputs) is check
 messages that name the key, e.g. ``data.predict[0].prompts: ...``.
 
 The checks of a request (:func:`request_problem`) are shared with
-:class:`~findlit.predictor.Predictor`, which serves the same requests from Python.
+:class:`~findlit.inference.predictor.Predictor`, which serves the same requests from Python.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What ``findlit test`` leaves behind: ``metrics.json`` and the predictions in standard formats.
 
 :class:`TestResultsWriter` is a Lightning callback. During ``trainer.test`` it receives the
-predictions that :meth:`FINDModule.test_step <findlit.module.FINDModule.test_step>` returns and
+predictions that :meth:`FINDModule.test_step <findlit.training.module.FINDModule.test_step>` returns and
 writes, under ``<directory>`` (default: the run's folder, :func:`run_directory`)::
 
     metrics.json                                 every metric of the test run, name -> float

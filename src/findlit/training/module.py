@@ -32,14 +32,14 @@ Evaluation metrics per (stage, dataset), logged as ``<stage>/<dataset>/<metric>`
   (the whole interleaved prompt) against every image query of the dataset.
 
 Prediction (``findlit predict --config``): :meth:`FINDModule.predict_step` gives, per image of a
-``data.predict`` batch, the :class:`~findlit.batch_prediction.Prediction` that
-:class:`~findlit.predictor.Predictor` gives (both run :func:`~findlit.batch_prediction.predict_batch`).
+``data.predict`` batch, the :class:`~findlit.inference.batch_prediction.Prediction` that
+:class:`~findlit.inference.predictor.Predictor` gives (both run
+:func:`~findlit.inference.batch_prediction.predict_batch`).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import asdict
 from functools import partial
 from typing import Any, cast
@@ -50,15 +50,14 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from findlit.batch_prediction import Prediction, capability_problem, predict_batch
 from findlit.data.collate import Batch, image_origin
 from findlit.data.errors import ConfigError
 from findlit.encoders.base import TextEncoder, VisionEncoder
 from findlit.encoders.checkpoint import check_encoder_specs, record_encoder_specs
 from findlit.encoders.prompt_cache import PromptCache
 from findlit.encoders.registry import EncoderConfig
+from findlit.inference.batch_prediction import Prediction, capability_problem, predict_batch
 from findlit.interface.find import FINDInterface
-from findlit.interface.heads import LogitScale, NoObjectEmbedding
 from findlit.losses import LossWeights
 from findlit.metrics import (
     GroundingMetrics,
@@ -78,6 +77,7 @@ from findlit.tasks.grounding import GroundingTask
 from findlit.tasks.interleave import InterleaveTask, phrases_of
 from findlit.tasks.retrieval import RetrievalTask
 from findlit.tasks.segmentation import SegmentationTask
+from findlit.training.optimization import lr_factor, parameter_groups
 
 TASKS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
@@ -90,80 +90,10 @@ TASKS: dict[str, type[Task]] = {
 IGNORE_INDEX = 255
 """Semantic target value of unlabelled and ignored pixels."""
 
-NO_DECAY_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.Embedding,
-    LogitScale,
-    NoObjectEmbedding,
-)
-"""Modules whose own parameters get no weight decay (norms, embeddings, the logit scale, no object)."""
-
-NO_DECAY_NAMES: frozenset[str] = frozenset(
-    {"bias", "embeddings", "positions", "level_embed", "logit_scale", "no_object", "pos_embed"}
-)
-"""A parameter gets no weight decay when one of the dotted parts of its name is one of these."""
-
 VOCABULARY_KEY = "findlit_vocabularies"
 """Checkpoint key of the vocabularies (dataset name -> Vocabulary fields), for inference after loading."""
 
 STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
-
-
-def lr_factor(
-    step: int,
-    total_steps: float,
-    warmup_steps: int = 10,
-    milestones: tuple[float, float] = (0.89, 0.96),
-    gamma: float = 0.1,
-) -> float:
-    """Learning-rate multiplier of optimiser step ``step`` (0-based).
-
-    Linear warmup ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then 1; times
-    ``gamma`` from step ``int(milestones[0] * total_steps)`` on and ``gamma ** 2`` from
-    ``int(milestones[1] * total_steps)`` on. With an infinite ``total_steps`` there is no step down.
-    """
-    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    if math.isfinite(total_steps):
-        for milestone in milestones:
-            if step >= int(milestone * total_steps):
-                factor *= gamma
-    return factor
-
-
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split the trainable parameters into a decayed group and a group without weight decay.
-
-    No decay (FIND's ``WEIGHT_DECAY_NORM: 0`` and ``WEIGHT_DECAY_EMBED: 0``, plus biases): parameters
-    owned by a module of :data:`NO_DECAY_TYPES` (type rule), and parameters whose dotted name has a
-    part in :data:`NO_DECAY_NAMES` (name rule: biases, the interface's learned ``embeddings`` and
-    ``positions``, level embeddings, the logit scale and the no-object embedding). Every other
-    trainable parameter (linear and convolution weights) decays. Frozen parameters are left out.
-
-    Returns:
-        ``[{"params": decayed, "weight_decay": weight_decay, "names": [...]},
-        {"params": not decayed, "weight_decay": 0.0, "names": [...]}]``.
-
-    """
-    decay: dict[str, nn.Parameter] = {}
-    no_decay: dict[str, nn.Parameter] = {}
-    seen: set[int] = set()
-    for module_name, child in module.named_modules():
-        for name, parameter in child.named_parameters(recurse=False):
-            if not parameter.requires_grad or id(parameter) in seen:
-                continue
-            seen.add(id(parameter))
-            full = f"{module_name}.{name}" if module_name else name
-            if isinstance(child, NO_DECAY_TYPES) or NO_DECAY_NAMES & set(full.split(".")):
-                no_decay[full] = parameter
-            else:
-                decay[full] = parameter
-    return [
-        {"params": list(decay.values()), "weight_decay": weight_decay, "names": list(decay)},
-        {"params": list(no_decay.values()), "weight_decay": 0.0, "names": list(no_decay)},
-    ]
 
 
 def _encoder_config(value: EncoderConfig | dict[str, Any]) -> EncoderConfig:
@@ -413,8 +343,9 @@ class FINDModule(L.LightningModule):
             dataloader_idx: index of the ``data.predict`` entry.
 
         Returns:
-            B :class:`~findlit.batch_prediction.Prediction` (masks bool[N,H,W] at each image's size,
-            on the CPU), as :meth:`Predictor.predict <findlit.predictor.Predictor.predict>` gives them;
+            B :class:`~findlit.inference.batch_prediction.Prediction` (masks bool[N,H,W] at each image's
+            size, on the CPU), as :meth:`Predictor.predict <findlit.inference.predictor.Predictor.predict>`
+            gives them;
             callbacks get them as ``outputs`` (e.g. the writer of ``findlit predict``).
 
         """

@@ -18,11 +18,11 @@ import findlit
 from findlit.encoders import EncoderConfig
 from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.encoders.registry import _REGISTRY, register
-from findlit.module import FINDModule
-from findlit.predictor import DEFAULT_IMAGE_SIZE, PredictError, Predictor, training_resize
+from findlit.inference.predictor import DEFAULT_IMAGE_SIZE, PredictError, Predictor, training_resize
+from findlit.training.module import FINDModule
 from tests.encoders.tiny import TinyText
 from tests.fixtures import COCO_SAMPLE, other_encoder_checkpoint
-from tests.test_module import INTERFACE, TASK_OPTIONS
+from tests.training.test_module import INTERFACE, TASK_OPTIONS
 
 if "tiny_test_text" not in _REGISTRY:
     register("tiny_test_text")(TinyText)

@@ -1,6 +1,6 @@
 """Inference on image files with free-text prompts and class names: :class:`Predictor`.
 
-``Predictor.from_checkpoint(path)`` rebuilds a :class:`~findlit.module.FINDModule` (refusing a
+``Predictor.from_checkpoint(path)`` rebuilds a :class:`~findlit.training.module.FINDModule` (refusing a
 checkpoint of other encoders) and predicts, for each image:
 
 - one mask per free-text prompt (a referring expression), with the grounding task's score;
@@ -14,9 +14,9 @@ EXIF orientation, i.e. as the photo is shown). :meth:`Predictor.write` saves ``<
 scores, image size) per image, after checking every input and output path, so a bad request fails
 before any work.
 
-The inference itself is :func:`~findlit.batch_prediction.predict_batch`, which ``findlit predict
+The inference itself is :func:`~findlit.inference.batch_prediction.predict_batch`, which ``findlit predict
 --config`` (LightningCLI's predict, :meth:`FINDModule.predict_step
-<findlit.module.FINDModule.predict_step>`) runs too.
+<findlit.training.module.FINDModule.predict_step>`) runs too.
 """
 
 from __future__ import annotations
@@ -29,14 +29,6 @@ import torch
 import yaml
 from torch import Tensor
 
-from findlit.batch_prediction import (
-    Prediction,
-    capability_problem,
-    output_paths,
-    predict_batch,
-    refuse_existing,
-    resize_masks,
-)
 from findlit.data.collate import collate_samples
 from findlit.data.errors import DataError
 from findlit.data.predict_config import (
@@ -50,7 +42,15 @@ from findlit.data.predict_config import (
 from findlit.data.predict_dataset import prediction_sample, read_upright_image
 from findlit.data.transforms import Resize
 from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.module import FINDModule
+from findlit.inference.batch_prediction import (
+    Prediction,
+    capability_problem,
+    output_paths,
+    predict_batch,
+    refuse_existing,
+    resize_masks,
+)
+from findlit.training.module import FINDModule
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -234,7 +234,7 @@ class Predictor:
         classes: Sequence[str] = (),
         stuff: Sequence[str] = (),
     ) -> Prediction:
-        """Predict on one image file (:func:`~findlit.batch_prediction.predict_batch` on a batch of one).
+        """Predict on one image file (:func:`~findlit.inference.batch_prediction.predict_batch`, one image).
 
         Args:
             image: the image file.

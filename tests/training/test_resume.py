@@ -17,11 +17,11 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from findlit.checkpoint_io import UseSafeCheckpointIO
-from findlit.rng_states import RestoreRNGStates
+from findlit.training.checkpoint_io import UseSafeCheckpointIO
+from findlit.training.rng_states import RestoreRNGStates
+from tests.cli.test_train import tiny_config
 from tests.data.test_datamodule import make
 from tests.fixtures import REPO
-from tests.test_lightning_cli import tiny_config
 
 
 class _Draws(L.LightningModule):

@@ -123,7 +123,7 @@ def _megabytes(nbytes: int) -> str:
 
 def run_cache(args: Namespace) -> int:
     """Fill the caches of ``args.split``; print a line per shard and a summary per dataset."""
-    from findlit.cli import build_datamodule, load_config
+    from findlit.cli.config import build_datamodule, load_config
     from findlit.data.config import feature_cache, read_records
     from findlit.encoders.base import VisionEncoder
     from findlit.encoders.feature_cache import ShardResult

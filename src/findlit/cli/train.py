@@ -1,6 +1,6 @@
 """The training and evaluation subcommands of ``findlit``: ``fit``, ``validate``, ``test``, ``predict``.
 
-A :class:`~lightning.pytorch.cli.LightningCLI` over :class:`~findlit.module.FINDModule` (the
+A :class:`~lightning.pytorch.cli.LightningCLI` over :class:`~findlit.training.module.FINDModule` (the
 ``model`` section) and :class:`~findlit.data.datamodule.MultiTaskDataModule` (the ``data``
 section). Configs are parsed in OmegaConf mode, so ``${...}`` interpolations resolve, and
 ``--config`` may be given several times (later files win)::
@@ -51,18 +51,15 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from findlit.checkpoint_io import UnsafeCheckpointError, UseSafeCheckpointIO
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.errors import ConfigError, DataError
 from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.encoders.feature_cache.errors import FeatureCacheError
-from findlit.module import FINDModule
 from findlit.outputs.prediction_writer import PredictionWriter
 from findlit.outputs.test_results import OutputExistsError, TestResultsWriter
-from findlit.rng_states import RestoreRNGStates
-
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-"""The LightningCLI subcommands ``findlit`` dispatches to :func:`run`."""
+from findlit.training.checkpoint_io import UnsafeCheckpointError, UseSafeCheckpointIO
+from findlit.training.module import FINDModule
+from findlit.training.rng_states import RestoreRNGStates
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "use_distributed_sampler": False,
@@ -72,7 +69,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 """Trainer defaults of every subcommand (a config's ``trainer`` section overrides them).
 
 Checkpoints are written atomically and load with ``weights_only=True`` (:class:`UseSafeCheckpointIO`
-installs :class:`~findlit.checkpoint_io.SafeCheckpointIO` unless the config's ``trainer.plugins``
+installs :class:`~findlit.training.checkpoint_io.SafeCheckpointIO` unless the config's ``trainer.plugins``
 name a CheckpointIO; a callback, because a config's ``plugins`` list would replace a default one),
 and they hold the global generator states that a resumed fit restores (:class:`RestoreRNGStates`).
 The two callbacks keep no state between runs.

@@ -18,9 +18,14 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from findlit.checkpoint_io import PARTIAL_PREFIX, SafeCheckpointIO, UnsafeCheckpointError, UseSafeCheckpointIO
-from findlit.lightning_cli import TRAINER_DEFAULTS
-from findlit.rng_states import RestoreRNGStates, collect_rng_states, set_rng_states
+from findlit.cli.train import TRAINER_DEFAULTS
+from findlit.training.checkpoint_io import (
+    PARTIAL_PREFIX,
+    SafeCheckpointIO,
+    UnsafeCheckpointError,
+    UseSafeCheckpointIO,
+)
+from findlit.training.rng_states import RestoreRNGStates, collect_rng_states, set_rng_states
 from tests.fixtures import REPO
 
 GOOD = {"state_dict": {"weight": torch.arange(4.0)}, "global_step": 7}
@@ -66,7 +71,7 @@ def test_a_write_that_fails_midway_keeps_the_previous_checkpoint(
 KILLED_WRITER = textwrap.dedent(
     """
     import io, sys, time, torch
-    from findlit.checkpoint_io import SafeCheckpointIO
+    from findlit.training.checkpoint_io import SafeCheckpointIO
 
     real_save = torch.save
 

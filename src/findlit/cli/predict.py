@@ -1,4 +1,4 @@
-r"""``findlit predict`` on image files: overlays and RLE JSON per image (see :mod:`findlit.predictor`).
+r"""``findlit predict`` on image files: an overlay and RLE JSON per image (see the Predictor).
 
 ::
 
@@ -10,8 +10,8 @@ Bad input (no prompt, a missing image, an existing output without ``--overwrite`
 other encoders) is reported before anything runs.
 
 ``findlit predict --config EXP.yaml --config configs/predict/coco_sample.yaml --ckpt_path run.ckpt``
-is LightningCLI's predict instead (see :mod:`findlit.lightning_cli`): the same predictions
-(:func:`~findlit.batch_prediction.predict_batch` serves both) on the images of the config's
+is LightningCLI's predict instead (see :mod:`findlit.cli.train`): the same predictions
+(:func:`~findlit.inference.batch_prediction.predict_batch` serves both) on the images of the config's
 ``data.predict`` entries (:class:`~findlit.data.predict_config.PredictConfig`: files and folders,
 prompts, class names, resize, batch size), written to ``predictions/<name>/<stem>.png`` and
 ``<stem>.json`` in the run folder (:mod:`findlit.outputs.prediction_writer`).
@@ -73,7 +73,7 @@ def parser() -> ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``findlit predict`` on images (``argv`` without the subcommand); returns the exit code."""
-    from findlit.predictor import PredictError, Predictor, check_files, check_prompts
+    from findlit.inference.predictor import PredictError, Predictor, check_files, check_prompts
 
     args = parser().parse_args(list(argv))
     classes, stuff = _names(args.classes), _names(args.stuff)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from findlit.cli import build_datamodule
+from findlit.cli.config import build_datamodule
 from findlit.data.collate import Batch
 from findlit.data.decode import decode_panoptic
 from findlit.data.errors import ConfigError
@@ -21,8 +21,8 @@ from findlit.data.synthetic import generate
 from findlit.encoders import EncoderConfig
 from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
 from findlit.metrics import SegmentationMetrics
-from findlit.module import FINDModule, lr_factor, parameter_groups, semantic_target
 from findlit.tasks.base import Vocabulary
+from findlit.training.module import FINDModule, lr_factor, parameter_groups, semantic_target
 
 VISION = EncoderConfig("timm", {"model": "test_resnet", "weights": None})
 INTERFACE = {
@@ -478,7 +478,7 @@ def predict_all(module: FINDModule, datamodule: Any) -> list[Any]:
 
 
 def test_predict_step_gives_what_the_predictor_gives(coco_sample: Path) -> None:
-    from findlit.predictor import Predictor
+    from findlit.inference.predictor import Predictor
 
     module = tiny_encoder_module()
     predictions = predict_all(module, predict_datamodule(coco_sample, batch_size=1))

@@ -1,8 +1,8 @@
 """A batch of images and a :class:`PredictRequest` -> one :class:`Prediction` per image.
 
-:func:`predict_batch` is the one implementation behind :class:`~findlit.predictor.Predictor`
+:func:`predict_batch` is the one implementation behind :class:`~findlit.inference.predictor.Predictor`
 (image files from Python, ``findlit predict --images``) and
-:meth:`FINDModule.predict_step <findlit.module.FINDModule.predict_step>` (``findlit predict
+:meth:`FINDModule.predict_step <findlit.training.module.FINDModule.predict_step>` (``findlit predict
 --config``, batches of ``data.predict``). It encodes the images once and runs on those features:
 
 - the segmentation task, with a vocabulary made on the fly from the class names (``classes`` are
@@ -31,7 +31,7 @@ from findlit.outputs.overlay import rle_json, save_overlay
 from findlit.tasks.base import Task, TaskContext, Vocabulary
 
 if TYPE_CHECKING:
-    from findlit.module import FINDModule
+    from findlit.training.module import FINDModule
 
 
 @dataclass

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from findlit.cache_cli import rank_from_environment
-from findlit.cli import build_datamodule, load_data_section, main
+from findlit.cli import main
+from findlit.cli.cache import rank_from_environment
+from findlit.cli.config import build_datamodule, load_data_section
 from findlit.data.errors import ConfigError
 from findlit.data.synthetic import generate
 from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder

@@ -29,7 +29,7 @@ from findlit.data.config import DatasetConfig, DatasetPaths
 from findlit.data.datamodule import MultiTaskDataModule, init_worker
 from findlit.data.synthetic import generate
 from findlit.data.transforms import TransformConfig
-from findlit.slurm_requeue import DeferredRequeue
+from findlit.training.slurm_requeue import DeferredRequeue
 from tests.distributed.runs import (
     DDP,
     findlit_command,
@@ -40,7 +40,7 @@ from tests.distributed.runs import (
     write_config,
 )
 from tests.fixtures import REPO
-from tests.test_module import data_section
+from tests.training.test_module import data_section
 
 CONFIGS = REPO / "configs"
 
@@ -117,7 +117,7 @@ def test_slurm_partial_adds_the_callback_to_the_experiments(capsys: pytest.Captu
     assert plugin["init_args"] == {"auto_requeue": False, "requeue_signal": "SIGUSR1"}
     assert [c["class_path"] for c in trainer["callbacks"]] == [
         "lightning.pytorch.callbacks.ModelCheckpoint",  # demo.yaml's, kept
-        "findlit.slurm_requeue.DeferredRequeue",
+        "findlit.training.slurm_requeue.DeferredRequeue",
     ]
     assert trainer["strategy"]["init_args"]["find_unused_parameters"] is True
 
@@ -161,11 +161,11 @@ def test_ddp_signal_on_one_rank_checkpoints_all_ranks_requeues_and_stops(tmp_pat
             # only the callbacks under test: no ModelCheckpoint to take part in checkpoints too
             "callbacks": [
                 {
-                    "class_path": "findlit.slurm_requeue.DeferredRequeue",
+                    "class_path": "findlit.training.slurm_requeue.DeferredRequeue",
                     "init_args": {"requeue_command": [sys.executable, "-c", STUB, str(requeued)]},
                 },
                 {
-                    "class_path": "tests.test_slurm_requeue.SignalRankOne",
+                    "class_path": "tests.training.test_slurm_requeue.SignalRankOne",
                     "init_args": {"step": SIGNAL_STEP, "out": str(tmp_path)},
                 },
             ],

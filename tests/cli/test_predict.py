@@ -11,7 +11,7 @@ import pytest
 
 from findlit.cli import main
 from tests.fixtures import other_encoder_checkpoint
-from tests.test_predictor import PHOTOS, PROMPTS, check_outputs, save_checkpoint
+from tests.inference.test_predictor import PHOTOS, PROMPTS, check_outputs, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +119,10 @@ def test_existing_output_needs_overwrite(
 
 
 def test_config_goes_to_lightning_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    import findlit.lightning_cli
+    import findlit.cli.train
 
     received: list[Any] = []
-    monkeypatch.setattr(findlit.lightning_cli, "run", lambda args: received.append(args) or 0)
+    monkeypatch.setattr(findlit.cli.train, "run", lambda args: received.append(args) or 0)
     assert main(["predict", "--config", "x.yaml", "--ckpt_path", "y.ckpt"]) == 0
     assert main(["predict", "--config=x.yaml"]) == 0
     assert received == [
