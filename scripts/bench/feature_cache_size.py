@@ -22,11 +22,11 @@ import torch.nn.functional as F  # noqa: N812
 
 from findlit.data.config import DatasetConfig, DatasetPaths, read_records
 from findlit.data.decode import read_image
+from findlit.data.feature_cache import FeatureCache, Preprocessing
 from findlit.data.sample import Sample
 from findlit.data.synthetic import generate
 from findlit.encoders import build_encoder
 from findlit.encoders.base import STRIDES, VisionEncoder
-from findlit.encoders.feature_cache import FeatureCache, Preprocessing
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import yaml
 from findlit.cli import main
 from findlit.cli.cache import rank_from_environment
 from findlit.cli.config import build_datamodule, load_data_section
-from findlit.data.errors import ConfigError
 from findlit.data.synthetic import generate
+from findlit.errors import ConfigError
 from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder
 
 

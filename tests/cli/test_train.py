@@ -27,11 +27,11 @@ import findlit
 from findlit.cli import main
 from findlit.cli.train import FindLightningCLI, user_error_message, wants_default_progress_bar
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.errors import ConfigError, DataError
+from findlit.data.feature_cache.errors import StaleCacheError
 from findlit.data.synthetic import generate
 from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.encoders.feature_cache.errors import StaleCacheError
 from findlit.encoders.registry import EncoderConfig
+from findlit.errors import ConfigError, DataError
 from findlit.outputs.test_results import OutputExistsError
 from tests.fixtures import COCO_SAMPLE, REPO, other_encoder_checkpoint
 from tests.training.test_module import INTERFACE, TASK_OPTIONS, data_section

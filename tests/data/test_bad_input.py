@@ -26,7 +26,7 @@ from findlit.cli import main
 from findlit.cli.config import build_datamodule
 from findlit.data.config import DatasetConfig, DatasetPaths, build_dataset, read_records
 from findlit.data.datasets import TaskDataset
-from findlit.data.errors import ConfigError, DataError
+from findlit.errors import ConfigError, DataError
 from tests.fixtures import COCO_SAMPLE, REPO, copy_sample
 
 SAMPLE = COCO_SAMPLE

@@ -12,10 +12,10 @@ from findlit.cli.config import build_datamodule
 from findlit.data.collate import collate_samples
 from findlit.data.config import feature_cache, read_records
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.errors import ConfigError
+from findlit.data.feature_cache import IncompleteCacheError, StaleCacheError
 from findlit.data.transforms import swap_left_right
 from findlit.encoders.base import STRIDES
-from findlit.encoders.feature_cache import IncompleteCacheError, StaleCacheError
+from findlit.errors import ConfigError
 from tests.encoders.tiny import CHANNELS, TinyVision
 
 ANN = "annotations/"

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from findlit.cli.config import build_datamodule
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 
 ANN = "annotations/"
 SMALL = {"image_size": 128}

@@ -15,7 +15,6 @@ from PIL import Image
 from findlit.cli.config import build_datamodule, load_data_section
 from findlit.data.datamodule import MultiTaskDataModule
 from findlit.data.decode import read_rgb
-from findlit.data.errors import ConfigError, DataError
 from findlit.data.predict_config import (
     PredictConfig,
     PredictRequest,
@@ -24,6 +23,7 @@ from findlit.data.predict_config import (
     request_problem,
 )
 from findlit.data.predict_dataset import PREDICT_TASK, read_upright_image
+from findlit.errors import ConfigError, DataError
 from tests.fixtures import COCO_SAMPLE, REPO
 
 PREDICT_PARTIAL = REPO / "configs" / "predict" / "coco_sample.yaml"

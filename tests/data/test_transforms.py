@@ -7,7 +7,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as nnf
 
-from findlit.data.errors import ConfigError
 from findlit.data.sample import EntityPrompt, Sample
 from findlit.data.transforms import (
     Compose,
@@ -22,6 +21,7 @@ from findlit.data.transforms import (
     swap_left_right,
     swap_left_right_spans,
 )
+from findlit.errors import ConfigError
 
 # (top, left, bottom, right, channel): each square is painted 255 in one channel of the image and
 # is one mask; the ignore region is painted in the last channel.

@@ -27,9 +27,9 @@ from transformers import (
     LlamaModel,
 )
 
-from findlit.data.errors import ConfigError
 from findlit.encoders import build_encoder
 from findlit.encoders.hf_text import PACKAGE_MODEL, HFTextEncoder, resolve_model_source
+from findlit.errors import ConfigError
 
 TEXTS = ["a photo of a cat", "a kitten sitting on a sofa", "a red sports car"]
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from findlit.data.errors import ConfigError
 from findlit.encoders import STRIDES, EncoderSpec, build_encoder
 from findlit.encoders.open_clip import (
     OpenClipTextEncoder,
@@ -20,6 +19,7 @@ from findlit.encoders.open_clip import (
     load_model_config,
     register_model_config,
 )
+from findlit.errors import ConfigError
 
 # vocab 49408 is open_clip's tokenizer; the text width (48) differs from embed_dim (32) on purpose
 TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2}

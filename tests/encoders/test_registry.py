@@ -1,8 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from findlit.data.errors import ConfigError
 from findlit.encoders import EncoderConfig, TextEncoder, VisionEncoder, build_encoder, encoder_class
+from findlit.errors import ConfigError
 from tests.fixtures import REPO
 
 

@@ -12,9 +12,9 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from findlit.data.errors import ConfigError
 from findlit.encoders import STRIDES, EncoderSpec, build_encoder
 from findlit.encoders.sam import SamVisionEncoder, read_state_dict
+from findlit.errors import ConfigError
 
 TINY: dict[str, Any] = {
     "depth": 2,

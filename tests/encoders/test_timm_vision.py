@@ -14,7 +14,6 @@ import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import save_file
 from skimage import data as skimage_data
 
-from findlit.data.errors import ConfigError
 from findlit.encoders import STRIDES, build_encoder
 from findlit.encoders.timm_vision import (
     PACKAGE_WEIGHTS,
@@ -23,6 +22,7 @@ from findlit.encoders.timm_vision import (
     image_normalization,
     load_classifier,
 )
+from findlit.errors import ConfigError
 
 EGYPTIAN_CAT = 285
 

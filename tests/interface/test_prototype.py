@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 from findlit.interface import FEATURES, Prototype, TypeName, TypeRule, default_prototype
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ from lightning.pytorch.loggers import CSVLogger
 from findlit.cli.config import build_datamodule
 from findlit.data.collate import Batch
 from findlit.data.decode import decode_panoptic
-from findlit.data.errors import ConfigError
 from findlit.data.formats import read_coco_panoptic
 from findlit.data.synthetic import generate
 from findlit.encoders import EncoderConfig
 from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
+from findlit.errors import ConfigError
 from findlit.metrics import SegmentationMetrics
 from findlit.tasks.base import Vocabulary
 from findlit.training.module import FINDModule, lr_factor, parameter_groups, semantic_target
@@ -529,7 +529,7 @@ def test_instance_mode_keeps_detections_above_min_score(coco_sample: Path) -> No
 
 
 def test_predict_refuses_requests_the_model_cannot_serve_before_any_image(coco_sample: Path) -> None:
-    from findlit.data.errors import ConfigError
+    from findlit.errors import ConfigError
 
     module = tiny_encoder_module(tasks=["segmentation"], task_options={"segmentation": {"num_points": 64}})
     trainer = L.Trainer(

@@ -17,7 +17,8 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from findlit.data.errors import BadRecords, ConfigError, DataError
+from findlit.data.errors import BadRecords
+from findlit.errors import ConfigError, DataError
 
 VISION_ENCODER_KEYS = ("model.vision_encoder", "model.init_args.vision_encoder")
 
@@ -125,8 +126,8 @@ def run_cache(args: Namespace) -> int:
     """Fill the caches of ``args.split``; print a line per shard and a summary per dataset."""
     from findlit.cli.config import build_datamodule, load_config
     from findlit.data.config import feature_cache, read_records
+    from findlit.data.feature_cache import ShardResult
     from findlit.encoders.base import VisionEncoder
-    from findlit.encoders.feature_cache import ShardResult
 
     config = load_config(args.config)
     data = config.get("data")
@@ -201,7 +202,7 @@ def run_cache(args: Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``findlit cache ...``; exit 2 on a config or stale-cache error, 1 on a data error."""
-    from findlit.encoders.feature_cache import FeatureCacheError
+    from findlit.data.feature_cache import FeatureCacheError
 
     args = cache_parser().parse_args(list(argv))
     started = time.perf_counter()

@@ -16,7 +16,7 @@ from jsonargparse import ArgumentParser
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 
 
 def load_config(config_paths: Sequence[str]) -> dict[str, Any]:

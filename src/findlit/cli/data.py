@@ -11,7 +11,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser, Namespace
 
 from findlit.cli.config import build_datamodule, load_data_section
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 
 CHECK_STAGES = ("train", "val", "test", "predict")
 """The ``data`` sections that ``findlit data check`` reads, in this order."""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from findlit import __version__
 from findlit.cli.commands import TRAINER_SUBCOMMANDS
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 
 USAGE = """\
 usage: findlit data {synth,check} ...

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 from jsonargparse import ArgumentParser
 
-from findlit.data.errors import ConfigError
 from findlit.encoders.checkpoint import EncoderMismatchError
+from findlit.errors import ConfigError
 
 
 def _names(value: str | None) -> list[str]:

@@ -52,9 +52,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.errors import ConfigError, DataError
+from findlit.data.feature_cache.errors import FeatureCacheError
 from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.encoders.feature_cache.errors import FeatureCacheError
+from findlit.errors import ConfigError, DataError
 from findlit.outputs.prediction_writer import PredictionWriter
 from findlit.outputs.test_results import OutputExistsError, TestResultsWriter
 from findlit.training.checkpoint_io import UnsafeCheckpointError, UseSafeCheckpointIO

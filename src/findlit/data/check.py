@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from findlit.data.config import TASK_DATASETS, DatasetConfig, read_records
-from findlit.data.errors import BadRecords, ConfigError, DataError
+from findlit.data.errors import BadRecords
 from findlit.data.predict_config import PredictConfig, check_predict_config, find_images
 from findlit.data.predict_dataset import PREDICT_TASK, read_upright_image
 from findlit.data.sample import Sample
+from findlit.errors import ConfigError, DataError
 
 COUNTED = ("images", "segments", "captions", "refs", "sentences", "entities")
 """The columns of every dataset's report."""

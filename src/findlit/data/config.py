@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from findlit.data import datasets
-from findlit.data.errors import BadRecordPolicy, BadRecords, ConfigError
+from findlit.data.errors import BadRecordPolicy, BadRecords
+from findlit.data.feature_cache import FeatureCache, Preprocessing
 from findlit.data.formats import (
     read_coco_captions,
     read_coco_instances,
@@ -23,7 +24,7 @@ from findlit.data.formats import (
 )
 from findlit.data.records import Dataset
 from findlit.data.transforms import TransformConfig, build_feature_transforms, build_transforms
-from findlit.encoders.feature_cache import FeatureCache, Preprocessing
+from findlit.errors import ConfigError
 
 TaskName = Literal["segmentation", "retrieval", "grounding", "interleave"]
 FormatName = Literal[

@@ -21,12 +21,13 @@ from torch.utils.data import Dataset as TorchDataset
 from findlit.data.collate import collate_samples
 from findlit.data.config import DatasetConfig, build_dataset
 from findlit.data.datasets import TaskDataset
-from findlit.data.errors import BadRecordPolicy, ConfigError
+from findlit.data.errors import BadRecordPolicy
 from findlit.data.predict_config import PredictConfig, check_predict_config, evaluation_resize
 from findlit.data.predict_dataset import PredictDataset, build_predict_dataset, collate_predict
 from findlit.data.sample import Sample
 from findlit.data.sampler import MultiTaskBatchSampler, SampleKey, ShardedSampler
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import ConfigError
 
 
 def init_worker(worker_id: int, rank: int) -> None:

@@ -6,7 +6,7 @@ sample (augmentation, which caption or sentence is drawn), so a run and its resu
 runs on different numbers of processes, see the same samples. The seed is kept in the sample
 (``seed``; the index in evaluation) for the random points of the losses.
 
-Given a :class:`~findlit.encoders.feature_cache.FeatureReader`, a dataset reads each image's
+Given a :class:`~findlit.data.feature_cache.FeatureReader`, a dataset reads each image's
 cached vision features instead of decoding the image; targets are decoded as usual.
 """
 
@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.utils.data import Dataset as TorchDataset
 
 from findlit.data.decode import PanopticMasks, decode_instance, decode_panoptic, read_image
-from findlit.data.errors import BadRecordPolicy, BadRecords, DataError
+from findlit.data.errors import BadRecordPolicy, BadRecords
+from findlit.data.feature_cache import FeatureReader
 from findlit.data.records import (
     CaptionsRecord,
     Category,
@@ -34,7 +35,7 @@ from findlit.data.records import (
     RefsRecord,
 )
 from findlit.data.sample import EntityPrompt, Sample
-from findlit.encoders.feature_cache import FeatureReader
+from findlit.errors import DataError
 
 Transform = Callable[[Sample, torch.Generator], Sample]
 SampleIndex = int | tuple[int, int]

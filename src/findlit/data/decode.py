@@ -12,8 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from findlit.data.errors import DataError
 from findlit.data.records import ImageInfo, InstanceAnnotation, PanopticRecord
+from findlit.errors import DataError
 
 # Image.open refuses nothing by size, but a decompression bomb warning is a real hazard on user data.
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000

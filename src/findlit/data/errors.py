@@ -1,8 +1,7 @@
-"""Errors and the bad-record policy of the data layer.
+"""The bad-record policy of the data layer: raise the first bad record, or skip and count them.
 
-Every problem found in a user's data names the file, the record (image id, ann id, ref id...)
-and, where known, the config key that pointed to the file, so that a user can fix it without
-reading a traceback.
+The errors themselves (:class:`~findlit.errors.DataError`, :class:`~findlit.errors.ConfigError`)
+are in :mod:`findlit.errors`.
 """
 
 from __future__ import annotations
@@ -11,49 +10,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
+from findlit.errors import ConfigError, DataError
+
 BadRecordPolicy = Literal["error", "skip"]
-
-
-class DataError(Exception):
-    """A problem in a data file: names the file, the record and the config key.
-
-    Args:
-        message: what is wrong.
-        file: the file the problem was found in.
-        record: which record, e.g. ``"image_id=142238"`` or ``"ref_id=3"``; None for a whole-file problem.
-        key: the config key that pointed to the file, e.g. ``"data.train[0].paths.panoptic_json"``.
-
-    """
-
-    def __init__(
-        self, message: str, file: str | Path | None, record: str | None = None, key: str | None = None
-    ):
-        self.message = message
-        self.file = str(file) if file is not None else None
-        self.record = record
-        self.key = key
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        where = []
-        if self.file is not None:
-            where.append(f"file {self.file}")
-        if self.key is not None:
-            where.append(f"set by config key '{self.key}'")
-        if self.record is not None:
-            where.append(f"record {self.record}")
-        return f"{self.message} [{'; '.join(where)}]" if where else self.message
-
-    def with_key(self, key: str | None) -> DataError:
-        """Return a copy of this error that also names ``key`` (kept if already set)."""
-        return DataError(self.message, self.file, self.record, self.key or key)
-
-
-class ConfigError(ValueError):
-    """A wrong or missing configuration key; the message names the key."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 
 SegmentationMode = Literal["panoptic", "instance"]
 

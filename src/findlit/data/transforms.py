@@ -27,8 +27,8 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from findlit.data.errors import ConfigError
 from findlit.data.sample import EntityPrompt, Sample
+from findlit.errors import ConfigError
 
 __all__ = [
     "Compose",

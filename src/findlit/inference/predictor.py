@@ -30,7 +30,6 @@ import yaml
 from torch import Tensor
 
 from findlit.data.collate import collate_samples
-from findlit.data.errors import DataError
 from findlit.data.predict_config import (
     DEFAULT_IMAGE_SIZE,
     PredictRequest,
@@ -42,6 +41,7 @@ from findlit.data.predict_config import (
 from findlit.data.predict_dataset import prediction_sample, read_upright_image
 from findlit.data.transforms import Resize
 from findlit.encoders.checkpoint import EncoderMismatchError
+from findlit.errors import DataError
 from findlit.inference.batch_prediction import (
     Prediction,
     capability_problem,

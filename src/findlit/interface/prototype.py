@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from findlit.data.errors import ConfigError
+from findlit.errors import ConfigError
 
 KINDS: tuple[str, ...] = ("features", "proposals", "queries", "tokens", "memories")
 """Known kinds, in canonical sequence order (features are read, never laid out)."""

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from findlit.data.decode import read_image
-from findlit.data.errors import DataError
+from findlit.errors import DataError
 from findlit.outputs.overlay import save_overlay
 
 OVERLAYS_FOLDER = "overlays"

@@ -51,11 +51,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from findlit.data.collate import Batch, image_origin
-from findlit.data.errors import ConfigError
 from findlit.encoders.base import TextEncoder, VisionEncoder
 from findlit.encoders.checkpoint import check_encoder_specs, record_encoder_specs
 from findlit.encoders.prompt_cache import PromptCache
 from findlit.encoders.registry import EncoderConfig
+from findlit.errors import ConfigError
 from findlit.inference.batch_prediction import Prediction, capability_problem, predict_batch
 from findlit.interface.find import FINDInterface
 from findlit.losses import LossWeights

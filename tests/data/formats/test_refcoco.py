@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from findlit.data.errors import DataError
 from findlit.data.formats import read_refcoco
 from findlit.data.formats.refcoco import load_refs_pickle
+from findlit.errors import DataError
 
 
 def read(sample: Path, refs: str, **kwargs):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from findlit.data.errors import BadRecords, DataError
+from findlit.data.errors import BadRecords
 from findlit.data.formats.jsonfile import existing_path, field, load_json, read_images, top_level_list
 from findlit.data.records import CaptionsRecord, Dataset, ImageInfo
+from findlit.errors import DataError
 
 
 def read_coco_captions(

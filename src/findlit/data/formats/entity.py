@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from findlit.data.errors import BadRecords, DataError
+from findlit.data.errors import BadRecords
 from findlit.data.formats.jsonfile import existing_path, field, load_json, optional_number, top_level_list
 from findlit.data.formats.panoptic import read_coco_panoptic
 from findlit.data.records import (
@@ -22,6 +22,7 @@ from findlit.data.records import (
     Phrase,
     SegmentReference,
 )
+from findlit.errors import DataError
 
 
 def read_find_entity(

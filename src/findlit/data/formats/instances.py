@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from findlit.data.errors import BadRecords, DataError
+from findlit.data.errors import BadRecords
 from findlit.data.formats.jsonfile import (
     bbox,
     existing_path,
@@ -18,6 +18,7 @@ from findlit.data.formats.jsonfile import (
     top_level_list,
 )
 from findlit.data.records import Category, Dataset, ImageInfo, InstanceAnnotation, InstancesRecord
+from findlit.errors import DataError
 
 
 def read_coco_instances(

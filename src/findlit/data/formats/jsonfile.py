@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from findlit.data.errors import DataError
 from findlit.data.records import Category, ImageInfo
+from findlit.errors import DataError
 
 
 def existing_path(path: str | Path | None, key: str | None, *, kind: str = "file") -> Path:

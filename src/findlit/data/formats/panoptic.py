@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from findlit.data.errors import BadRecords, DataError
+from findlit.data.errors import BadRecords
 from findlit.data.formats.jsonfile import (
     bbox,
     existing_path,
@@ -21,6 +21,7 @@ from findlit.data.formats.jsonfile import (
     top_level_list,
 )
 from findlit.data.records import Category, Dataset, ImageInfo, PanopticRecord, PanopticSegment
+from findlit.errors import DataError
 
 
 def read_coco_panoptic(

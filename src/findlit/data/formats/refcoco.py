@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from findlit.data.errors import BadRecords, DataError
+from findlit.data.errors import BadRecords
 from findlit.data.formats.instances import read_coco_instances
 from findlit.data.formats.jsonfile import existing_path, field, load_json
 from findlit.data.records import Dataset, InstanceAnnotation, InstancesRecord, Ref, RefsRecord
+from findlit.errors import DataError
 
 ABSENT_ANN_ID = -1
 """``ann_id`` of a ref that describes an object which is not in the image (rejection tests)."""

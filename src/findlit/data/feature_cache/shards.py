@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from findlit.data.feature_cache.atomic import temporary_path, write_atomic
+from findlit.data.feature_cache.errors import CorruptShardError
+from findlit.data.feature_cache.manifest import FORMAT, VERSION
 from findlit.data.records import ImageInfo
-from findlit.encoders.feature_cache.atomic import temporary_path, write_atomic
-from findlit.encoders.feature_cache.errors import CorruptShardError
-from findlit.encoders.feature_cache.manifest import FORMAT, VERSION
 
 ShardState = Literal["done", "missing", "corrupt", "stale"]
 
@@ -215,7 +215,7 @@ def shard_state(
         folder: the cache folder.
         images: the dataset's images in record order.
         manifest: the cache's manifest.
-        key: :func:`~findlit.encoders.feature_cache.manifest.manifest_key` of ``manifest``.
+        key: :func:`~findlit.data.feature_cache.manifest.manifest_key` of ``manifest``.
         shard: the shard to check.
         verify: also check the .bin's sha256 (reads it whole); otherwise only its size.
 

@@ -26,26 +26,26 @@ listing the differences, and nothing is overwritten.
 
 The modules:
 
-- :mod:`~findlit.encoders.feature_cache.cache`: :class:`FeatureCache`, one dataset's cache folder.
-- :mod:`~findlit.encoders.feature_cache.manifest`: :class:`Preprocessing`, :func:`dataset_digest`,
+- :mod:`~findlit.data.feature_cache.cache`: :class:`FeatureCache`, one dataset's cache folder.
+- :mod:`~findlit.data.feature_cache.manifest`: :class:`Preprocessing`, :func:`dataset_digest`,
   creating the manifest and comparing it with the configuration.
-- :mod:`~findlit.encoders.feature_cache.shards`: the shard files, their sidecars, whether a shard is done.
-- :mod:`~findlit.encoders.feature_cache.atomic`: temporary names, atomic renames, dead writers' leftovers.
-- :mod:`~findlit.encoders.feature_cache.reader`: :class:`FeatureReader`, memory-mapped reads.
-- :mod:`~findlit.encoders.feature_cache.fill`: :meth:`FeatureCache.fill`: ranks, resumption, encoding.
-- :mod:`~findlit.encoders.feature_cache.errors`: the exceptions.
+- :mod:`~findlit.data.feature_cache.shards`: the shard files, their sidecars, whether a shard is done.
+- :mod:`~findlit.data.feature_cache.atomic`: temporary names, atomic renames, dead writers' leftovers.
+- :mod:`~findlit.data.feature_cache.reader`: :class:`FeatureReader`, memory-mapped reads.
+- :mod:`~findlit.data.feature_cache.fill`: :meth:`FeatureCache.fill`: ranks, resumption, encoding.
+- :mod:`~findlit.data.feature_cache.errors`: the exceptions.
 """
 
-from findlit.encoders.feature_cache.cache import FeatureCache
-from findlit.encoders.feature_cache.errors import (
+from findlit.data.feature_cache.cache import FeatureCache
+from findlit.data.feature_cache.errors import (
     CorruptShardError,
     FeatureCacheError,
     IncompleteCacheError,
     StaleCacheError,
 )
-from findlit.encoders.feature_cache.fill import FillReport, ShardResult
-from findlit.encoders.feature_cache.manifest import Preprocessing, dataset_digest
-from findlit.encoders.feature_cache.reader import CachedFeatures, FeatureReader
+from findlit.data.feature_cache.fill import FillReport, ShardResult
+from findlit.data.feature_cache.manifest import Preprocessing, dataset_digest
+from findlit.data.feature_cache.reader import CachedFeatures, FeatureReader
 
 __all__ = [
     "CachedFeatures",

@@ -23,14 +23,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from findlit.data.decode import read_image
-from findlit.data.errors import BadRecordPolicy, DataError
-from findlit.data.records import ImageInfo
-from findlit.data.sample import Sample
-from findlit.data.transforms import Resize
-from findlit.encoders.base import STRIDES, VisionEncoder
-from findlit.encoders.feature_cache.atomic import remove_dead_temporaries
-from findlit.encoders.feature_cache.errors import FeatureCacheError
-from findlit.encoders.feature_cache.manifest import (
+from findlit.data.errors import BadRecordPolicy
+from findlit.data.feature_cache.atomic import remove_dead_temporaries
+from findlit.data.feature_cache.errors import FeatureCacheError
+from findlit.data.feature_cache.manifest import (
     DEFAULT_SHARD_SIZE,
     DTYPES,
     CacheDtype,
@@ -38,10 +34,15 @@ from findlit.encoders.feature_cache.manifest import (
     create_or_check_manifest,
     manifest_key,
 )
-from findlit.encoders.feature_cache.shards import ShardWriter, shard_name, shard_state
+from findlit.data.feature_cache.shards import ShardWriter, shard_name, shard_state
+from findlit.data.records import ImageInfo
+from findlit.data.sample import Sample
+from findlit.data.transforms import Resize
+from findlit.encoders.base import STRIDES, VisionEncoder
+from findlit.errors import DataError
 
 if TYPE_CHECKING:
-    from findlit.encoders.feature_cache.cache import FeatureCache
+    from findlit.data.feature_cache.cache import FeatureCache
 
 
 @dataclass

@@ -9,16 +9,14 @@ from typing import Any
 import torch
 
 from findlit.data.errors import BadRecordPolicy
-from findlit.data.records import ImageInfo
-from findlit.encoders.base import VisionEncoder
-from findlit.encoders.feature_cache.errors import (
+from findlit.data.feature_cache.errors import (
     CorruptShardError,
     IncompleteCacheError,
     StaleCacheError,
     stale_message,
 )
-from findlit.encoders.feature_cache.fill import FillReport, ShardResult, fill_cache
-from findlit.encoders.feature_cache.manifest import (
+from findlit.data.feature_cache.fill import FillReport, ShardResult, fill_cache
+from findlit.data.feature_cache.manifest import (
     FORMAT,
     MANIFEST,
     VERSION,
@@ -30,8 +28,10 @@ from findlit.encoders.feature_cache.manifest import (
     manifest_differences,
     manifest_key,
 )
-from findlit.encoders.feature_cache.reader import FeatureReader
-from findlit.encoders.feature_cache.shards import ShardIndex, shard_state
+from findlit.data.feature_cache.reader import FeatureReader
+from findlit.data.feature_cache.shards import ShardIndex, shard_state
+from findlit.data.records import ImageInfo
+from findlit.encoders.base import VisionEncoder
 from findlit.encoders.spec import EncoderSpec
 
 

@@ -17,12 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from findlit.data.config import DatasetConfig, DatasetPaths, read_records
 from findlit.data.decode import read_image
-from findlit.data.errors import DataError
-from findlit.data.records import ImageInfo
-from findlit.data.sample import Sample
-from findlit.data.synthetic import generate
-from findlit.encoders.base import STRIDES
-from findlit.encoders.feature_cache import (
+from findlit.data.feature_cache import (
     CorruptShardError,
     FeatureCache,
     FeatureReader,
@@ -31,6 +26,11 @@ from findlit.encoders.feature_cache import (
     ShardResult,
     StaleCacheError,
 )
+from findlit.data.records import ImageInfo
+from findlit.data.sample import Sample
+from findlit.data.synthetic import generate
+from findlit.encoders.base import STRIDES
+from findlit.errors import DataError
 from tests.encoders.tiny import CHANNELS, EncoderInterruptedError, TinyVision
 from tests.fixtures import REPO
 
@@ -340,7 +340,7 @@ def test_interruption_between_shards_via_progress_hook(tmp_path: Path, synth: Pa
 KILLED_WRITER = """
 import sys
 from pathlib import Path
-from tests.encoders.test_feature_cache import cache, synth_images
+from tests.data.test_feature_cache import cache, synth_images
 from tests.encoders.tiny import TinyVision
 root, folder = Path(sys.argv[1]), Path(sys.argv[2])
 cache(folder, synth_images(root)).fill(TinyVision(kill_on_call=3), shard_size=3, batch_size=1)
@@ -466,7 +466,7 @@ def test_two_ranks_fill_disjoint_shards_equal_to_one_rank(tmp_path: Path, synth:
 RANK_WRITER = """
 import sys
 from pathlib import Path
-from tests.encoders.test_feature_cache import cache, synth_images
+from tests.data.test_feature_cache import cache, synth_images
 from tests.encoders.tiny import TinyVision
 root, folder, rank = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 report = cache(folder, synth_images(root)).fill(TinyVision(), rank=rank, world_size=2, shard_size=1)

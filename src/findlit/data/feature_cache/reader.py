@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from findlit.data.errors import DataError
-from findlit.encoders.feature_cache.errors import (
+from findlit.data.feature_cache.errors import (
     CorruptShardError,
     FeatureCacheError,
     StaleCacheError,
     stale_message,
 )
-from findlit.encoders.feature_cache.manifest import DTYPES, LevelLayout, Preprocessing, manifest_differences
-from findlit.encoders.feature_cache.shards import ShardIndex, shard_paths
+from findlit.data.feature_cache.manifest import DTYPES, LevelLayout, Preprocessing, manifest_differences
+from findlit.data.feature_cache.shards import ShardIndex, shard_paths
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import DataError
 
 
 @dataclass

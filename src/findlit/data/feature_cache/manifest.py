@@ -3,7 +3,7 @@
 ``manifest.json`` records the encoder spec, the preprocessing, the dataset digest, the storage
 (dtype, shard size, shard count) and the pyramid levels. The first writer creates it; every other
 writer, and every reader, compares its own configuration with it, and any difference is a
-:class:`~findlit.encoders.feature_cache.StaleCacheError` listing the differing fields.
+:class:`~findlit.data.feature_cache.StaleCacheError` listing the differing fields.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from findlit.data.errors import ConfigError
+from findlit.data.feature_cache.atomic import temporary_path
+from findlit.data.feature_cache.errors import FeatureCacheError, StaleCacheError, stale_message
 from findlit.data.records import ImageInfo
 from findlit.data.transforms import Resize, TransformConfig
 from findlit.encoders.base import STRIDES
-from findlit.encoders.feature_cache.atomic import temporary_path
-from findlit.encoders.feature_cache.errors import FeatureCacheError, StaleCacheError, stale_message
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import ConfigError
 
 FORMAT = "findlit.feature_cache"
 VERSION = 1
