@@ -47,7 +47,7 @@ test-slurm: $(STAMP) ## Start a local SLURM cluster, run the SLURM job tests (te
 	scripts/slurm/local_cluster.sh stop; exit $$status
 
 demo: $(STAMP) ## Generate the embedded default data, fit configs/demo.yaml, test its best checkpoint
-	$(BIN)/findlit data synth --out $(DEMO_DATA) --train 2000 --val 200 --size 256 --seed 0
+	$(BIN)/findlit data synth --out $(DEMO_DATA) --train 2000 --val 200 --test 200 --size 256 --seed 0
 	$(BIN)/findlit fit --config configs/demo.yaml $(DEMO_ARGS)
 
 lint: $(STAMP) ## Ruff lint and format check, then mypy

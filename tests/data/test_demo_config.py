@@ -13,7 +13,7 @@ from tests.fixtures import REPO
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("demo")
-    generate(folder / "data", train=12, val=6, size=128, seed=0)
+    generate(folder / "data", train=12, val=6, size=128, seed=0, test=6)
     config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     config["data"]["root"] = str(folder / "data")
     path = folder / "demo.yaml"
@@ -25,6 +25,11 @@ def test_data_check_passes_on_generated_data(demo_config: Path, capsys: pytest.C
     assert main(["data", "check", "--config", str(demo_config)]) == 0
     output = capsys.readouterr().out
     assert "no problems found" in output
+    # choices are made on val, results reported on test: the two sections read different images
+    config = yaml.safe_load(demo_config.read_text())["data"]
+    val_files = {yaml.safe_dump(entry["paths"]) for entry in config["val"]}
+    assert not any(yaml.safe_dump(entry["paths"]) in val_files for entry in config["test"])
+    assert all("test" in str(entry["paths"]) for entry in config["test"])
     rows = {line.split()[1]: line.split()[2:] for line in output.splitlines() if line.startswith("data.")}
     assert set(rows) == {
         "demo_panoptic",

@@ -27,13 +27,13 @@ from findlit.data.synthetic import (
 )
 
 TRAIN, VAL, SIZE, SEED = 12, 4, 128, 0
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "demo"
-    generate(out, TRAIN, VAL, SIZE, SEED)
+    generate(out, TRAIN, VAL, SIZE, SEED, test=VAL)
     return out
 
 
@@ -108,7 +108,7 @@ def _thirds(mask: np.ndarray) -> tuple[str, str]:
 
 def test_same_seed_gives_identical_bytes(data: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate(again, TRAIN, VAL, SIZE, SEED)
+    generate(again, TRAIN, VAL, SIZE, SEED, test=VAL)
     assert _tree(again) == _tree(data)
 
 
@@ -121,7 +121,7 @@ def test_other_seed_differs(data: Path, tmp_path: Path) -> None:
 
 def test_two_workers_equal_one(data: Path, tmp_path: Path) -> None:
     parallel = tmp_path / "parallel"
-    generate(parallel, TRAIN, VAL, SIZE, SEED, workers=2)
+    generate(parallel, TRAIN, VAL, SIZE, SEED, workers=2, test=VAL)
     assert _tree(parallel) == _tree(data)
 
 
@@ -240,7 +240,7 @@ def test_refs_pickle_is_plain_and_matches_json(data: Path) -> None:
     raw = (data / "annotations" / "refs(synth).p").read_bytes()
     assert raw[:2] == b"\x80\x02"  # protocol 2, like the official files
     refs = _PlainOnly(io.BytesIO(raw)).load()
-    assert refs == _load(data, "refs_train.json") + _load(data, "refs_val.json")
+    assert refs == [ref for split in SPLITS for ref in _load(data, f"refs_{split}.json")]
     keys = ["ref_id", "image_id", "ann_id", "category_id", "split", "file_name", "sentences", "sent_ids"]
     assert all(list(r) == keys for r in refs)
     assert len({r["ref_id"] for r in refs}) == len(refs)
@@ -368,3 +368,14 @@ def test_regenerates_its_own_folder(tmp_path: Path) -> None:
     assert summary.splits["train"].images == 2 and summary.splits["train"].captions == 10
     assert summary.out == out and summary.seconds > 0
     assert json.loads((out / MARKER_NAME).read_text())["seed"] == 1
+
+
+def test_the_test_split_holds_other_images_than_val_with_ids_of_their_own(data: Path) -> None:
+    val_ids = {image["id"] for image in _load(data, "panoptic_val.json")["images"]}
+    test_ids = {image["id"] for image in _load(data, "panoptic_test.json")["images"]}
+    assert len(test_ids) == VAL and not val_ids & test_ids
+    assert min(test_ids) == synthetic.image_id_for("test", 0) == 200_000_001
+    val_pixels = {p.read_bytes() for p in (data / "val").glob("*.jpg")}
+    assert not val_pixels & {p.read_bytes() for p in (data / "test").glob("*.jpg")}
+    karpathy = _load(data, "dataset_coco.json")["images"]
+    assert sum(image["split"] == "test" for image in karpathy) == VAL

@@ -22,7 +22,8 @@ def data_parser() -> ArgumentParser:
     synth = ArgumentParser(description="Write the embedded default dataset in the COCO formats.")
     synth.add_argument("--out", type=str, default="data/demo", help="output folder")
     synth.add_argument("--train", type=int, default=2000, help="training images")
-    synth.add_argument("--val", type=int, default=200, help="validation images")
+    synth.add_argument("--val", type=int, default=200, help="validation images (choices are made on them)")
+    synth.add_argument("--test", type=int, default=200, help="test images (reported, never chosen on)")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     synth.add_argument("--workers", type=int, default=2, help="worker processes")
@@ -57,7 +58,13 @@ def run_synth(args: Namespace) -> int:
     from findlit.data.synthetic import generate
 
     summary = generate(
-        Path(args.out), args.train, args.val, size=args.size, seed=args.seed, workers=args.workers
+        Path(args.out),
+        args.train,
+        args.val,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        test=args.test,
     )
     print("\n".join(summary.lines()))
     return 0

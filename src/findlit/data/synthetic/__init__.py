@@ -14,16 +14,19 @@ another image).
 Output layout (``generate(out, ...)``)::
 
     <out>/.findlit-synth.json                    marker with the parameters (allows re-generation)
-    <out>/{train,val}/<image_id:012d>.jpg        RGB JPEG, quality 95
-    <out>/panoptic_{train,val}/<image_id:012d>.png   segment id = R + 256 G + 256^2 B, 0 = void
+    <out>/{train,val,test}/<image_id:012d>.jpg   RGB JPEG, quality 95
+    <out>/panoptic_{split}/<image_id:012d>.png   segment id = R + 256 G + 256^2 B, 0 = void
     <out>/annotations/panoptic_{split}.json      COCO panoptic
     <out>/annotations/instances_{split}.json     COCO instances, RLE masks of things and stuff
     <out>/annotations/captions_{split}.json      COCO captions, 5 per image
     <out>/annotations/dataset_coco.json          Karpathy split with the same captions
-    <out>/annotations/refs(synth).p              RefCOCO pickle (both splits; plain types only)
+    <out>/annotations/refs(synth).p              RefCOCO pickle (every split; plain types only)
     <out>/annotations/refs_{split}.json          the same refs as JSON
     <out>/annotations/refs_absent_{split}.json   refs to objects that are not in the image (ann_id -1)
     <out>/annotations/entity_{split}.json        FIND-Bench COCO-Entity
+
+Splits: ``train``; ``val``, on which checkpoints and configurations are chosen; ``test``, the
+images a result is reported on, on which nothing is chosen (empty unless asked for).
 
 Determinism: each image draws from its own ``numpy.random.Generator`` seeded by (seed, split, index),
 and every id that spans images is assigned afterwards in image order, so the bytes written do not

@@ -32,10 +32,10 @@ def _run_jobs(jobs: Sequence[ImageJob], workers: int) -> Iterator[ImageResult]:
         yield from pool.map(build_image, jobs, chunksize=chunk)
 
 
-def _validate(train: int, val: int, size: int, seed: int, workers: int) -> None:
-    if train < 0 or val < 0 or train + val == 0:
-        raise ValueError(f"need at least one image: train={train}, val={val}")
-    if train >= VAL_ID_OFFSET or val >= VAL_ID_OFFSET:
+def _validate(counts: dict[str, int], size: int, seed: int, workers: int) -> None:
+    if min(counts.values()) < 0 or sum(counts.values()) == 0:
+        raise ValueError(f"need at least one image: {', '.join(f'{s}={n}' for s, n in counts.items())}")
+    if max(counts.values()) >= VAL_ID_OFFSET:
         raise ValueError(f"at most {VAL_ID_OFFSET - 1} images per split")
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
@@ -46,9 +46,11 @@ def _validate(train: int, val: int, size: int, seed: int, workers: int) -> None:
 
 
 def generate(
-    out: Path, train: int, val: int, size: int = 256, seed: int = 0, workers: int = 1
+    out: Path, train: int, val: int, size: int = 256, seed: int = 0, workers: int = 1, test: int = 0
 ) -> SynthSummary:
-    """Write the synthetic dataset (``train`` + ``val`` square images of ``size`` pixels) into ``out``.
+    """Write the synthetic dataset (``train`` + ``val`` + ``test`` square images of ``size`` px) into ``out``.
+
+    The test split is for reporting: images no choice (of checkpoint or configuration) is made on.
 
     The same ``seed`` gives byte-identical files for any ``workers``. ``out`` must be missing, empty,
     or a previous output of this function (recognised by its marker file, and then replaced);
@@ -58,7 +60,8 @@ def generate(
         The output folder, per-split counts and the wall time in seconds.
 
     """
-    _validate(train, val, size, seed, workers)
+    counts = {"train": train, "val": val, "test": test}
+    _validate(counts, size, seed, workers)
     start = time.perf_counter()
     out = Path(out)
     params = {
@@ -66,11 +69,11 @@ def generate(
         "format_version": FORMAT_VERSION,
         "train": train,
         "val": val,
+        "test": test,
         "size": size,
         "seed": seed,
     }
     prepare_out_folder(out, params)
-    counts = {"train": train, "val": val}
     jobs = [ImageJob(str(out), split, i, size, seed) for split in SPLITS for i in range(counts[split])]
     results_by_split: dict[str, list[ImageResult]] = {split: [] for split in SPLITS}
     for result in _run_jobs(jobs, min(workers, os.cpu_count() or 1) if workers > 1 else 1):

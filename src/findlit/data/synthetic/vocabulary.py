@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SPLITS: tuple[str, ...] = ("train", "val")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Training images; validation images (checkpoint selection, config choices); test images (reported)."""
 
 SHAPES: tuple[str, ...] = (
     "circle",
@@ -76,9 +77,11 @@ THING_CATEGORY_IDS: dict[str, int] = {shape: i + 1 for i, shape in enumerate(SHA
 STUFF_CATEGORY_IDS: dict[str, int] = {name: 101 + i for i, name in enumerate(STUFF_NAMES)}
 
 # Code of a split in the seed of its generators.
-SPLIT_CODES = {"train": 0, "val": 1}
-# Val ids live in their own range so that changing --train never renumbers val images.
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+# Val and test ids live in their own ranges, so that changing --train never renumbers them.
 VAL_ID_OFFSET = 100_000_000
+TEST_ID_OFFSET = 200_000_000
+SPLIT_ID_OFFSETS = {"train": 0, "val": VAL_ID_OFFSET, "test": TEST_ID_OFFSET}
 
 
 def categories() -> list[dict[str, Any]]:
@@ -108,5 +111,5 @@ def categories() -> list[dict[str, Any]]:
 
 
 def image_id_for(split: str, index: int) -> int:
-    """Return the COCO image id of the ``index``-th image of ``split`` (train: 1.., val: 100000001..)."""
-    return index + 1 + (VAL_ID_OFFSET if split == "val" else 0)
+    """The COCO image id of the ``index``-th image of ``split`` (train 1.., val 1e8 + 1.., test 2e8 + 1..)."""
+    return index + 1 + SPLIT_ID_OFFSETS[split]
