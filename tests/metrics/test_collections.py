@@ -120,7 +120,7 @@ def test_segmentation_prefix_clone():
     out = val.compute()
     assert "val/coco/PQ" in out and "val/coco/mIoU" in out and "val/coco/AP50" in out
     assert base.prefix == ""
-    assert base.metrics["PQ"].true_positives.sum() == 0  # the clone has its own states
+    assert base.metrics["PQ"].tp.sum() == 0  # the clone has its own states
 
 
 def test_retrieval_and_grounding_collections_prefixes():

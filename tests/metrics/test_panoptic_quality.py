@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from findlit.metrics import panoptic_prediction_map, panoptic_target_map, segmentation_metrics
 from findlit.metrics.panoptic_quality import PanopticQuality, PanopticSegments
 from tests.metrics.panoptic_cases import FIXTURE, ImageSegments, cases
 
@@ -93,3 +94,36 @@ def test_void_in_the_prediction_still_counts_in_the_targets_area() -> None:
     prediction = PanopticSegments.of(torch.tensor([[1, 1], [0, 0]]), [1], [1])
     metric.update([prediction], [target])
     assert (int(metric.tp[0]), int(metric.fp[0]), int(metric.fn[0])) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["false_positives", "mixed_seed0"])
+def test_segmentation_metrics_from_panoptic_maps_with_crowd_equal_panopticapi(name: str) -> None:
+    # the path of findlit's evaluation: class indices -> panoptic maps -> SegmentationMetrics
+    truth, predictions, categories = CASES[name]
+    category_ids = [int(c["id"]) for c in categories]
+    index_of = {c: k for k, c in enumerate(category_ids)}
+    metrics = segmentation_metrics(
+        [c["id"] for c in categories if c["isthing"]],
+        [c["id"] for c in categories if not c["isthing"]],
+        num_classes=len(categories),
+        include=("PQ",),
+    )
+    for prediction, target in zip(predictions, truth, strict=True):
+        ids = torch.from_numpy(target.ids)
+        masks = torch.stack([ids == s["id"] for s in target.segments])
+        labels = torch.tensor([index_of[s["category_id"]] for s in target.segments])
+        crowd = torch.tensor([s["iscrowd"] for s in target.segments])
+        target_map = panoptic_target_map(masks, labels, category_ids, iscrowd=crowd)
+        segments = [{"id": s["id"], "category": index_of[s["category_id"]]} for s in prediction.segments]
+        pred_map = panoptic_prediction_map(torch.from_numpy(prediction.ids), segments, category_ids)
+        metrics.update(panoptic_pred=pred_map[None], panoptic_target=target_map[None])
+    result = metrics.compute()
+    assert any(s["iscrowd"] for image in truth for s in image.segments)
+    for key, (group, field) in {
+        "PQ": ("All", "pq"),
+        "SQ": ("All", "sq"),
+        "RQ": ("All", "rq"),
+        "PQ_th": ("Things", "pq"),
+        "PQ_st": ("Stuff", "pq"),
+    }.items():
+        assert float(result[key]) == pytest.approx(EXPECTED[name][group][field], abs=1e-6), key

@@ -377,6 +377,6 @@ def test_panoptic_maps_void_and_ids() -> None:
     masks[0, 0], masks[1, 1] = True, True
     ignore = torch.tensor([[False, True], [False, False]])
     target = panoptic_target_map(masks, torch.tensor([1, 0]), [10, 20], ignore, torch.tensor([0, 1]))
-    # segment 1 is crowd: void, like the ignored pixel
-    assert target[..., 0].tolist() == [[20, -1], [-1, -1]]
-    assert target[..., 1].tolist() == [[1, 0], [0, 0]]
+    # segment 1 is crowd: its category, a negative instance id; the ignored pixel is void
+    assert target[..., 0].tolist() == [[20, -1], [10, 10]]
+    assert target[..., 1].tolist() == [[1, 0], [-2, -2]]

@@ -4,10 +4,14 @@ Panoptic maps are ``int64[h, w, 2]`` of (category id, instance id) per pixel, in
 ids (``Vocabulary.category_ids``) for predictions and targets alike: class index ``k`` of a label or a
 predicted segment becomes ``category_ids[k]``. Pixels of no segment get :data:`VOID_CATEGORY`:
 
-- in a target that is void (unlabelled, ``ignore_mask``, crowd): a predicted segment lying mostly on it
-  is no false positive, and it leaves the IoU of the segments that touch it;
+- in a target that is void (unlabelled, ``ignore_mask``): a predicted segment lying mostly on it is no
+  false positive, and it leaves the IoU of the segments that touch it;
 - in a prediction it is "unassigned" (segment id 0 of ``panoptic_inference``), which, as in
   panopticapi, still counts in the area of the target segments it covers.
+
+A crowd segment of a target keeps its category and gets a negative instance id, ``-(k + 1)``: as in
+panopticapi, it never matches, and a prediction of its category lying mostly on it and on void is no
+false positive.
 
 Instance targets for mask AP keep the thing segments only (the instance predictions are things only).
 """
@@ -63,25 +67,23 @@ def panoptic_target_map(
         labels: int64[M] class indices.
         category_ids: class index -> category id.
         ignore_mask: bool[h,w] pixels to leave out (void).
-        iscrowd: [M] nonzero for crowd regions, which are void too (panopticapi neither matches
-            them nor counts them as false negatives).
+        iscrowd: [M] nonzero for crowd regions (panopticapi neither matches them nor counts them
+            as false negatives).
 
     Returns:
-        (category id, segment index + 1) per pixel; pixels of no segment, ignored or crowd are
-        ``(VOID_CATEGORY, 0)``.
+        (category id, segment index + 1) per pixel, ``-(segment index + 1)`` for a crowd segment;
+        pixels of no segment or ignored are ``(VOID_CATEGORY, 0)``.
 
     """
     height, width = int(masks.shape[-2]), int(masks.shape[-1])
     out = torch.zeros(height, width, 2, dtype=torch.int64, device=masks.device)
     out[..., 0] = VOID_CATEGORY
+    crowd = [False] * masks.shape[0] if iscrowd is None else [bool(c) for c in iscrowd.tolist()]
     for k, (mask, label) in enumerate(zip(masks, labels.tolist(), strict=True)):
-        out[mask] = torch.tensor([int(category_ids[int(label)]), k + 1], device=out.device)
-    void = torch.zeros(height, width, dtype=torch.bool, device=masks.device)
-    if iscrowd is not None and masks.shape[0] > 0:
-        void |= masks[iscrowd.to(masks.device).bool()].any(dim=0)
+        instance = -(k + 1) if crowd[k] else k + 1
+        out[mask] = torch.tensor([int(category_ids[int(label)]), instance], device=out.device)
     if ignore_mask is not None:
-        void |= ignore_mask.to(masks.device).bool()
-    out[void] = torch.tensor([VOID_CATEGORY, 0], device=out.device)
+        out[ignore_mask.to(masks.device).bool()] = torch.tensor([VOID_CATEGORY, 0], device=out.device)
     return out
 
 
