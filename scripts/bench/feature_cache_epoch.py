@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import demo_model, finish, profile, summary
+from _common import demo_model, finish, paired_ratios, profile, spread, summary
 from torch.utils.data import DataLoader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,6 +165,7 @@ def run_part(
         "cache_epoch": summary(times["cache"]),
     }
     result["speedup"] = round(result["encoder_epoch"]["median_s"] / result["cache_epoch"]["median_s"], 3)
+    result["speedup_spread"] = spread(paired_ratios(times["encoder"], times["cache"]))
     if do_profile:
         result["profile_cache_epoch"] = profile(
             lambda: epoch("cache", limit=2), f"{name} cache epoch, 2 batches"
@@ -201,6 +202,7 @@ def main() -> None:
         counts = {"timm": (8, 1), "sam": (2, 1)}
     results: dict[str, Any] = {}
     ratios: dict[str, tuple[float, str, bool]] = {}
+    spreads: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.parts:
             images, repeats = counts[name]
@@ -208,7 +210,8 @@ def main() -> None:
             goal = float(PARTS[name]["goal"])
             speedup = results[name]["speedup"]
             ratios[f"feature_cache_speedup_{name}"] = (speedup, f">= {goal:g}", speedup >= goal)
-    finish("feature_cache_epoch", {"quick": args.quick, "parts": results}, ratios)
+            spreads[f"feature_cache_speedup_{name}"] = results[name]["speedup_spread"]
+    finish("feature_cache_epoch", {"quick": args.quick, "parts": results}, ratios, spreads)
 
 
 if __name__ == "__main__":

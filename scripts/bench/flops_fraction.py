@@ -17,7 +17,7 @@ import argparse
 from typing import Any
 
 import torch
-from _common import alternate, finish, profile, summary
+from _common import alternate, finish, paired_ratios, profile, spread, summary
 from interface_vs_peer import NUM_LABELS, build_case
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
@@ -79,6 +79,7 @@ def main() -> None:
     matmul_flops = 2 * side**3 * matmul_repeats
     widths: dict[str, Any] = {}
     ratios: dict[str, tuple[float, str, bool]] = {}
+    spreads: dict[str, tuple[float, float]] = {}
     cases = [(hidden, name) for hidden in args.widths for name in ("ours_sentences", "ours_queries")]
     for hidden, name in cases:
         step = build_case(hidden, args.size, args.batch, args.classes)["steps"][name]
@@ -91,6 +92,14 @@ def main() -> None:
         peak = matmul_flops / matmul_s
         fraction = achieved / peak
         top = dict(sorted(per_op.items(), key=lambda item: -item[1])[:8])
+        # per repeat: achieved / peak = (flops / step time) / (matmul flops / matmul time)
+        fractions = [flops / matmul_flops / r for r in paired_ratios(times["interface"], times["matmul"])]
+        key = (
+            f"flops_fraction_d{hidden}"
+            if name == "ours_sentences"
+            else f"class_queries_flops_fraction_d{hidden}"
+        )
+        spreads[key] = spread(fractions)
         widths[f"{hidden}_{name}"] = {
             "step_flops": flops,
             "step": summary(times["interface"]),
@@ -130,6 +139,7 @@ def main() -> None:
             "widths": widths,
         },
         ratios,
+        spreads,
     )
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import alternate, finish, profile, summary
+from _common import alternate, finish, paired_ratios, profile, spread, summary
 from torch import Tensor, nn
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerTransformerModule
@@ -216,6 +216,7 @@ def main() -> None:
     torch.set_grad_enabled(True)
     widths: dict[str, Any] = {}
     ratios: dict[str, tuple[float, str, bool]] = {}
+    spreads: dict[str, tuple[float, float]] = {}
     for hidden in args.widths:
         case = build_case(hidden, args.size, args.batch, args.classes)
         times = alternate(case["steps"], args.repeats, args.warmup)
@@ -226,6 +227,12 @@ def main() -> None:
         widths[str(hidden)] = {"times": medians, "parameters": case["parameters"]}
         ratios[f"class_queries_vs_mask2former_d{hidden}"] = (round(queries, 4), "reported", queries <= 1.0)
         ratios[f"interface_vs_mask2former_d{hidden}"] = (round(ratio, 4), "<= 1.0", ratio <= 1.0)
+        spreads[f"class_queries_vs_mask2former_d{hidden}"] = spread(
+            paired_ratios(times["ours_queries"], times["theirs"])
+        )
+        spreads[f"interface_vs_mask2former_d{hidden}"] = spread(
+            paired_ratios(times["ours_sentences"], times["theirs"])
+        )
         if args.profile:
             widths[str(hidden)]["profile"] = {
                 name: profile(step, f"{name}, hidden {hidden}") for name, step in case["steps"].items()
@@ -252,6 +259,7 @@ def main() -> None:
             "widths": widths,
         },
         ratios,
+        spreads,
     )
 
 

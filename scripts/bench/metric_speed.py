@@ -1,15 +1,20 @@
 """Benchmark 6: speed of findlit's PQ and mask AP against independent implementations, same 200 predictions.
 
-    .venv/bin/python scripts/bench/metric_speed.py [--quick] [--images 200] [--size 256]
+    .venv/bin/python scripts/bench/metric_speed.py [--quick] [--images 200] [--size 256] [--panopticapi DIR]
 
 Generated data (seeded): per image a stuff background split in two stuff segments, 6 thing
 rectangles and a void strip; the prediction shifts, drops and relabels some segments, adds false
 positives and leaves some pixels unassigned. Each implementation gets the same per-image arrays and
 does its own conversion, update and compute:
 
-- PQ: ``findlit.metrics.SegmentationMetrics(include=["PQ"])`` (torchmetrics ``PanopticQuality``
+- PQ: ``findlit.metrics.SegmentationMetrics(include=["PQ"])`` (findlit's ``PanopticQuality``
   behind it), batches of 8 images, vs :func:`reference_pq` below (panopticapi's ``pq_compute``
   rules on segment-id maps with numpy; written for this benchmark);
+- PQ from files, when ``--panopticapi DIR`` (a checkout of cocodataset/panopticapi, which is not on
+  PyPI; or the environment variable ``FINDLIT_PANOPTICAPI``) is given: the same maps written as
+  panoptic PNGs + JSON (untimed), then panopticapi's own single-process ``pq_compute_single_core``
+  (it reads the PNGs) vs findlit's ``PanopticQuality`` fed from the same PNGs (read with PIL too);
+  the ratio ``pq_findlit_over_panopticapi`` (goal <= 1.0) compares the two from the same files;
 - mask AP: ``SegmentationMetrics(include=["AP"])`` (torchmetrics ``MeanAveragePrecision``, segm)
   vs pycocotools' ``COCOeval`` on RLE-encoded masks (encoding included).
 
@@ -22,16 +27,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import alternate, finish, summary
+from _common import alternate, finish, paired_ratios, spread, summary
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from findlit.metrics import VOID_CATEGORY, SegmentationMetrics
+from findlit.metrics.panoptic_quality import PanopticQuality, PanopticSegments
 
 THINGS = list(range(1, 9))
 STUFFS = [10, 11, 12, 13]
@@ -157,6 +169,72 @@ def findlit_pq(data: list[dict[str, Any]]) -> float:
     return float(metric.compute()["PQ"])
 
 
+# -- PQ from panoptic PNG files: panopticapi itself vs findlit -------------------------------------
+
+
+def _segment_ids(panoptic: np.ndarray) -> np.ndarray:
+    """int64[h,w] panopticapi segment ids of a (category, instance) map: category * 1000 + instance."""
+    return np.where(panoptic[..., 0] == VOID_CATEGORY, 0, panoptic[..., 0] * 1000 + panoptic[..., 1])
+
+
+def write_panoptic_files(data: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+    """Write targets and predictions as COCO panoptic PNGs + JSON; return what both readers need."""
+    sides: dict[str, list[dict[str, Any]]] = {"gt": [], "pred": []}
+    for image_id, item in enumerate(data, start=1):
+        for side, key in (("gt", "target"), ("pred", "pred")):
+            ids = _segment_ids(item[key])
+            (folder / side).mkdir(parents=True, exist_ok=True)
+            name = f"{image_id:012d}.png"
+            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+            Image.fromarray(rgb).save(folder / side / name)
+            present, area = np.unique(ids[ids != 0], return_counts=True)
+            segments = [
+                {"id": int(i), "category_id": int(i // 1000), "iscrowd": 0, "area": int(a)}
+                for i, a in zip(present, area, strict=True)
+            ]
+            sides[side].append({"image_id": image_id, "file_name": name, "segments_info": segments})
+    categories = {c: {"id": c, "isthing": int(c in THINGS)} for c in [*THINGS, *STUFFS]}
+    return {"folder": folder, "annotations": sides, "categories": categories}
+
+
+def panopticapi_pq(files: dict[str, Any]) -> float:
+    """panopticapi's ``pq_compute_single_core`` on the files (it decodes the PNGs), then its average."""
+    from panopticapi.evaluation import pq_compute_single_core
+
+    pairs = list(zip(files["annotations"]["gt"], files["annotations"]["pred"], strict=True))
+    # each call gets fresh segment dicts: panopticapi writes the predicted areas into them
+    pairs = [(gt, json.loads(json.dumps(pred))) for gt, pred in pairs]
+    folder = files["folder"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        stat = pq_compute_single_core(0, pairs, str(folder / "gt"), str(folder / "pred"), files["categories"])
+        return float(stat.pq_average(files["categories"], isthing=None)[0]["pq"])
+
+
+def _read_ids(path: Path) -> torch.Tensor:
+    rgb = np.asarray(Image.open(path), dtype=np.uint32)
+    return torch.from_numpy((rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]).astype(np.int64))
+
+
+def findlit_pq_from_files(files: dict[str, Any]) -> float:
+    """findlit's PanopticQuality fed from the same PNGs and segment lists."""
+    metric = PanopticQuality(things=THINGS, stuffs=STUFFS)
+    folder = files["folder"]
+    for gt, pred in zip(files["annotations"]["gt"], files["annotations"]["pred"], strict=True):
+        inputs = []
+        for side, annotation in (("pred", pred), ("gt", gt)):
+            segments = annotation["segments_info"]
+            inputs.append(
+                PanopticSegments.of(
+                    _read_ids(folder / side / annotation["file_name"]),
+                    [s["id"] for s in segments],
+                    [s["category_id"] for s in segments],
+                    [bool(s["iscrowd"]) for s in segments],
+                )
+            )
+        metric.update([inputs[0]], [inputs[1]])
+    return float(metric.compute()["PQ"])
+
+
 # -- mask AP -----------------------------------------------------------------------------------------
 
 
@@ -229,29 +307,69 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--panopticapi",
+        type=Path,
+        default=os.environ.get("FINDLIT_PANOPTICAPI"),
+        help="folder holding the panopticapi package (a checkout of cocodataset/panopticapi)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.images, args.size, args.repeats = 20, 128, 1
     data = make_data(args.images, args.size)
     values: dict[str, float] = {}
-
-    def keep(name: str, function: Any) -> Any:
-        return lambda: values.__setitem__(name, function(data))
-
-    steps = {
-        "findlit_pq": keep("findlit_pq", findlit_pq),
-        "reference_pq": keep("reference_pq", reference_pq),
-        "findlit_ap": keep("findlit_ap", findlit_ap),
-        "pycocotools_ap": keep("pycocotools_ap", pycocotools_ap),
+    scratch = tempfile.TemporaryDirectory()
+    inputs: dict[str, Any] = {"data": data}
+    functions: dict[str, Any] = {
+        "findlit_pq": (findlit_pq, "data"),
+        "reference_pq": (reference_pq, "data"),
+        "findlit_ap": (findlit_ap, "data"),
+        "pycocotools_ap": (pycocotools_ap, "data"),
     }
-    for function in (findlit_pq, reference_pq, findlit_ap, pycocotools_ap):
-        function(data[:2])  # warm-up on 2 images (a full untimed round would double the run)
-    times = alternate(steps, args.repeats, warmup=0)
+    if args.panopticapi is not None:
+        sys.path.insert(0, str(args.panopticapi))
+        inputs["files"] = write_panoptic_files(data, Path(scratch.name))
+        functions["findlit_pq_from_files"] = (findlit_pq_from_files, "files")
+        functions["panopticapi_pq"] = (panopticapi_pq, "files")
+    else:
+        print("no --panopticapi: panopticapi itself is not timed", flush=True)
+
+    def keep(name: str) -> Any:
+        function, source = functions[name]
+        return lambda: values.__setitem__(name, function(inputs[source]))
+
+    steps = {name: keep(name) for name in functions}
+    for function, source in functions.values():
+        if source == "data":
+            function(data[:2])  # warm-up on 2 images (a full untimed round would double the run)
+    times = alternate(steps, args.repeats, warmup=1 if args.panopticapi is not None and args.quick else 0)
+    scratch.cleanup()
     rows = {name: summary(t) for name, t in times.items()}
     for name in steps:
         print(f"{name}: {values[name]:.4f} in {rows[name]['median_s']:.3f} s (median)", flush=True)
     pq_ratio = rows["findlit_pq"]["median_s"] / rows["reference_pq"]["median_s"]
     ap_ratio = rows["findlit_ap"]["median_s"] / rows["pycocotools_ap"]["median_s"]
+    ratios = {
+        "pq_findlit_over_reference": (round(pq_ratio, 3), "reported (<= 1.0 is faster)", pq_ratio <= 1.0),
+        "ap_findlit_over_pycocotools": (round(ap_ratio, 3), "reported (<= 1.0 is faster)", ap_ratio <= 1.0),
+    }
+    spreads = {
+        "pq_findlit_over_reference": spread(paired_ratios(times["findlit_pq"], times["reference_pq"])),
+        "ap_findlit_over_pycocotools": spread(paired_ratios(times["findlit_ap"], times["pycocotools_ap"])),
+    }
+    agree = {
+        "pq_agrees": abs(values["findlit_pq"] - values["reference_pq"]) < 1e-6,
+        "ap_agrees": abs(values["findlit_ap"] - values["pycocotools_ap"]) < 1e-4,
+    }
+    if args.panopticapi is not None:
+        files_ratio = rows["findlit_pq_from_files"]["median_s"] / rows["panopticapi_pq"]["median_s"]
+        ratios["pq_findlit_over_panopticapi"] = (round(files_ratio, 3), "<= 1.0", files_ratio <= 1.0)
+        spreads["pq_findlit_over_panopticapi"] = spread(
+            paired_ratios(times["findlit_pq_from_files"], times["panopticapi_pq"])
+        )
+        agree["pq_equals_panopticapi"] = (
+            abs(values["findlit_pq_from_files"] - values["panopticapi_pq"]) < 1e-6
+        )
     finish(
         "metric_speed",
         {
@@ -262,18 +380,11 @@ def main() -> None:
                 "quick": args.quick,
             },
             "values": {name: round(value, 6) for name, value in values.items()},
-            "pq_agrees": abs(values["findlit_pq"] - values["reference_pq"]) < 1e-4,
-            "ap_agrees": abs(values["findlit_ap"] - values["pycocotools_ap"]) < 1e-4,
+            **agree,
             "times": rows,
         },
-        {
-            "pq_findlit_over_reference": (round(pq_ratio, 3), "reported (<= 1.0 is faster)", pq_ratio <= 1.0),
-            "ap_findlit_over_pycocotools": (
-                round(ap_ratio, 3),
-                "reported (<= 1.0 is faster)",
-                ap_ratio <= 1.0,
-            ),
-        },
+        ratios,
+        spreads,
     )
 
 

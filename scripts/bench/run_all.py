@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULT_PREFIX, machine
+from _common import RESULT_PREFIX, machine, machine_load
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, str] = {
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "prompt_scaling": "4. inference time with many class names",
     "retrieval_scale": "5. retrieval recall 5,000 x 25,000: peak memory",
     "metric_speed": "6. PQ and mask AP: findlit / reference time",
+    "coco_scale_eval": "7. COCO-scale PQ + mask AP + mIoU: findlit / official tools",
 }
 
 
@@ -51,6 +52,19 @@ def run(name: str, quick: bool, extra: list[str]) -> tuple[dict[str, Any] | None
     return result, time.perf_counter() - started, code
 
 
+def _was_busy(entry: dict[str, Any]) -> bool:
+    """Whether the machine was busy before or after the benchmark of ``entry`` (other work running)."""
+    load = entry.get("load")
+    return bool(load) and (load["before"]["busy"] or load["after"]["busy"])
+
+
+def _load_text(load: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{when}: {load[when]['busy_fraction']:.0%} busy, load {load[when]['loadavg_1m']}"
+        for when in ("before", "after")
+    )
+
+
 def table(results: dict[str, Any], info: dict[str, Any], date: str, quick: bool) -> str:
     """The markdown table of every ratio, with the date(s) and the machine."""
     dates = sorted({entry.get("date", date) for entry in results.values()})
@@ -59,20 +73,31 @@ def table(results: dict[str, Any], info: dict[str, Any], date: str, quick: bool)
         f"Measured {when} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
         f"{info['torch_threads']} threads){' — QUICK sanity settings, not a measurement' if quick else ''}.",
         "",
-        "| benchmark | ratio | value | goal | met |",
-        "|---|---|---|---|---|",
+        "| benchmark | ratio | value | spread over repeats | goal | met |",
+        "|---|---|---|---|---|---|",
     ]
+    busy = [f"{name} ({_load_text(entry['load'])})" for name, entry in results.items() if _was_busy(entry)]
+    if busy:
+        lines[1:1] = [
+            "",
+            "**Warning: the machine was busy around " + "; ".join(busy) + ". Other work on these cores "
+            "slows a benchmark far more than its share; do not trust these ratios.**",
+        ]
     for name, title in BENCHMARKS.items():
         entry = results.get(name)
         if entry is None:
             continue
         if "error" in entry:
-            lines.append(f"| {title} | — | failed ({entry['error']}) | — | no |")
+            lines.append(f"| {title} | — | failed ({entry['error']}) | — | — | no |")
             continue
         for ratio, value in entry["ratios"].items():
             # a reported-only ratio has no goal to meet
             met = "—" if str(value["goal"]).startswith("reported") else "yes" if value["met"] else "no"
-            lines.append(f"| {title} | `{ratio}` | {value['value']:.4g} | {value['goal']} | {met} |")
+            low_high = value.get("spread")
+            spread_text = f"{low_high[0]:.4g} to {low_high[1]:.4g}" if low_high else "one measurement"
+            lines.append(
+                f"| {title} | `{ratio}` | {value['value']:.4g} | {spread_text} | {value['goal']} | {met} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -90,12 +115,15 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name in args.only:
         extra = ["--profile"] if args.profile and name in profiled else []
+        before = machine_load()
         result, seconds, code = run(name, args.quick, extra)
+        load = {"before": before, "after": machine_load()}
         if result is None or code != 0:
             results[name] = {"error": f"exit code {code}", "seconds": round(seconds, 1)}
         else:
             results[name] = {**result, "seconds": round(seconds, 1)}
         results[name]["date"] = date
+        results[name]["load"] = load
         print(f"=== {name}: {seconds:.1f} s", flush=True)
     info = machine()
     total = time.perf_counter() - started

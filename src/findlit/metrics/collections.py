@@ -167,19 +167,27 @@ def segments_of_map(panoptic: Tensor, known: Tensor) -> PanopticSegments:
     """The segments of one ``int64[H,W,2]`` (category id, instance id) map, as PanopticQuality reads them.
 
     Pixels of a category outside ``known`` (e.g. :data:`VOID_CATEGORY`) are void; every other
-    (category, |instance|) is one segment, a crowd segment when its instance id is negative.
+    |instance| is one segment (instance ids are unique within a map), a crowd segment when its
+    instance id is negative. Linear in the pixels: tables indexed by id, no sort.
     """
-    category, instance = panoptic[..., 0].long(), panoptic[..., 1].long()
-    void = ~torch.isin(category, known.to(category.device))
-    # instance ids are unique within a map; + 1 keeps an instance id 0 of a known category off void
-    key = torch.where(void, torch.zeros_like(instance), instance.abs() + 1)
-    ids, inverse = torch.unique(key, return_inverse=True)
-    listed = ids != 0
-    categories = torch.zeros_like(ids).scatter_(0, inverse.reshape(-1), category.reshape(-1))
-    crowd = torch.zeros_like(ids, dtype=torch.bool).scatter_(
-        0, inverse.reshape(-1), (instance < 0).reshape(-1)
+    category, instance = panoptic[..., 0].long().reshape(-1), panoptic[..., 1].long().reshape(-1)
+    known = known.to(category.device)
+    lowest = min(int(category.min()), int(known.min())) if category.numel() else 0
+    is_known = torch.zeros(
+        max(int(category.max()) if category.numel() else 0, int(known.max())) - lowest + 1,
+        dtype=torch.bool,
+        device=category.device,
     )
-    return PanopticSegments(key, ids[listed], categories[listed], crowd[listed])
+    is_known[known - lowest] = True
+    # + 1 keeps an instance id 0 of a known category off void (id 0)
+    key = torch.where(is_known[category - lowest], instance.abs() + 1, torch.zeros_like(instance))
+    size = int(key.max()) + 1 if key.numel() else 1
+    present = torch.bincount(key, minlength=size) > 0
+    present[0] = False
+    categories = torch.zeros(size, dtype=torch.int64, device=key.device).scatter_(0, key, category)
+    crowd = torch.zeros(size, dtype=torch.bool, device=key.device).scatter_(0, key, instance < 0)
+    ids = present.nonzero(as_tuple=True)[0]
+    return PanopticSegments(key.reshape(panoptic.shape[:-1]), ids, categories[ids], crowd[ids])
 
 
 def segmentation_metrics(

@@ -62,10 +62,24 @@ class PanopticSegments:
         )
 
 
+LOOKUP_LIMIT = 1 << 22
+"""Largest segment id for which :func:`_dense_index` maps pixels through a table (32 MB at most);
+larger ids (COCO's PNG ids reach 256^3) are looked up by binary search, which is slower."""
+
+
 def _dense_index(segments: PanopticSegments) -> Tensor:
     """int64[H*W]: 0 for void pixels, k + 1 for pixels of listed segment k, N + 1 for unlisted ids."""
     flat = segments.ids.reshape(-1).long()
     count = int(segments.segment_ids.numel())
+    if flat.numel() == 0:
+        return flat
+    largest = max(int(flat.max()), int(segments.segment_ids.max()) if count else 0)
+    if largest < LOOKUP_LIMIT:
+        # one gather through a table indexed by id: linear in the pixels, no sort
+        table = torch.full((largest + 1,), count + 1, dtype=torch.int64, device=flat.device)
+        table[segments.segment_ids.long()] = torch.arange(1, count + 1, device=flat.device)
+        table[0] = 0
+        return table[flat]
     unlisted = torch.full_like(flat, count + 1)
     if count:
         order = torch.argsort(segments.segment_ids)
