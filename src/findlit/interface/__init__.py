@@ -10,6 +10,7 @@ from findlit.interface.prototype import (
     TypeRule,
     default_prototype,
 )
+from findlit.interface.visual_prompts import VisualPromptEncoder, VisualPrompts
 
 __all__ = [
     "FEATURES",
@@ -22,5 +23,7 @@ __all__ = [
     "Prototype",
     "TypeName",
     "TypeRule",
+    "VisualPromptEncoder",
+    "VisualPrompts",
     "default_prototype",
 ]
