@@ -253,3 +253,18 @@ def test_visual_prompts_need_the_encoder_and_a_token_type_of_their_own() -> None
         interface(_features(1), InterfacePrompts(learned={OBJECT: 2}, visual={SPATIAL_Q: visual}))
     with pytest.raises(ValueError, match="image ids"):
         interface(_features(1), _prompts(VisualPrompts(_stroke(NEAR)[None], torch.tensor([1]))))
+
+
+def test_points_are_drawn_by_the_given_generator_and_bf16_autocast_runs() -> None:
+    interface = _visual_interface()
+    visual = VisualPrompts(_stroke((slice(0, 40), slice(0, 60)))[None], torch.tensor([0]))  # 2400 pixels
+    features = _features(1)
+    with torch.no_grad():
+        first = interface(features, _prompts(visual, seed=1))
+        again = interface(features, _prompts(visual, seed=1))
+        other = interface(features, _prompts(visual, seed=2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = interface(features, _prompts(visual, seed=1))
+    assert torch.equal(_spatial(first), _spatial(again))
+    assert not torch.equal(_spatial(first), _spatial(other))  # 512 of 2400 pixels: other points
+    assert torch.isfinite(_spatial(low).float()).all()

@@ -72,7 +72,7 @@ class PromptTokens:
     Args:
         tokens: float[N,L,C], N prompts of at most L tokens: C = ``text_dim`` (raw text-encoder
             output, projected by the interface's :class:`LanguageProjection`) or, with
-            ``projected=True``, C = ``hidden_dim`` (e.g. from a ``VisualPromptEncoder``).
+            ``projected=True``, C = ``hidden_dim`` (e.g. visual-prompt tokens).
         mask: bool[N,L], True on real tokens; padding is dropped.
         image: long[N], the image each prompt belongs to (captions, sentences); None = every
             prompt is shared by every image of the batch (class names).

@@ -48,6 +48,11 @@ POSITIVE, NEGATIVE = 0, 1
 class VisualPrompts:
     """The visual prompts of one token type (e.g. ``tokens.vision.spatial``) for a batch.
 
+    A prompt keeps its rank among its image's prompts whatever its masks, so that prompt j of an
+    image stays prompt j (its per-prompt query, a legend prompt it stands for). With both masks empty
+    it has no token; its per-prompt query then reads no token either, and the layers' empty-row rule
+    lets that row read all keys of its image.
+
     Args:
         positive: bool[N,H,W], what each of the N prompts points at, over the batch's padded frame
             (the frame of its ``padding_mask``; H, W at input resolution).
