@@ -5,10 +5,10 @@ import torch
 from findlit.encoders.base import TextEmbeddings
 from findlit.interface.prompts import (
     LanguageProjection,
-    VisualPromptEncoder,
     boxes_to_masks,
     points_to_masks,
     sample_features,
+    sample_mask_points,
     sample_prompt_points,
 )
 
@@ -96,38 +96,28 @@ def test_positive_points_inside_negatives_outside() -> None:
         assert flat[n, :8].unique().numel() == 8
 
 
-def test_visual_prompt_encoder_tokens_gradients_determinism() -> None:
-    encoder = VisualPromptEncoder(DIM, num_points=6, num_negative=2)
-    features = [torch.randn(2, DIM, 2, 3, requires_grad=True), torch.randn(2, DIM, 8, 12, requires_grad=True)]
+def test_mask_points_are_distinct_pixel_centres_of_the_mask_up_to_each_count() -> None:
     masks = _masks()
-    batch_index = torch.tensor([0, 1, 1])
-    tokens, valid = encoder(features, masks, batch_index, torch.Generator().manual_seed(3))
-    assert tokens.shape == (3, 8, DIM) and valid.shape == (3, 8)
-    assert valid[:2].all() and valid[2].sum() == 3
-    assert (tokens[~valid] == 0).all() and torch.isfinite(tokens).all()
-    tokens.square().sum().backward()
-    for name, p in encoder.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in features)
+    g = torch.Generator().manual_seed(0)
+    points, valid = sample_mask_points(masks, torch.tensor([8, 300, 4]), generator=g)
+    # prompt 1 has 20*10 + 4*6 = 224 pixels: K is what the masks can give, not what was asked
+    assert points.shape == (3, 224, 2) and valid.shape == (3, 224)
+    assert valid.sum(dim=1).tolist() == [8, 224, 1]
+    cells = points * torch.tensor([W, H])
+    assert torch.equal(cells - 0.5, (cells - 0.5).round())  # pixel centres
+    cols, rows = (cells - 0.5).long().unbind(-1)
+    inside = masks[torch.arange(3)[:, None], rows.clamp(0, H - 1), cols.clamp(0, W - 1)]
+    assert inside[valid].all()
+    flat = rows * W + cols
+    assert flat[1].unique().numel() == 224  # without replacement
+    again, _ = sample_mask_points(
+        masks, torch.tensor([8, 300, 4]), generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(again, points)
+    empty, none = sample_mask_points(masks[:0], torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0, 0, 2) and none.shape == (0, 0)
 
-    again, _ = encoder(features, masks, batch_index, torch.Generator().manual_seed(3))
-    other, _ = encoder(features, masks, batch_index, torch.Generator().manual_seed(4))
-    assert torch.equal(again, tokens)
-    assert not torch.allclose(other, tokens)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        tokens, _ = encoder(features, masks, batch_index, torch.Generator().manual_seed(3))
-    assert torch.isfinite(tokens.float()).all()
-
-
-def test_empty_and_full_masks_give_invalid_tokens_not_nan() -> None:
-    encoder = VisualPromptEncoder(DIM, num_points=4, num_negative=2)
-    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
-    masks[1] = True
-    tokens, valid = encoder([torch.randn(1, DIM, 2, 2)], masks, generator=torch.Generator().manual_seed(0))
-    assert not valid[0, :4].any() and valid[0, 4:].all()
-    assert valid[1, :4].all() and not valid[1, 4:].any()
-    assert torch.isfinite(tokens).all()
-    # more points than pixels
+def test_more_points_than_pixels_give_invalid_points() -> None:
     points = sample_prompt_points(torch.ones(1, 2, 2, dtype=torch.bool), 6, 1)
     assert points.valid[0, :4].all() and not points.valid[0, 4:].any()

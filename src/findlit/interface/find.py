@@ -18,6 +18,14 @@ convolution borders, encoder attention and positions, see :mod:`~findlit.interfa
 the decoder's cross-attention keys; mask and image pooling), so an image's outputs on its own region
 do not depend on the other images of its batch, as long as its frozen features do not either.
 
+Visual prompts (the hook of FIND's spatial pathway): ``InterfacePrompts.visual`` maps token types
+(``tokens.vision.spatial``, ``tokens.vision.spatial_``) to masks over the batch's frame. After the
+pixel decoder and before the first layer, the interface's :class:`VisualPromptEncoder` turns them into
+tokens read from the pixel decoder's levels (one set per level); they are laid out like any other
+token type, and before layer i their rows are set to level ``i % 3``'s tokens, the level that layer's
+cross-attention reads (see :mod:`~findlit.interface.visual_prompts`). A batch without visual prompts
+runs exactly the code (and gives exactly the outputs) of an interface without the hook.
+
 Learnable embeddings (FIND's duplication): only *root* types (those without ``init_from`` in the
 prototype, e.g. ``proposals.vision.object`` and ``queries.vision.image``) own parameters. A type with
 ``init_from`` (grounding / segment / entity proposals, every other query type) uses its source's
@@ -48,6 +56,7 @@ from findlit.interface.layers import DecoderLayer
 from findlit.interface.pixel_decoder import PixelDecoder, PixelDecoderOutput
 from findlit.interface.prompts import LanguageProjection
 from findlit.interface.prototype import CompiledPrototype, Prototype, default_prototype, kind_of
+from findlit.interface.visual_prompts import VisualPromptEncoder, VisualPrompts, VisualTokens
 
 IMAGE_QUERY = "queries.vision.image"
 
@@ -63,7 +72,7 @@ class PromptTokens:
     Args:
         tokens: float[N,L,C], N prompts of at most L tokens: C = ``text_dim`` (raw text-encoder
             output, projected by the interface's :class:`LanguageProjection`) or, with
-            ``projected=True``, C = ``hidden_dim`` (e.g. from a ``VisualPromptEncoder``).
+            ``projected=True``, C = ``hidden_dim`` (e.g. visual-prompt tokens).
         mask: bool[N,L], True on real tokens; padding is dropped.
         image: long[N], the image each prompt belongs to (captions, sentences); None = every
             prompt is shared by every image of the batch (class names).
@@ -74,6 +83,8 @@ class PromptTokens:
             of different prompts differ from the first layer on (otherwise they all start equal and
             tell their prompts apart only through cross-attention, which single-word class names
             such as "circle" and "square" barely separate).
+        positions: optional float[N,L,D] (``projected`` tokens only), the tokens' positional
+            encodings (visual prompts: where each point is); None = zero.
 
     """
 
@@ -82,6 +93,7 @@ class PromptTokens:
     image: Tensor | None = None
     projected: bool = False
     sentence: Tensor | None = None
+    positions: Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -103,13 +115,21 @@ class InterfacePrompts:
         per_prompt: ``{query type: token type}``: one query per prompt of that token type (per image,
             or all shared prompts), which reads only its own prompt's tokens in cross-attention; e.g.
             ``{"queries.language.class": "tokens.language.class"}``. Query j of an image is its
-            j-th prompt.
+            j-th prompt. The token type may be a visual one (``visual``).
+        visual: ``{token type: VisualPrompts}``, visual prompts (masks over the batch's frame) that
+            the interface turns into that type's tokens from its pixel decoder's features
+            (:meth:`FINDInterface.encode_visual_prompts`); e.g. ``{"tokens.vision.spatial": ...}`` with
+            ``per_prompt={"queries.vision.spatial": "tokens.vision.spatial"}``. Needs an interface
+            built with ``visual_prompts=True``.
+        generator: draws the visual prompts' points; None = torch's global generator.
 
     """
 
     learned: dict[str, int | Tensor] = field(default_factory=dict)
     tokens: dict[str, PromptTokens] = field(default_factory=dict)
     per_prompt: dict[str, str] = field(default_factory=dict)
+    visual: dict[str, VisualPrompts] = field(default_factory=dict)
+    generator: torch.Generator | None = None
 
 
 @dataclass
@@ -165,6 +185,18 @@ def _add_to_rows(embeddings: Tensor, rows: slice, term: Tensor) -> Tensor:
     """``embeddings`` float[B,S,E] with ``term`` float[B,n,E] added to ``rows`` (n rows), out of place."""
     return torch.cat(
         [embeddings[:, : rows.start], embeddings[:, rows] + term, embeddings[:, rows.stop :]], dim=1
+    )
+
+
+def _replace_rows(sequence: Tensor, rows: slice, block: Tensor) -> Tensor:
+    """``sequence`` float[B,S,D] with ``rows`` (n rows) replaced by ``block`` float[B,n,D], out of place."""
+    return torch.cat([sequence[:, : rows.start], block.to(sequence.dtype), sequence[:, rows.stop :]], dim=1)
+
+
+def _level_prompt(visual: VisualTokens, level: int) -> PromptTokens:
+    """One level's visual tokens as (projected) prompt tokens; the layout is the same on every level."""
+    return PromptTokens(
+        visual.tokens[level], visual.valid, visual.image, projected=True, positions=visual.positions[level]
     )
 
 
@@ -232,6 +264,11 @@ class FINDInterface(nn.Module):
             mask; not in FIND). The image query then sees every region of the image, not only what
             its attention picks out. The mean is over the image's own cells: with a padding mask,
             padded cells are left out; without one, the whole frame is the image.
+        visual_prompts: build the visual-prompt encoder (FIND's spatial pathway), so that
+            ``InterfacePrompts.visual`` can be given. Off, the interface has no such parameters (its
+            checkpoints and initial weights are those of an interface from before the hook).
+        max_visual_points: points per image, level and side (positive, negative) of the visual
+            prompts, shared by the image's prompts (FIND's ``MAX_SPATIAL_LEN``: 512).
 
     """
 
@@ -248,6 +285,8 @@ class FINDInterface(nn.Module):
         prototype: Prototype | None = None,
         mask_pooling: bool = False,
         image_pooling: bool = False,
+        visual_prompts: bool = False,
+        max_visual_points: int = 512,
     ):
         super().__init__()
         self.prototype = default_prototype() if prototype is None else prototype
@@ -285,6 +324,10 @@ class FINDInterface(nn.Module):
         self.no_object = NoObjectEmbedding(embed_dim)
         self.mask_pooling = MaskPooledEmbedding(hidden_dim, embed_dim) if mask_pooling else None
         self.image_pooling = MaskPooledEmbedding(hidden_dim, embed_dim) if image_pooling else None
+        # built last, so that the parameters above draw the same initial values with or without it
+        self.visual_prompt_encoder = (
+            VisualPromptEncoder(hidden_dim, max_visual_points) if visual_prompts else None
+        )
 
     def embed_sentences(self, sentences: Tensor) -> Tensor:
         """Pooled text vectors float[K,text_dim] -> the joint space float[K,E], outside the decoder.
@@ -294,6 +337,37 @@ class FINDInterface(nn.Module):
         language and semantic projections.
         """
         return self.sentence_projection.project(sentences)
+
+    def encode_visual_prompts(
+        self,
+        pixel: PixelDecoderOutput,
+        visual: Mapping[str, VisualPrompts],
+        padding_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, VisualTokens]:
+        """The visual-prompt hook: visual prompts -> tokens read from this batch's pixel decoder output.
+
+        :meth:`forward` calls it after the pixel decoder and before the decoder layers; a caller may
+        call it on ``self.pixel_decoder(features, padding_mask)`` to look at the tokens.
+
+        Args:
+            pixel: the pixel decoder's output for the batch.
+            visual: ``{token type: VisualPrompts}`` (masks over the batch's frame).
+            padding_mask: bool[B,H,W], the batch's padding mask (with padding), or None.
+            generator: draws the points; None = torch's global generator.
+
+        Returns:
+            ``{token type: VisualTokens}``, one token set per level (P points per prompt).
+
+        """
+        if self.visual_prompt_encoder is None:
+            raise ValueError("visual prompts given, but the interface was built with visual_prompts=False")
+        tokens = {}
+        for name, prompts in visual.items():
+            if kind_of(name) != "tokens" or name not in self.prototype.types:
+                raise ValueError(f"prompts.visual names {name!r}, which is not a token type of the prototype")
+            tokens[name] = self.visual_prompt_encoder(pixel, prompts, padding_mask, generator)
+        return tokens
 
     def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
         """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
@@ -309,12 +383,12 @@ class FINDInterface(nn.Module):
             raise ValueError(f"{name!r}: {count} embeddings requested, only {content.shape[0]} learned")
         return content[:count], position[:count]
 
-    def _tokens(self, prompt: PromptTokens, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _tokens(self, prompt: PromptTokens, batch: int) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """Pack a token type's real tokens per image.
 
         Returns:
-            ``(tokens float[B,M,D], counts long[B], groups long[B,M])``, groups = the token's prompt
-            rank within its image (its prompt index when shared).
+            ``(tokens float[B,M,D], positions float[B,M,D] or None, counts long[B], groups long[B,M])``,
+            groups = the token's prompt rank within its image (its prompt index when shared).
 
         """
         mask = prompt.mask.bool()
@@ -325,10 +399,14 @@ class FINDInterface(nn.Module):
         values = prompt.tokens[mask]
         if not prompt.projected:
             values = self.language_projection.project(values)
+        if prompt.positions is not None and not prompt.projected:
+            raise ValueError("token positions are given at the interface width: projected tokens only")
+        positions = None if prompt.positions is None else prompt.positions[mask]
         if prompt.image is None:
             counts = torch.full((batch,), values.shape[0], dtype=torch.long, device=mask.device)
             return (
                 values.unsqueeze(0).expand(batch, -1, -1),
+                None if positions is None else positions.unsqueeze(0).expand(batch, -1, -1),
                 counts,
                 prompt_index.unsqueeze(0).expand(batch, -1),
             )
@@ -339,9 +417,13 @@ class FINDInterface(nn.Module):
         width = int(counts.max()) if batch else 0
         packed = values.new_zeros(batch, width, values.shape[-1])
         packed = packed.index_put((owner, rank), values)
+        packed_positions = None
+        if positions is not None:
+            packed_positions = positions.new_zeros(batch, width, positions.shape[-1])
+            packed_positions = packed_positions.index_put((owner, rank), positions)
         groups = torch.zeros(batch, width, dtype=torch.long, device=mask.device)
         groups = groups.index_put((owner, rank), prompt_rank[prompt_index])
-        return packed, counts, groups
+        return packed, packed_positions, counts, groups
 
     def _sentences(self, prompt: PromptTokens, batch: int, width: int) -> Tensor:
         """float[B,width,D]: each per-prompt query's projected sentence vector, in query order.
@@ -363,17 +445,30 @@ class FINDInterface(nn.Module):
         return packed.index_put((image, rank), values)
 
     def _assemble(
-        self, prompts: InterfacePrompts, batch: int, device: torch.device
+        self,
+        prompts: InterfacePrompts,
+        batch: int,
+        device: torch.device,
+        visual: Mapping[str, PromptTokens] | None = None,
     ) -> tuple[CompiledPrototype, Tensor, Tensor]:
-        """Compile the batch's layout; the sequence float[B,S,D] and its positions float[B,S,D]."""
+        """Compile the batch's layout; the sequence float[B,S,D] and its positions float[B,S,D].
+
+        ``visual``: the visual token types' first-level tokens, laid out as ``prompts.tokens``.
+        """
         sizes: dict[str, int | Tensor] = {}
         groups: dict[str, Tensor] = {}
         tokens: dict[str, Tensor] = {}
+        token_positions: dict[str, Tensor | None] = {}
         sentences: dict[str, Tensor] = {}  # per-prompt query type -> float[B,width,D] added content
-        for name, prompt in prompts.tokens.items():
+        all_tokens = dict(prompts.tokens)
+        for name, prompt in (visual or {}).items():
+            if name in all_tokens:
+                raise ValueError(f"{name!r} is both in prompts.tokens and prompts.visual")
+            all_tokens[name] = prompt
+        for name, prompt in all_tokens.items():
             if kind_of(name) != "tokens":
                 raise ValueError(f"prompts.tokens names {name!r}, which is not a token type")
-            tokens[name], sizes[name], groups[name] = self._tokens(prompt, batch)
+            tokens[name], token_positions[name], sizes[name], groups[name] = self._tokens(prompt, batch)
         for name, size in prompts.learned.items():
             if kind_of(name) == "tokens":
                 raise ValueError(f"prompts.learned names the token type {name!r}; pass it in prompts.tokens")
@@ -381,11 +476,12 @@ class FINDInterface(nn.Module):
         for name, token_type in prompts.per_prompt.items():
             if name in sizes:
                 raise ValueError(f"{name!r} is both in prompts.learned and prompts.per_prompt")
-            if token_type not in prompts.tokens:
+            if token_type not in all_tokens:
                 raise ValueError(
-                    f"prompts.per_prompt[{name!r}] reads {token_type!r}, absent from prompts.tokens"
+                    f"prompts.per_prompt[{name!r}] reads {token_type!r}, "
+                    "absent from prompts.tokens and prompts.visual"
                 )
-            prompt = prompts.tokens[token_type]
+            prompt = all_tokens[token_type]
             if prompt.image is None:
                 count: int | Tensor = prompt.num_prompts
                 width = prompt.num_prompts
@@ -404,7 +500,8 @@ class FINDInterface(nn.Module):
             if kind_of(name) == "tokens":
                 block = tokens[name]
                 contents.append(block)
-                positions.append(torch.zeros_like(block))
+                given = token_positions[name]
+                positions.append(torch.zeros_like(block) if given is None else given)
             else:
                 content, position = self._learned(name, width)
                 block = content.unsqueeze(0).expand(batch, -1, -1)
@@ -453,6 +550,20 @@ class FINDInterface(nn.Module):
         if logits is not None and target_size is not None:
             attend = attention_mask_from_logits(logits, target_size)
         return output, attend
+
+    def _visual_rows(
+        self, visual: Mapping[str, VisualTokens], compiled: CompiledPrototype, batch: int, num_levels: int
+    ) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """Per level, each laid-out visual type's packed ``(tokens, positions)`` float[B,n,D]."""
+        rows: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in range(num_levels)]
+        for name, tokens in visual.items():
+            if name not in compiled.slices:  # no prompt of this type has a point
+                continue
+            for level, per_level in enumerate(rows):
+                packed, positions, _, _ = self._tokens(_level_prompt(tokens, level), batch)
+                assert positions is not None  # visual tokens always carry positions
+                per_level[name] = (packed, positions)
+        return rows
 
     @staticmethod
     def _feature_mask(
@@ -504,7 +615,16 @@ class FINDInterface(nn.Module):
         pixel: PixelDecoderOutput = self.pixel_decoder(features, padding_mask)
         mask_features = pixel.mask_features
         batch = int(mask_features.shape[0])
-        compiled, x, pos = self._assemble(prompts, batch, mask_features.device)
+        visual = (
+            self.encode_visual_prompts(pixel, prompts.visual, padding_mask, prompts.generator)
+            if prompts.visual
+            else {}
+        )
+        compiled, x, pos = self._assemble(
+            prompts, batch, mask_features.device, {name: _level_prompt(v, 0) for name, v in visual.items()}
+        )
+        # [level] -> {visual type laid out: (tokens, positions) float[B,n,D]}, set before each layer
+        visual_rows = self._visual_rows(visual, compiled, batch, len(pixel.levels))
         num_proposal_rows = sum(
             compiled.slices[name].stop - compiled.slices[name].start
             for name in compiled.order
@@ -528,6 +648,9 @@ class FINDInterface(nn.Module):
         predictions = [prediction]
         for i, layer in enumerate(self.layers):
             level = i % len(sizes)
+            for name, (tokens, token_pos) in visual_rows[level].items():
+                x = _replace_rows(x, compiled.slices[name], tokens)
+                pos = _replace_rows(pos, compiled.slices[name], token_pos)
             keys, key_pos = pixel.memory(level)
             memory = torch.cat([keys, compiled.tokens(x).to(keys.dtype)], dim=1)
             memory_pos = torch.cat([key_pos, compiled.tokens(pos).to(key_pos.dtype)], dim=1)

@@ -1,17 +1,17 @@
-"""Prompts into interface tokens: text embeddings by projection, visual prompts by point sampling.
+"""Prompts into interface inputs: text embeddings by projection; visual prompts as masks and points.
 
 Every visual prompt (a mask, a box, clicks, a scribble) is a boolean mask over the (padded) image;
 :func:`boxes_to_masks` and :func:`points_to_masks` turn boxes and point sets (clicks, or the points
-of a scribble) into masks. A prompt becomes P tokens: ``num_points`` positive points drawn inside the
-mask and ``num_negative`` negative points drawn outside it. Each token is the image feature at its
-point (bilinear, averaged over the feature maps given: the pixel decoder's levels and/or its mask
-features) projected, plus a learned positive/negative embedding, plus the sine encoding of the point.
+of a scribble) into masks. The interface's visual-prompt encoder
+(:mod:`~findlit.interface.visual_prompts`) reads the pixel decoder's features at points drawn from
+those masks by :func:`sample_mask_points`; :func:`sample_prompt_points` draws positives inside and
+negatives outside one mask, and :func:`sample_features` reads feature maps at points.
 
 Sampling is vectorised over prompts by random top-k: every pixel gets a uniform random key, keys of
-pixels on the wrong side of the mask are set to -inf, and the k largest keys per prompt are the points,
-i.e. k distinct pixels drawn uniformly without replacement inside (resp. outside) the mask. A prompt
-with fewer than k pixels on a side yields fewer valid tokens: the rest are marked invalid (and zeroed),
-never NaN. A point lies uniformly inside its pixel. Given a ``torch.Generator`` the sampling is deterministic.
+pixels not allowed are set to -inf, and the k largest keys per prompt are the points, i.e. k distinct
+pixels drawn uniformly without replacement. A prompt with fewer than k allowed pixels yields fewer
+valid points: the rest are marked invalid, never NaN. Given a ``torch.Generator`` the sampling is
+deterministic.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from findlit.encoders.base import TextEmbeddings
-from findlit.interface.pixel_decoder import PositionEmbeddingSine
 
 
 class LanguageProjection(nn.Module):
@@ -195,68 +194,29 @@ def sample_features(features: Sequence[Tensor], points: Tensor, batch_index: Ten
     return torch.stack(sampled).mean(dim=0)
 
 
-class VisualPromptEncoder(nn.Module):
-    """Visual prompts (masks) -> tokens float[N,P,D] by sampling the multi-scale features at points.
+def sample_mask_points(
+    masks: Tensor, counts: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Draw ``counts[n]`` distinct pixels of mask n, uniformly without replacement, at pixel centres.
 
     Args:
-        dim: interface width D (the channels of the feature maps it samples; even).
-        num_points: positive points per prompt, drawn inside the mask.
-        num_negative: negative points per prompt, drawn outside; P = ``num_points + num_negative``.
+        masks: bool[N,H,W].
+        counts: long[N], points wanted per mask (0 = none).
+        generator: for reproducible draws (on the masks' device, or the CPU).
+
+    Returns:
+        ``(points float[N,K,2], valid bool[N,K])`` with K = the largest ``min(counts[n], pixels of mask
+        n)`` (0 without masks): points as
+        (x, y) in 0..1 image coordinates, pixel (r, c) at ``((c + 0.5) / W, (r + 0.5) / H)``; point j of
+        mask n is valid when ``j < counts[n]`` and the mask has more than j pixels.
 
     """
-
-    def __init__(self, dim: int, num_points: int = 16, num_negative: int = 4):
-        super().__init__()
-        if dim % 2:
-            raise ValueError(f"dim must be even (sine positions), got {dim}")
-        self.num_points = num_points
-        self.num_negative = num_negative
-        self.feature_proj = nn.Linear(dim, dim)
-        self.indicator = nn.Embedding(2, dim)  # 0 = negative, 1 = positive
-        self.position = PositionEmbeddingSine(dim // 2)
-
-    def encode_points(self, features: Sequence[Tensor], points: PromptPoints, batch_index: Tensor) -> Tensor:
-        """Tokens of given points: projected feature + indicator + sine position, zero where invalid.
-
-        Args:
-            features: M x float[B,D,h_m,w_m].
-            points: :class:`PromptPoints` for N prompts.
-            batch_index: long[N], the image of each prompt.
-
-        Returns:
-            float[N,P,D].
-
-        """
-        dtype = self.feature_proj.weight.dtype
-        sampled = sample_features([f.to(dtype) for f in features], points.points.to(dtype), batch_index)
-        tokens = (
-            self.feature_proj(sampled)
-            + self.indicator(points.positive.long())
-            + self.position.encode_points(points.points).to(dtype)
-        )
-        return tokens * points.valid.unsqueeze(-1)
-
-    def forward(
-        self,
-        features: Sequence[Tensor],
-        masks: Tensor,
-        batch_index: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Sample points of each prompt mask and encode them.
-
-        Args:
-            features: M x float[B,D,h_m,w_m], e.g. the pixel decoder's levels and mask features
-                (when ``mask_dim == D``).
-            masks: bool[N,H,W], one prompt mask each over the (padded) image.
-            batch_index: long[N], the image of each prompt; None = all from image 0.
-            generator: for reproducible sampling.
-
-        Returns:
-            ``(tokens float[N,P,D], valid bool[N,P])``; invalid tokens are zero and must be masked.
-
-        """
-        if batch_index is None:
-            batch_index = torch.zeros(masks.shape[0], dtype=torch.long, device=masks.device)
-        points = sample_prompt_points(masks, self.num_points, self.num_negative, generator)
-        return self.encode_points(features, points, batch_index), points.valid
+    n, h, w = masks.shape
+    masks = masks.bool()
+    # no slot for points a mask cannot give: K is the largest count of points actually drawn
+    counts = torch.minimum(counts.to(masks.device), masks.flatten(1).sum(dim=1))
+    k = int(counts.max()) if n else 0
+    rows, cols, valid = _random_top_k(masks, k, generator)
+    valid = valid & (torch.arange(k, device=masks.device)[None, :] < counts[:, None])
+    points = torch.stack([(cols.float() + 0.5) / w, (rows.float() + 0.5) / h], dim=-1)
+    return points, valid

@@ -1,4 +1,8 @@
-"""Matching and losses of FIND's tasks: Hungarian matcher with point sampling, mask/dice/CE, InfoNCE."""
+"""Matching and losses of FIND's tasks: Hungarian matcher with point sampling, mask/dice/CE, InfoNCE.
+
+May import encoders, data (seeds of the point sampling) and the top-level helpers (errors); not
+interface, metrics or outputs (same layer), nor anything above.
+"""
 
 from findlit.losses.contrastive import gather_with_grad, symmetric_infonce
 from findlit.losses.mask_losses import (

@@ -1,6 +1,9 @@
 """Metrics torchmetrics lacks, per-task builders, and the per-image inputs of the segmentation metrics.
 
 Gallery retrieval recall, grounding cIoU/mIoU/P@t; panoptic maps and instance targets for PQ and mask AP.
+
+May import encoders, data and the top-level helpers (errors); not interface, losses or outputs (same
+layer), nor anything above. It imports none of them today.
 """
 
 from findlit.metrics.collections import (

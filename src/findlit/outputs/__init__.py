@@ -2,6 +2,9 @@
 
 ``TestResultsWriter`` (the Lightning callback of ``findlit test``) is imported on first use, so that
 the writers stay usable without importing Lightning.
+
+May import encoders, data (records, pixel decoding) and the top-level helpers (errors); not
+interface, losses or metrics (same layer), nor anything above (tasks, training, inference, cli).
 """
 
 from typing import Any
