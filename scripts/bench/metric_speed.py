@@ -8,8 +8,8 @@ positives and leaves some pixels unassigned. Each implementation gets the same p
 does its own conversion, update and compute:
 
 - PQ: ``findlit.metrics.SegmentationMetrics(include=["PQ"])`` (findlit's ``PanopticQuality``
-  behind it), batches of 8 images, vs :func:`reference_pq` below (panopticapi's ``pq_compute``
-  rules on segment-id maps with numpy; written for this benchmark);
+  behind it), one image per update as in evaluation, vs :func:`reference_pq` below
+  (panopticapi's ``pq_compute`` rules on segment-id maps with numpy; written for this benchmark);
 - PQ from files, when ``--panopticapi DIR`` (a checkout of cocodataset/panopticapi, which is not on
   PyPI; or the environment variable ``FINDLIT_PANOPTICAPI``) is given: the same maps written as
   panoptic PNGs + JSON (untimed), then panopticapi's own single-process ``pq_compute_single_core``
@@ -161,11 +161,10 @@ def reference_pq(data: list[dict[str, Any]]) -> float:
 
 def findlit_pq(data: list[dict[str, Any]]) -> float:
     metric = SegmentationMetrics(THINGS, STUFFS, num_classes=len(THINGS) + len(STUFFS), include=["PQ"])
-    for start in range(0, len(data), 8):
-        chunk = data[start : start + 8]
-        pred = torch.from_numpy(np.stack([item["pred"] for item in chunk]))
-        target = torch.from_numpy(np.stack([item["target"] for item in chunk]))
-        metric.update(panoptic_pred=pred, panoptic_target=target)
+    # one image per update, as the segmentation task feeds it (images of a batch have their own sizes)
+    for item in data:
+        pred = torch.from_numpy(item["pred"])[None]
+        metric.update(panoptic_pred=pred, panoptic_target=torch.from_numpy(item["target"])[None])
     return float(metric.compute()["PQ"])
 
 

@@ -29,6 +29,7 @@ import copy
 from collections.abc import Collection, Sequence
 from typing import Any, TypeVar, cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
@@ -168,26 +169,32 @@ def segments_of_map(panoptic: Tensor, known: Tensor) -> PanopticSegments:
 
     Pixels of a category outside ``known`` (e.g. :data:`VOID_CATEGORY`) are void; every other
     |instance| is one segment (instance ids are unique within a map), a crowd segment when its
-    instance id is negative. Linear in the pixels: tables indexed by id, no sort.
+    instance id is negative. Linear in the pixels: tables indexed by id, no sort (NumPy, on the CPU,
+    as :func:`~findlit.metrics.panoptic_quality.image_counts` reads them).
     """
-    category, instance = panoptic[..., 0].long().reshape(-1), panoptic[..., 1].long().reshape(-1)
-    known = known.to(category.device)
-    lowest = min(int(category.min()), int(known.min())) if category.numel() else 0
-    is_known = torch.zeros(
-        max(int(category.max()) if category.numel() else 0, int(known.max())) - lowest + 1,
-        dtype=torch.bool,
-        device=category.device,
-    )
-    is_known[known - lowest] = True
+    array = panoptic.detach().long().cpu().numpy()
+    category, instance = array[..., 0].reshape(-1), array[..., 1].reshape(-1)
+    known_ids = known.detach().long().cpu().numpy()
+    lowest = min(int(category.min()), int(known_ids.min())) if category.size else 0
+    highest = max(int(category.max()) if category.size else 0, int(known_ids.max()))
+    is_known = np.zeros(highest - lowest + 1, dtype=np.int64)
+    is_known[known_ids - lowest] = 1
     # + 1 keeps an instance id 0 of a known category off void (id 0)
-    key = torch.where(is_known[category - lowest], instance.abs() + 1, torch.zeros_like(instance))
-    size = int(key.max()) + 1 if key.numel() else 1
-    present = torch.bincount(key, minlength=size) > 0
+    key = is_known[category - lowest] * (np.abs(instance) + 1)
+    size = int(key.max()) + 1 if key.size else 1
+    present = np.bincount(key, minlength=size) > 0
     present[0] = False
-    categories = torch.zeros(size, dtype=torch.int64, device=key.device).scatter_(0, key, category)
-    crowd = torch.zeros(size, dtype=torch.bool, device=key.device).scatter_(0, key, instance < 0)
-    ids = present.nonzero(as_tuple=True)[0]
-    return PanopticSegments(key.reshape(panoptic.shape[:-1]), ids, categories[ids], crowd[ids])
+    categories = np.zeros(size, dtype=np.int64)
+    categories[key] = category  # every pixel of a segment carries its category
+    crowd = np.zeros(size, dtype=bool)
+    crowd[key] = instance < 0
+    ids = np.nonzero(present)[0]
+    return PanopticSegments(
+        torch.from_numpy(key.reshape(array.shape[:-1])),
+        torch.from_numpy(ids),
+        torch.from_numpy(categories[ids]),
+        torch.from_numpy(crowd[ids]),
+    )
 
 
 def segmentation_metrics(

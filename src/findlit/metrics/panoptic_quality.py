@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -67,27 +68,103 @@ LOOKUP_LIMIT = 1 << 22
 larger ids (COCO's PNG ids reach 256^3) are looked up by binary search, which is slower."""
 
 
-def _dense_index(segments: PanopticSegments) -> Tensor:
+def _dense_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
     """int64[H*W]: 0 for void pixels, k + 1 for pixels of listed segment k, N + 1 for unlisted ids."""
-    flat = segments.ids.reshape(-1).long()
-    count = int(segments.segment_ids.numel())
-    if flat.numel() == 0:
-        return flat
-    largest = max(int(flat.max()), int(segments.segment_ids.max()) if count else 0)
+    count = len(segment_ids)
+    if ids.size == 0:
+        return ids
+    largest = max(int(ids.max()), int(segment_ids.max()) if count else 0)
     if largest < LOOKUP_LIMIT:
         # one gather through a table indexed by id: linear in the pixels, no sort
-        table = torch.full((largest + 1,), count + 1, dtype=torch.int64, device=flat.device)
-        table[segments.segment_ids.long()] = torch.arange(1, count + 1, device=flat.device)
+        table = np.full(largest + 1, count + 1, dtype=np.int64)
+        table[segment_ids] = np.arange(1, count + 1)
         table[0] = 0
-        return table[flat]
-    unlisted = torch.full_like(flat, count + 1)
-    if count:
-        order = torch.argsort(segments.segment_ids)
-        sorted_ids = segments.segment_ids[order]
-        position = torch.searchsorted(sorted_ids, flat).clamp(max=count - 1)
-        listed = sorted_ids[position] == flat
-        unlisted = torch.where(listed, order[position] + 1, unlisted)
-    return torch.where(flat == 0, torch.zeros_like(flat), unlisted)
+        return table[ids]
+    order = np.argsort(segment_ids)
+    sorted_ids = segment_ids[order]
+    position = np.minimum(np.searchsorted(sorted_ids, ids), max(count - 1, 0))
+    listed = sorted_ids[position] == ids if count else np.zeros(ids.shape, dtype=bool)
+    index = np.where(listed, order[position] + 1 if count else 0, count + 1)
+    return np.where(ids == 0, 0, index)
+
+
+@dataclass
+class ImageCounts:
+    """One image's contribution per category position: float64 IoU sum and int64 TP, FP, FN."""
+
+    iou: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+
+
+def image_counts(pred: PanopticSegments, target: PanopticSegments, categories: np.ndarray) -> ImageCounts:
+    """The counts of one image by panopticapi's rules (module docstring), per position in ``categories``.
+
+    Computed with NumPy on the CPU: the per-image work is one pass over the pixels and a few
+    operations on a (targets x predictions) matrix, where NumPy's small-array overhead is far below
+    torch's. ``categories`` is sorted; a predicted category outside it is an error.
+    """
+    pred_ids = pred.ids.detach().reshape(-1).long().cpu().numpy()
+    target_ids = target.ids.detach().reshape(-1).long().cpu().numpy()
+    pred_segments = pred.segment_ids.detach().long().cpu().numpy()
+    target_segments = target.segment_ids.detach().long().cpu().numpy()
+    num_pred, num_target = len(pred_segments), len(target_segments)
+    p = _dense_index(pred_ids, pred_segments)
+    g = _dense_index(target_ids, target_segments)
+    if num_pred + 1 in p:
+        unlisted = sorted({int(i) for i in pred_ids[p == num_pred + 1][:1000]})[:5]
+        raise ValueError(f"predicted map holds segment ids {unlisted} that its segment list lacks")
+    # rows: void, the G target segments, then pixels of ids the target does not list (neither void
+    # nor a segment, as in panopticapi); columns: void, the P predicted segments
+    joint = np.bincount(g * (num_pred + 1) + p, minlength=(num_target + 2) * (num_pred + 1))
+    inter = joint.reshape(num_target + 2, num_pred + 1).astype(np.float64)
+    pred_area = inter.sum(axis=0)[1:]
+    target_area = inter.sum(axis=1)[1 : num_target + 1]
+    on_void = inter[0, 1:]  # predicted pixels on void target pixels
+    pred_category = _positions(pred.categories, categories, "prediction")
+    target_category = _positions(target.categories, categories, "target")
+    crowd = target.iscrowd.detach().bool().cpu().numpy()
+    present = pred_area > 0  # listed predictions absent from the map: panopticapi refuses them; skip
+
+    pairs = inter[1 : num_target + 1, 1:]  # [G,P]
+    union = target_area[:, None] + pred_area[None, :] - pairs - on_void[None, :]
+    iou = pairs / np.maximum(union, 1)
+    same = (target_category[:, None] == pred_category[None, :]) & (target_category[:, None] >= 0)
+    matched = (iou > 0.5) & same & ~crowd[:, None] & present[None, :]
+    # IoU > 0.5 matches at most one partner on each side, so the pairs are disjoint
+    rows, cols = np.nonzero(matched)
+    size = len(categories)
+    counts = ImageCounts(
+        iou=np.bincount(target_category[rows], weights=iou[rows, cols], minlength=size),
+        tp=np.bincount(target_category[rows], minlength=size),
+        fp=np.zeros(size, dtype=np.int64),
+        fn=np.bincount(
+            target_category[~matched.any(axis=1) & ~crowd & (target_category >= 0)], minlength=size
+        ),
+    )
+    # per prediction, its pixels on the last crowd segment of its own category (panopticapi's dict)
+    own_crowd = np.full(size, -1, dtype=np.int64)
+    for row in np.nonzero(crowd & (target_category >= 0))[0]:
+        own_crowd[target_category[row]] = row
+    crowd_row = own_crowd[pred_category]
+    on_crowd = np.where(crowd_row >= 0, pairs[np.maximum(crowd_row, 0), np.arange(num_pred)], 0.0)
+    ignored = (on_void + on_crowd) / np.maximum(pred_area, 1) > 0.5
+    counts.fp = np.bincount(pred_category[~matched.any(axis=0) & present & ~ignored], minlength=size)
+    return counts
+
+
+def _positions(ids: Tensor, categories: np.ndarray, side: str) -> np.ndarray:
+    """int64[N] position of each category id in sorted ``categories``; -1 for a target's unknown one."""
+    values = ids.detach().long().cpu().numpy()
+    if len(categories) == 0:
+        position, found = np.zeros_like(values), np.zeros(values.shape, dtype=bool)
+    else:
+        position = np.minimum(np.searchsorted(categories, values), len(categories) - 1)
+        found = categories[position] == values
+    if side == "prediction" and not found.all():
+        raise ValueError(f"predicted segments of unknown category ids {sorted(set(values[~found].tolist()))}")
+    return np.where(found, position, -1)
 
 
 class PanopticQuality(Metric):
@@ -126,84 +203,28 @@ class PanopticQuality(Metric):
         self.add_state("tp", torch.zeros(count, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("fp", torch.zeros(count, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("fn", torch.zeros(count, dtype=torch.int64), dist_reduce_fx="sum")
-        self._sorted_categories = torch.tensor(self.categories, dtype=torch.int64)
-
-    def _category_index(self, categories: Tensor, side: str) -> Tensor:
-        """int64[N] position of each category id in :attr:`categories` (-1 for an unknown target's)."""
-        known = self._sorted_categories.to(categories.device)
-        if known.numel() == 0:
-            position = torch.zeros_like(categories)
-            found = torch.zeros_like(categories, dtype=torch.bool)
-        else:
-            position = torch.searchsorted(known, categories).clamp(max=known.numel() - 1)
-            found = known[position] == categories
-        if side == "prediction" and not bool(found.all()):
-            unknown = sorted(set(categories[~found].tolist()))
-            raise ValueError(f"predicted segments of unknown category ids {unknown}")
-        return torch.where(found, position, torch.full_like(position, -1))
+        self._sorted_categories = np.array(self.categories, dtype=np.int64)
 
     def update(self, preds: Sequence[PanopticSegments], targets: Sequence[PanopticSegments]) -> None:
         """Add the counts of each (prediction, target) pair of images."""
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
+        size = len(self.categories)
+        totals = {
+            name: np.zeros(size, dtype=np.float64 if name == "iou" else np.int64)
+            for name in ("iou", "tp", "fp", "fn")
+        }
         for pred, target in zip(preds, targets, strict=True):
             if tuple(pred.ids.shape) != tuple(target.ids.shape):
                 raise ValueError(
                     f"prediction of size {tuple(pred.ids.shape)} for a target of {tuple(target.ids.shape)}"
                 )
-            self._update_image(pred, target)
-
-    def _update_image(self, pred: PanopticSegments, target: PanopticSegments) -> None:
-        device = self.iou.device
-        num_pred, num_target = int(pred.segment_ids.numel()), int(target.segment_ids.numel())
-        p = _dense_index(pred).to(device)
-        g = _dense_index(target).to(device)
-        if bool((p == num_pred + 1).any()):
-            unlisted = sorted(set(pred.ids.reshape(-1)[(p == num_pred + 1).cpu()].tolist()))[:5]
-            raise ValueError(f"predicted map holds segment ids {unlisted} that its segment list lacks")
-        # rows: void, the G target segments, then pixels of ids the target does not list (neither
-        # void nor a segment, as in panopticapi); columns: void, the P predicted segments
-        joint = torch.bincount(g * (num_pred + 1) + p, minlength=(num_target + 2) * (num_pred + 1))
-        inter = joint.reshape(num_target + 2, num_pred + 1).double()
-        pred_area = inter.sum(dim=0)[1:]  # [P]
-        target_area = inter.sum(dim=1)[1 : num_target + 1]  # [G]
-        on_void = inter[0, 1:]  # [P] predicted pixels on void target pixels
-        pred_category = self._category_index(pred.categories.to(device), "prediction")
-        target_category = self._category_index(target.categories.to(device), "target")
-        crowd = target.iscrowd.to(device).bool()
-        # predictions listed but absent from the map have no area: panopticapi refuses them; skip
-        present = pred_area > 0
-
-        pairs = inter[1 : num_target + 1, 1:]  # [G,P]
-        union = target_area[:, None] + pred_area[None, :] - pairs - on_void[None, :]
-        iou = pairs / union.clamp(min=1)
-        same = (target_category[:, None] == pred_category[None, :]) & (target_category[:, None] >= 0)
-        matched = (iou > 0.5) & same & ~crowd[:, None] & present[None, :]
-        # IoU > 0.5 matches at most one partner on each side, so the pairs are disjoint
-        target_matched = matched.any(dim=1)
-        pred_matched = matched.any(dim=0)
-        rows, cols = matched.nonzero(as_tuple=True)
-        counted = target_category[rows]
-        self.tp.index_add_(0, counted, torch.ones_like(counted))
-        self.iou.index_add_(0, counted, iou[rows, cols])
-
-        missed = ~target_matched & ~crowd & (target_category >= 0)
-        self.fn.index_add_(0, target_category[missed], torch.ones_like(target_category[missed]))
-
-        # per prediction, its pixels on the last crowd segment of its own category
-        crowd_rows = torch.full((len(self.categories),), -1, dtype=torch.int64, device=device)
-        for row in crowd.nonzero(as_tuple=True)[0].tolist():
-            if int(target_category[row]) >= 0:
-                crowd_rows[int(target_category[row])] = row
-        own_crowd = crowd_rows[pred_category]  # [P]
-        on_crowd = torch.where(
-            own_crowd >= 0,
-            pairs[own_crowd.clamp(min=0), torch.arange(num_pred, device=device)],
-            torch.zeros_like(on_void),
-        )
-        ignored = (on_void + on_crowd) / pred_area.clamp(min=1) > 0.5
-        false = ~pred_matched & present & ~ignored
-        self.fp.index_add_(0, pred_category[false], torch.ones_like(pred_category[false]))
+            counts = image_counts(pred, target, self._sorted_categories)
+            for name in ("iou", "tp", "fp", "fn"):
+                totals[name] += getattr(counts, name)
+        for name, total in totals.items():
+            state = getattr(self, name)
+            state += torch.from_numpy(total).to(device=state.device, dtype=state.dtype)
 
     def per_category(self) -> dict[int, dict[str, float]]:
         """Category id -> ``{"pq", "sq", "rq"}`` (zeros for a category without TP, FP or FN)."""
