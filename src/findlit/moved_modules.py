@@ -3,8 +3,9 @@
 Until the package was laid out as ``cli/``, ``training/`` and ``inference/``, its modules sat at the
 top (``findlit.slurm_requeue``, ``findlit.module``...). A saved ``config.yaml`` may name one (e.g.
 ``class_path: findlit.slurm_requeue.DeferredRequeue``), so importing an old name gives the module at
-its new place, the same module object (classes stay identical), with a ``FutureWarning`` naming the
-new place. :func:`install` is called when ``findlit`` is imported.
+its new place (``findlit.inference.batch_prediction`` later moved on to ``findlit.tasks.requests``,
+so that training need not import inference), the same module object (classes stay identical),
+with a ``FutureWarning`` naming the new place. :func:`install` is called when ``findlit`` is imported.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ MOVED: dict[str, str] = {
     "findlit.checkpoint_io": "findlit.training.checkpoint_io",
     "findlit.rng_states": "findlit.training.rng_states",
     "findlit.slurm_requeue": "findlit.training.slurm_requeue",
-    "findlit.batch_prediction": "findlit.inference.batch_prediction",
+    "findlit.batch_prediction": "findlit.tasks.requests",
+    "findlit.inference.batch_prediction": "findlit.tasks.requests",
     "findlit.predictor": "findlit.inference.predictor",
 }
 """Old module name -> its module now."""

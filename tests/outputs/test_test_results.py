@@ -38,9 +38,12 @@ from findlit.outputs.test_results import (
     run_directory,
 )
 from findlit.tasks.interleave import phrases_of
+from findlit.tasks.registry import task_class
 from tests.cli.test_train import tiny_config
 from tests.encoders import tiny  # noqa: F401 - registers the "tiny_test_vision" encoder
 from tests.training.test_module import data_section
+
+FIND_TASKS = ("segmentation", "grounding", "retrieval", "interleave")
 
 ORIG = 64
 """Side of the generated images on disk."""
@@ -187,6 +190,8 @@ class GroundTruthModule(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
+        # the tasks choose the writers and overlays of their datasets, as a FINDModule's do
+        self.tasks = torch.nn.ModuleDict({name: task_class(name)() for name in FIND_TASKS})
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         name = f"test/{batch['dataset']}/images"

@@ -22,7 +22,7 @@ from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
 from findlit.errors import ConfigError
 from findlit.metrics import SegmentationMetrics
 from findlit.tasks.base import Vocabulary
-from findlit.training.module import FINDModule, lr_factor, parameter_groups, semantic_target
+from findlit.training.module import FINDModule, lr_factor, parameter_groups
 
 VISION = EncoderConfig("timm", {"model": "test_resnet", "weights": None})
 INTERFACE = {
@@ -207,22 +207,6 @@ def test_parameter_groups_by_type_and_name() -> None:
         "norm.weight",
         "positions",
     ]
-
-
-def test_semantic_target_paints_labels_and_ignores() -> None:
-    masks = torch.zeros(2, 4, 6, dtype=torch.bool)
-    masks[0, :2, :3] = True
-    masks[1, 2:, :3] = True
-    ignore = torch.ones(4, 6, dtype=torch.bool)
-    ignore[:, :4] = False
-    ignore[0, 0] = True
-    padding = torch.ones(4, 6, dtype=torch.bool)
-    padding[:, :4] = False
-    target = semantic_target(
-        {"masks": masks, "labels": torch.tensor([3, 1]), "ignore_mask": ignore}, padding, (4, 4)
-    )
-    expected = torch.tensor([[255, 3, 3, 255], [3, 3, 3, 255], [1, 1, 1, 255], [1, 1, 1, 255]])
-    assert torch.equal(target, expected)
 
 
 def test_construction_groups_and_hparams() -> None:

@@ -11,7 +11,7 @@ other encoders) is reported before anything runs.
 
 ``findlit predict --config EXP.yaml --config configs/predict/coco_sample.yaml --ckpt_path run.ckpt``
 is LightningCLI's predict instead (see :mod:`findlit.cli.train`): the same predictions
-(:func:`~findlit.inference.batch_prediction.predict_batch` serves both) on the images of the config's
+(:func:`~findlit.tasks.requests.predict_batch` serves both) on the images of the config's
 ``data.predict`` entries (:class:`~findlit.data.predict_config.PredictConfig`: files and folders,
 prompts, class names, resize, batch size), written to ``predictions/<name>/<stem>.png`` and
 ``<stem>.json`` in the run folder (:mod:`findlit.outputs.prediction_writer`).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from findlit.data.config import TASK_DATASETS, DatasetConfig, read_records
+from findlit.data.config import FORMATS, DatasetConfig, read_records
 from findlit.data.errors import BadRecords
 from findlit.data.predict_config import PredictConfig, check_predict_config, find_images
 from findlit.data.predict_dataset import PREDICT_TASK, read_upright_image
@@ -53,8 +53,8 @@ def check_dataset(config: DatasetConfig, key: str, root: str | Path | None = Non
     except (DataError, ConfigError) as error:
         report.problems.append(str(error))
         return report
-    dataset = TASK_DATASETS[(config.task, config.format)](
-        config.name, data, None, key=key, on_bad_record="skip"
+    dataset = FORMATS[config.format].dataset(
+        config.name, data, None, task=config.task, key=key, on_bad_record="skip"
     )
     generator = torch.Generator().manual_seed(0)
     for record in data.records:

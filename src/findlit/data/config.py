@@ -1,4 +1,8 @@
-"""Typed configuration of one dataset, and the table of formats and tasks it may name.
+"""Typed configuration of one dataset, and the table of the formats it may name.
+
+Each format has one reader and one dataset class. The task a dataset feeds is a plain name here:
+which tasks exist, and which formats feed each, is the tasks' business (``findlit.tasks``), checked
+by the model when it meets the DataModule.
 
 These dataclasses are part of the YAML schema (jsonargparse reads them from the DataModule's
 signature), so a misspelt key is rejected by the parser with its name.
@@ -26,7 +30,6 @@ from findlit.data.records import Dataset
 from findlit.data.transforms import TransformConfig, build_feature_transforms, build_transforms
 from findlit.errors import ConfigError
 
-TaskName = Literal["segmentation", "retrieval", "grounding", "interleave"]
 FormatName = Literal[
     "coco_panoptic", "coco_instances", "coco_captions", "karpathy", "refcoco", "refcoco_absent", "find_entity"
 ]
@@ -68,8 +71,9 @@ class DatasetConfig:
 
     Args:
         name: unique name; metrics are logged as ``<stage>/<name>/<metric>``.
-        task: what the dataset trains or evaluates.
-        format: the annotation format to read (must suit the task).
+        task: the name of the task the dataset trains or evaluates (a registered task of the model;
+            its format must be one that feeds the task, checked when training or testing starts).
+        format: the annotation format to read.
         paths: where its files are.
         ratio: relative sampling frequency among the training datasets.
         batch_size: images per batch and per process.
@@ -81,7 +85,7 @@ class DatasetConfig:
     """
 
     name: str
-    task: TaskName
+    task: str
     format: FormatName
     paths: DatasetPaths = field(default_factory=DatasetPaths)
     ratio: float = 1.0
@@ -91,34 +95,42 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-class _Format:
+class Format:
+    """How one annotation format is read and served.
+
+    Args:
+        reader: reads the files into a :class:`~findlit.data.records.Dataset`.
+        paths: the :class:`DatasetPaths` fields the reader takes, in its argument order.
+        dataset: the dataset class that turns its records into samples.
+        extra: further keyword arguments of the reader.
+
+    """
+
     reader: Callable[..., Dataset]
     paths: tuple[str, ...]
-    """The :class:`DatasetPaths` fields the reader takes, in its argument order."""
+    dataset: type[datasets.TaskDataset]
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-FORMATS: dict[str, _Format] = {
-    "coco_panoptic": _Format(read_coco_panoptic, ("panoptic_json", "panoptic_root", "image_root")),
-    "coco_instances": _Format(read_coco_instances, ("instances_json", "image_root")),
-    "coco_captions": _Format(read_coco_captions, ("captions_json", "image_root")),
-    "karpathy": _Format(read_karpathy, ("karpathy_json", "image_root", "split")),
-    "refcoco": _Format(read_refcoco, ("refs", "instances_json", "image_root", "split")),
-    "refcoco_absent": _Format(
-        read_refcoco, ("refs", "instances_json", "image_root", "split"), {"absent": True}
-    ),
-    "find_entity": _Format(read_find_entity, ("entity_json", "panoptic_json", "panoptic_root", "image_root")),
-}
+_REFCOCO_PATHS = ("refs", "instances_json", "image_root", "split")
+_ENTITY_PATHS = ("entity_json", "panoptic_json", "panoptic_root", "image_root")
 
-TASK_DATASETS: dict[tuple[str, str], type[datasets.TaskDataset]] = {
-    ("segmentation", "coco_panoptic"): datasets.PanopticSegmentationDataset,
-    ("segmentation", "coco_instances"): datasets.InstanceSegmentationDataset,
-    ("retrieval", "coco_captions"): datasets.RetrievalDataset,
-    ("retrieval", "karpathy"): datasets.RetrievalDataset,
-    ("grounding", "refcoco"): datasets.GroundingDataset,
-    ("grounding", "refcoco_absent"): datasets.GroundingDataset,
-    ("interleave", "find_entity"): datasets.InterleaveDataset,
+FORMATS: dict[str, Format] = {
+    "coco_panoptic": Format(
+        read_coco_panoptic,
+        ("panoptic_json", "panoptic_root", "image_root"),
+        datasets.PanopticSegmentationDataset,
+    ),
+    "coco_instances": Format(
+        read_coco_instances, ("instances_json", "image_root"), datasets.InstanceSegmentationDataset
+    ),
+    "coco_captions": Format(read_coco_captions, ("captions_json", "image_root"), datasets.RetrievalDataset),
+    "karpathy": Format(read_karpathy, ("karpathy_json", "image_root", "split"), datasets.RetrievalDataset),
+    "refcoco": Format(read_refcoco, _REFCOCO_PATHS, datasets.GroundingDataset),
+    "refcoco_absent": Format(read_refcoco, _REFCOCO_PATHS, datasets.GroundingDataset, {"absent": True}),
+    "find_entity": Format(read_find_entity, _ENTITY_PATHS, datasets.InterleaveDataset),
 }
+"""Format name (``data.*[i].format``) -> its reader and dataset class."""
 
 
 def read_records(
@@ -135,11 +147,6 @@ def read_records(
     """
     if config.format not in FORMATS:
         raise ConfigError(f"{key}.format: unknown format {config.format!r}; known: {sorted(FORMATS)}")
-    if (config.task, config.format) not in TASK_DATASETS:
-        suitable = sorted(f for t, f in TASK_DATASETS if t == config.task)
-        raise ConfigError(
-            f"{key}.format: {config.format!r} cannot feed task {config.task!r}; use one of {suitable}"
-        )
     fmt = FORMATS[config.format]
     arguments: list[Any] = []
     for name in fmt.paths:
@@ -181,7 +188,7 @@ def build_dataset(
     on_bad_record: BadRecordPolicy = "error",
     size_divisibility: int = 32,
 ) -> datasets.TaskDataset:
-    """Read a dataset's records and wrap them in the task's dataset with the stage's transforms.
+    """Read a dataset's records and wrap them in its format's dataset with the stage's transforms.
 
     Per-record problems found while reading follow ``on_bad_record``; with ``"skip"`` one summary
     warning is emitted for this dataset. With ``features`` set, the feature cache is opened and
@@ -199,7 +206,7 @@ def build_dataset(
     bad_records = BadRecords(on_bad_record, dataset=config.name)
     data = read_records(config, key, root, bad_records)
     bad_records.warn_summary()
-    dataset_type = TASK_DATASETS[(config.task, config.format)]
+    dataset_type = FORMATS[config.format].dataset
     transforms = build_transforms(config.transforms, train=train)
     features = None
     if config.features is not None:
@@ -209,6 +216,7 @@ def build_dataset(
         config.name,
         data,
         transforms,
+        task=config.task,
         train=train,
         on_bad_record=on_bad_record,
         key=key,

@@ -1,4 +1,8 @@
-"""Map-style datasets, one per task, that turn format records into :class:`Sample` dicts.
+"""Map-style datasets, one per kind of annotation, that turn format records into :class:`Sample` dicts.
+
+Each format of :data:`findlit.data.config.FORMATS` names its dataset class here. A dataset is told
+the name of the task it feeds (its config's ``task``) and puts it in every sample; it does not know
+what the task does.
 
 A dataset is indexed either by an int (evaluation: no randomness) or by a
 ``(index, seed)`` pair from the training sampler: the seed drives every random choice for that
@@ -46,12 +50,13 @@ _MAX_SKIPS = 100
 
 
 class TaskDataset(TorchDataset[Sample]):
-    """Base of the per-task datasets: decoding, transforms and the bad-record policy.
+    """Base of the datasets: decoding, transforms and the bad-record policy.
 
     Args:
         name: the dataset's name, put in every sample and every message.
         data: what a reader returned.
         transforms: applied to each decoded sample with the sample's generator (None: identity).
+        task: the name of the task the dataset feeds, put in every sample (``batch["task"]``).
         train: training mode (random choices of captions and sentences).
         on_bad_record: ``"error"`` raises on a record that fails to decode; ``"skip"`` replaces it
             by the next good record and warns once.
@@ -61,20 +66,20 @@ class TaskDataset(TorchDataset[Sample]):
 
     """
 
-    task: str = ""
-
     def __init__(
         self,
         name: str,
         data: Dataset,
         transforms: Transform | None = None,
         *,
+        task: str,
         train: bool = False,
         on_bad_record: BadRecordPolicy = "error",
         key: str | None = None,
         features: FeatureReader | None = None,
     ):
         self.name = name
+        self.task = task
         self.features = features
         self.records: tuple[Any, ...] = data.records
         self.categories: dict[int, Category] = dict(data.categories)
@@ -163,8 +168,6 @@ class TaskDataset(TorchDataset[Sample]):
 class _SegmentationDataset(TaskDataset):
     """Segmentation targets: segments that a crop left without pixels are dropped."""
 
-    task = "segmentation"
-
     def finish(self, sample: Sample) -> Sample:
         """Drop the masks that transforms emptied, with their labels (no other field indexes them)."""
         keep = sample["masks"].flatten(1).any(1)
@@ -223,8 +226,6 @@ class RetrievalDataset(TaskDataset):
     evaluation keeps them all in the file's order.
     """
 
-    task = "retrieval"
-
     def decode(self, record: CaptionsRecord, generator: torch.Generator) -> Sample:
         """Image and ``captions`` (all, shuffled in training)."""
         if not record.captions:
@@ -240,8 +241,6 @@ class RetrievalDataset(TaskDataset):
 
 class GroundingDataset(TaskDataset):
     """Referring segmentation: one mask per ref; training draws one sentence per ref, evaluation all."""
-
-    task = "grounding"
 
     def decode(self, record: RefsRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[R,H,W] (one per ref), ``sentences`` and sentence_targets int64[S]."""
@@ -269,8 +268,6 @@ class GroundingDataset(TaskDataset):
 
 class InterleaveDataset(TaskDataset):
     """FIND-Bench entities: masks of the segments that phrases name, and the entity sentences."""
-
-    task = "interleave"
 
     def decode(self, record: EntityRecord, generator: torch.Generator) -> Sample:
         """Image, masks bool[M,H,W] (segments named by phrases), labels int64[M], ``entities``."""

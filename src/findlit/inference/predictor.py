@@ -14,7 +14,7 @@ EXIF orientation, i.e. as the photo is shown). :meth:`Predictor.write` saves ``<
 scores, image size) per image, after checking every input and output path, so a bad request fails
 before any work.
 
-The inference itself is :func:`~findlit.inference.batch_prediction.predict_batch`, which ``findlit predict
+The inference itself is :func:`~findlit.tasks.requests.predict_batch`, which ``findlit predict
 --config`` (LightningCLI's predict, :meth:`FINDModule.predict_step
 <findlit.training.module.FINDModule.predict_step>`) runs too.
 """
@@ -42,14 +42,8 @@ from findlit.data.predict_dataset import prediction_sample, read_upright_image
 from findlit.data.transforms import Resize
 from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.errors import DataError
-from findlit.inference.batch_prediction import (
-    Prediction,
-    capability_problem,
-    output_paths,
-    predict_batch,
-    refuse_existing,
-    resize_masks,
-)
+from findlit.outputs.overlay import output_paths, refuse_existing
+from findlit.tasks.requests import Prediction, capability_problem, predict_batch, resize_masks
 from findlit.training.module import FINDModule
 
 __all__ = [
@@ -234,7 +228,7 @@ class Predictor:
         classes: Sequence[str] = (),
         stuff: Sequence[str] = (),
     ) -> Prediction:
-        """Predict on one image file (:func:`~findlit.inference.batch_prediction.predict_batch`, one image).
+        """Predict on one image file (:func:`~findlit.tasks.requests.predict_batch`, one image).
 
         Args:
             image: the image file.

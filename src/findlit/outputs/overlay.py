@@ -5,7 +5,7 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -13,6 +13,42 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from findlit.outputs.coco_writers import as_mask_array, atomic_output, encode_masks
+
+LABEL_CHARS = 32
+"""Longest label written on an overlay; longer sentences are cut with an ellipsis."""
+
+
+class OverlayLayers(NamedTuple):
+    """What an overlay draws of one image: masks bool[N,h,w] at the prediction's size, N labels, N scores."""
+
+    masks: Tensor
+    labels: list[str]
+    scores: list[float]
+
+
+def shorten(text: str, limit: int = LABEL_CHARS) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``limit`` characters (ellipsis included)."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def output_paths(image: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """(overlay PNG, RLE JSON) that ``image`` gets in folder ``out``."""
+    stem = Path(image).stem
+    return Path(out) / f"{stem}.png", Path(out) / f"{stem}.json"
+
+
+def refuse_existing(paths: Sequence[Path]) -> None:
+    """Raise :class:`FileExistsError` naming those of ``paths`` that exist."""
+    existing = [str(path) for path in paths if path.exists()]
+    if existing:
+        raise FileExistsError(f"output exists (pass overwrite to replace it): {', '.join(existing)}")
+
 
 # Hue step of the golden ratio: consecutive masks get far-apart hues, the same index the same colour.
 _GOLDEN = 0.618033988749895

@@ -3,11 +3,9 @@
 :class:`OverlaySink` receives a test dataset's batches and predictions and draws, for its first
 ``limit`` images, the predicted masks over the image (:func:`~findlit.outputs.overlay.save_overlay`):
 
-- segmentation: the panoptic segments (else the instances) labelled with class names and scores;
-- grounding: each sentence's mask, labelled with the sentence (shortened) and its score;
-- interleave: each phrase's mask and its score.
-
-Retrieval predicts no masks and gets no overlays.
+what the dataset's task's ``overlay_layers`` picks of each prediction (findlit's tasks: the panoptic
+segments or instances for segmentation, each sentence's or phrase's mask for grounding and
+interleave; nothing for retrieval).
 
 Overlays are drawn at the image's size on disk: the image file of the dataset's record is read
 again (so datasets read from a feature cache, whose batches hold no pixels, get overlays too) and
@@ -18,66 +16,32 @@ cached-feature batch without a readable file gets no overlay (with a warning).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from findlit.data.decode import read_image
 from findlit.errors import DataError
-from findlit.outputs.overlay import save_overlay
+from findlit.outputs.overlay import LABEL_CHARS, OverlayLayers, save_overlay, shorten
+
+__all__ = [
+    "LABEL_CHARS",
+    "OVERLAYS_FOLDER",
+    "OverlayLayersFn",
+    "OverlaySink",
+    "log_overlays_to_wandb",
+    "shorten",
+]
 
 OVERLAYS_FOLDER = "overlays"
 """Folder of the overlays (one subfolder per test dataset), in the results directory."""
 
-LABEL_CHARS = 32
-"""Longest label written on an overlay; longer sentences are cut with an ellipsis."""
-
-
-def shorten(text: str, limit: int = LABEL_CHARS) -> str:
-    """``text`` on one line, cut at a word boundary to at most ``limit`` characters (ellipsis included)."""
-    line = " ".join(text.split())
-    if len(line) <= limit:
-        return line
-    cut = line[: limit - 1]
-    if " " in cut:
-        cut = cut[: cut.rindex(" ")]
-    return cut.rstrip(" ,;:") + "…"
-
-
-def overlay_layers(
-    task: str, prediction: Mapping[str, Any], class_names: Sequence[str]
-) -> tuple[Tensor, list[str], list[float]] | None:
-    """The masks bool[N,h,w], labels and scores to draw of one image's prediction, or None.
-
-    ``prediction`` is one entry of ``FINDModule.test_step``'s list, at the transformed size (h, w).
-    Segmentation draws the panoptic segments when predicted, else the instances; retrieval (and any
-    prediction without masks) gives None.
-    """
-    if task == "segmentation":
-        if "panoptic" in prediction:
-            segment_ids, segments = prediction["panoptic"]
-            ids = torch.tensor([int(s["id"]) for s in segments], dtype=torch.int64)
-            masks = segment_ids.cpu()[None] == ids[:, None, None]  # [N,h,w]
-            labels = [_class_name(class_names, int(s["category"])) for s in segments]
-            return masks, labels, [float(s["score"]) for s in segments]
-        if "instance" in prediction:
-            instance = prediction["instance"]
-            labels = [_class_name(class_names, int(c)) for c in instance["labels"].tolist()]
-            return instance["masks"].cpu().bool(), labels, instance["scores"].float().cpu().tolist()
-        return None
-    texts = {"grounding": "sentences", "interleave": "phrases"}.get(task)
-    if texts is None or "masks" not in prediction:
-        return None
-    labels = [shorten(str(text)) for text in prediction[texts]]
-    return prediction["masks"].cpu().bool(), labels, prediction["scores"].float().cpu().tolist()
-
-
-def _class_name(class_names: Sequence[str], index: int) -> str:
-    return class_names[index] if 0 <= index < len(class_names) else f"class {index}"
+OverlayLayersFn = Callable[[Mapping[str, Any], Sequence[str]], OverlayLayers | None]
+"""One image's prediction (at the transformed size) and the class names -> what to draw, or None:
+a task's :meth:`~findlit.tasks.base.Task.overlay_layers`."""
 
 
 class OverlaySink:
@@ -88,15 +52,19 @@ class OverlaySink:
     Args:
         folder: where the PNGs go, ``<stem>.png`` by the image file's stem (``<stem>_<image id>``
             when two images of the dataset share a stem).
-        dataset: the test dataset (``task``, ``records`` with each image's file).
+        dataset: the test dataset (``records`` with each image's file).
         class_names: class index -> name (the model's vocabulary of the dataset).
         limit: how many images get an overlay.
+        layers: what to draw of a prediction (the dataset's task's ``overlay_layers``); an image it
+            gives None gets no overlay.
 
     """
 
-    def __init__(self, folder: Path, dataset: Any, class_names: Sequence[str], limit: int):
+    def __init__(
+        self, folder: Path, dataset: Any, class_names: Sequence[str], limit: int, layers: OverlayLayersFn
+    ):
         self.folder = folder
-        self.task = str(dataset.task)
+        self.layers = layers
         self.images = {int(r.image.id): r.image for r in getattr(dataset, "records", ())}
         self.class_names = list(class_names)
         self.limit = limit
@@ -109,7 +77,7 @@ class OverlaySink:
         for b, prediction in enumerate(predictions):
             if len(self.written) >= self.limit:
                 return
-            layers = overlay_layers(self.task, prediction, self.class_names)
+            layers = self.layers(prediction, self.class_names)
             if layers is None:
                 continue
             image_id = int(batch["image_ids"][b])

@@ -2,7 +2,7 @@
 
 :class:`PredictionWriter` is a Lightning :class:`~lightning.pytorch.callbacks.BasePredictionWriter`.
 During ``trainer.predict`` it receives, batch by batch, the
-:class:`~findlit.inference.batch_prediction.Prediction` objects that
+:class:`~findlit.tasks.requests.Prediction` objects that
 :meth:`FINDModule.predict_step <findlit.training.module.FINDModule.predict_step>` returns, and writes under
 ``<directory>`` (default: the run's folder, :func:`~findlit.outputs.test_results.run_directory`)::
 
@@ -11,7 +11,7 @@ During ``trainer.predict`` it receives, batch by batch, the
                                       segmentation (COCO compressed RLE), area, bbox}]}
 
 where ``<name>`` is the ``data.predict`` entry and ``<stem>`` the image's file name without suffix
-(:meth:`Prediction.save <findlit.inference.batch_prediction.Prediction.save>`). At the end it prints each
+(:meth:`Prediction.save <findlit.tasks.requests.Prediction.save>`). At the end it prints each
 folder and how many images it holds.
 
 Nothing is overwritten unless ``overwrite`` is true: before any image runs, rank 0 looks for the
@@ -32,7 +32,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
-from findlit.inference.batch_prediction import output_paths
+from findlit.outputs.overlay import output_paths
 from findlit.outputs.test_results import PREDICTIONS_FOLDER, OutputExistsError, run_directory
 
 _SHOWN = 5

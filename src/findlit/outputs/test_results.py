@@ -5,6 +5,7 @@ predictions that :meth:`FINDModule.test_step <findlit.training.module.FINDModule
 writes, under ``<directory>`` (default: the run's folder, :func:`run_directory`)::
 
     metrics.json                                 every metric of the test run, name -> float
+    predictions/<dataset>/...                    what the dataset's task writes; findlit's tasks:
     predictions/<dataset>/panoptic/<stem>.png    segmentation: COCO panoptic PNGs ...
     predictions/<dataset>/panoptic_predictions.json  ... and their JSON (panopticapi's pq_compute)
     predictions/<dataset>/instances_results.json segmentation: COCO results, RLE masks (COCO.loadRes)
@@ -16,14 +17,15 @@ writes, under ``<directory>`` (default: the run's folder, :func:`run_directory`)
 At the end it prints a table of the headline metrics, one row per dataset (:func:`metrics_table`),
 and the paths above; Lightning's own table of every metric follows it.
 
-Masks are resized from the transformed image size to the size on disk with nearest-neighbour
-sampling of the binary masks (and of the panoptic id map); the evaluation transform only resizes
-(no crop), so this maps every pixel back. Interleave predictions have no standard format and are
-not written.
+Each test dataset's task (the module's ``tasks[dataset.task]``, a :class:`~findlit.tasks.base.Task`)
+chooses the writer of its predictions (``results_sink``, one of :mod:`findlit.outputs.result_sinks`,
+or none: interleave predictions have no standard format) and what its overlays draw
+(``overlay_layers``); this callback names no task. Masks are resized from the transformed image
+size to the size on disk with nearest-neighbour sampling.
 
 Overlays (:mod:`findlit.outputs.overlays_sink`) are drawn at the image's size on disk, for every
-dataset but retrieval ones, and logged to W&B when a ``WandbLogger`` is among the trainer's loggers
-(key ``test/<dataset>/overlays``).
+dataset whose task draws any (not retrieval), and logged to W&B when a ``WandbLogger`` is among the
+trainer's loggers (key ``test/<dataset>/overlays``).
 
 Nothing is overwritten: the run stops before testing when ``metrics.json`` or a non-empty
 ``predictions`` or ``overlays`` folder already exists in the directory.
@@ -38,9 +40,9 @@ images of each dataset in a single process, every ``world_size``-th of them unde
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import lightning as L  # noqa: N812
 import torch
@@ -48,14 +50,20 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from findlit.outputs.coco_writers import (
-    GroundingResultsWriter,
-    InstanceResultsWriter,
-    PanopticWriter,
-    RetrievalResultsWriter,
-    write_json_atomic,
-)
-from findlit.outputs.overlays_sink import OVERLAYS_FOLDER, OverlaySink, log_overlays_to_wandb
+from findlit.outputs.coco_writers import write_json_atomic
+from findlit.outputs.overlays_sink import OVERLAYS_FOLDER, OverlayLayersFn, OverlaySink, log_overlays_to_wandb
+from findlit.outputs.result_sinks import ResultsOptions, ResultsSink, resize_nearest
+
+__all__ = [
+    "METRICS_NAME",
+    "PREDICTIONS_FOLDER",
+    "OutputExistsError",
+    "TestResultsWriter",
+    "metrics_document",
+    "metrics_table",
+    "resize_nearest",
+    "run_directory",
+]
 
 METRICS_NAME = "metrics.json"
 """File name of the metrics, in the results directory."""
@@ -63,241 +71,16 @@ METRICS_NAME = "metrics.json"
 PREDICTIONS_FOLDER = "predictions"
 """Folder of the predictions (one subfolder per test dataset), in the results directory."""
 
-INSTANCES_NAME = "instances_results.json"
-GROUNDING_NAME = "grounding_results.json"
-RETRIEVAL_NAME = "retrieval_results.json"
-CAPTIONS_NAME = "retrieval_captions.json"
 
+class WritesResults(Protocol):
+    """What this callback needs of a task (a :class:`~findlit.tasks.base.Task`): its sink and overlays."""
 
-def resize_nearest(values: Tensor, size: Sequence[int]) -> Tensor:
-    """Nearest-neighbour resize of the last two dims of ``values`` [..., h, w] to ``size`` (H, W).
+    def results_sink(
+        self, folder: Path, dataset: Any, vocabulary: Any, options: ResultsOptions
+    ) -> ResultsSink | None:
+        """The writer of the task's test predictions of ``dataset``, or None."""
 
-    Indexes rather than interpolates, so any dtype (bool masks, int64 segment ids) keeps its exact
-    values; the source pixel of output (i, j) is ``(floor(i * h / H), floor(j * w / W))``, as
-    ``F.interpolate(mode="nearest")`` picks it.
-    """
-    height, width = int(size[0]), int(size[1])
-    h, w = int(values.shape[-2]), int(values.shape[-1])
-    if (h, w) == (height, width):
-        return values
-    rows = torch.div(torch.arange(height, device=values.device) * h, height, rounding_mode="floor")
-    cols = torch.div(torch.arange(width, device=values.device) * w, width, rounding_mode="floor")
-    return values[..., rows[:, None], cols[None, :]]
-
-
-def category_ids_of(vocabulary: Any) -> list[int]:
-    """Class index -> dataset category id of a :class:`~findlit.tasks.base.Vocabulary`.
-
-    A vocabulary without category ids (a dataset without categories) maps each index to itself.
-    """
-    ids = list(getattr(vocabulary, "category_ids", []) or [])
-    return ids or list(range(len(getattr(vocabulary, "class_names", []))))
-
-
-def _records_by_image(dataset: Any) -> dict[int, Any]:
-    return {int(record.image.id): record for record in getattr(dataset, "records", ())}
-
-
-class _Sink:
-    """Predictions of one test dataset: fed per batch, written once by rank 0.
-
-    ``payload`` is what this rank contributes (picklable, on the CPU); ``finish`` gets every rank's
-    payload, in rank order, and writes the files.
-    """
-
-    def add(self, predictions: Sequence[Mapping[str, Any]], batch: Mapping[str, Any]) -> None:
-        raise NotImplementedError
-
-    def payload(self) -> Any:
-        raise NotImplementedError
-
-    def finish(self, payloads: Sequence[Any]) -> list[Path]:
-        raise NotImplementedError
-
-
-class SegmentationSink(_Sink):
-    """COCO panoptic PNGs + JSON and COCO instance results of a segmentation dataset.
-
-    Args:
-        folder: the dataset's prediction folder.
-        dataset: the test dataset (``categories`` and ``records`` give names and file names).
-        category_ids: class index -> category id (the model's vocabulary of this dataset).
-        overwrite: passed to the writers (only under DDP, after rank 0 checked the folder).
-
-    """
-
-    def __init__(self, folder: Path, dataset: Any, category_ids: Sequence[int], *, overwrite: bool = False):
-        self.category_ids = list(category_ids)
-        self.file_names = {i: r.image.path.name for i, r in _records_by_image(dataset).items()}
-        self.panoptic = PanopticWriter(folder, dataset.categories, overwrite=overwrite)
-        self.instances = InstanceResultsWriter(folder / INSTANCES_NAME, overwrite=overwrite)
-        self.kinds: set[str] = set()
-
-    def add(self, predictions: Sequence[Mapping[str, Any]], batch: Mapping[str, Any]) -> None:
-        """Write each image's panoptic PNG and keep its instance results, at the size on disk."""
-        for b, prediction in enumerate(predictions):
-            image_id = int(batch["image_ids"][b])
-            size = batch["orig_sizes"][b]
-            if "panoptic" in prediction:
-                self.kinds.add("panoptic")
-                segment_ids, segments = prediction["panoptic"]
-                self.panoptic.add(
-                    image_id,
-                    self.file_names.get(image_id, f"{image_id:012d}.jpg"),
-                    resize_nearest(segment_ids, size).cpu(),
-                    [
-                        {
-                            "id": int(s["id"]),
-                            "category_id": self.category_ids[int(s["category"])],
-                            "score": float(s["score"]),
-                        }
-                        for s in segments
-                    ],
-                )
-            if "instance" in prediction:
-                self.kinds.add("instance")
-                instance = prediction["instance"]
-                labels = instance["labels"].tolist()
-                self.instances.add(
-                    image_id,
-                    resize_nearest(instance["masks"], size).cpu(),
-                    [self.category_ids[int(label)] for label in labels],
-                    instance["scores"].float().cpu(),
-                )
-
-    def payload(self) -> Any:
-        """(kinds, panoptic annotations, panoptic images, instance entries) of this rank."""
-        return self.kinds, self.panoptic.annotations, self.panoptic.images, self.instances.entries
-
-    def finish(self, payloads: Sequence[Any]) -> list[Path]:
-        """Write the JSONs of the kinds any rank predicted; entries sorted by image id."""
-        kinds = set().union(*(p[0] for p in payloads))
-        written = []
-        if "panoptic" in kinds:
-            self.panoptic.annotations = _by_image([a for p in payloads for a in p[1]], "image_id")
-            self.panoptic.images = _by_image([i for p in payloads for i in p[2]], "id")
-            written.append(self.panoptic.close())
-        if "instance" in kinds:
-            self.instances.entries = _by_image([e for p in payloads for e in p[3]], "image_id")
-            written.append(self.instances.close())
-        return written
-
-
-class GroundingSink(_Sink):
-    """Referring segmentation results of a grounding dataset, one entry per sentence.
-
-    Each sentence's ``ref_id`` comes from the dataset's record of the image (the sample's
-    ``sentence_targets`` index its refs, in record order); ``sentence_id`` is the sentence's
-    position within its ref (the records keep no RefCOCO ``sent_id``).
-    """
-
-    def __init__(self, folder: Path, dataset: Any, *, overwrite: bool = False):
-        self.records = _records_by_image(dataset)
-        self.writer = GroundingResultsWriter(folder / GROUNDING_NAME, overwrite=overwrite)
-
-    def add(self, predictions: Sequence[Mapping[str, Any]], batch: Mapping[str, Any]) -> None:
-        """Add every sentence's mask, resized to the image's size on disk."""
-        for b, prediction in enumerate(predictions):
-            image_id = int(batch["image_ids"][b])
-            refs = self.records[image_id].refs
-            targets = batch["targets"][b]["sentence_targets"].tolist()
-            masks = resize_nearest(prediction["masks"], batch["orig_sizes"][b]).cpu()
-            scores = prediction["scores"].float().cpu().tolist()
-            seen: dict[int, int] = {}
-            for s, sentence in enumerate(prediction["sentences"]):
-                ref = refs[targets[s]]
-                position = seen[targets[s]] = seen.get(targets[s], -1) + 1
-                self.writer.add(image_id, ref.ref_id, sentence, masks[s], scores[s], sentence_id=position)
-
-    def payload(self) -> Any:
-        """This rank's entries."""
-        return self.writer.entries
-
-    def finish(self, payloads: Sequence[Any]) -> list[Path]:
-        """Write every rank's entries, sorted by image id."""
-        self.writer.entries = _by_image([e for p in payloads for e in p], "image_id")
-        return [self.writer.close()]
-
-
-class RetrievalSink(_Sink):
-    """Ranked galleries of a retrieval dataset, and the captions behind its caption ids.
-
-    The records keep no caption ids, so captions are numbered in dataset order (record by record,
-    caption by caption, from 0); ``retrieval_captions.json`` lists ``{id, image_id, caption}`` for
-    each caption evaluated. Every image query ranks all captions and every caption query ranks all
-    images (over every rank), cut to ``top_k``.
-    """
-
-    def __init__(self, folder: Path, dataset: Any, top_k: int | None, *, overwrite: bool = False):
-        self.captions_path = folder / CAPTIONS_NAME
-        if self.captions_path.exists() and not overwrite:
-            raise FileExistsError(f"{self.captions_path} exists")
-        self.writer = RetrievalResultsWriter(folder / RETRIEVAL_NAME, top_k=top_k, overwrite=overwrite)
-        self.caption_ids: dict[int, list[int]] = {}
-        self.caption_texts: dict[int, tuple[str, ...]] = {}
-        first = 0
-        for image_id, record in _records_by_image(dataset).items():
-            self.caption_ids[image_id] = list(range(first, first + len(record.captions)))
-            self.caption_texts[image_id] = tuple(record.captions)
-            first += len(record.captions)
-        self.images: list[tuple[int, Tensor]] = []
-        self.captions: list[tuple[int, int, Tensor]] = []
-
-    def add(self, predictions: Sequence[Mapping[str, Any]], batch: Mapping[str, Any]) -> None:
-        """Keep each image's embedding float[E] and its captions' float[c,E] (on the CPU)."""
-        for b, prediction in enumerate(predictions):
-            image_id = int(batch["image_ids"][b])
-            ids = self.caption_ids[image_id]
-            embeddings = prediction["caption_embeddings"].float().cpu()
-            if len(embeddings) != len(ids):
-                raise ValueError(
-                    f"image_id={image_id}: {len(embeddings)} caption embeddings for {len(ids)} captions"
-                )
-            self.images.append((image_id, prediction["image_embedding"].float().cpu()))
-            self.captions.extend((ids[k], image_id, embeddings[k]) for k in range(len(ids)))
-
-    def payload(self) -> Any:
-        """This rank's image and caption embeddings."""
-        return self.images, self.captions
-
-    def finish(self, payloads: Sequence[Any]) -> list[Path]:
-        """Rank the galleries; write the results and the captions file."""
-        images = sorted((i for p in payloads for i in p[0]), key=lambda item: item[0])
-        captions = sorted((c for p in payloads for c in p[1]), key=lambda item: item[0])
-        if images and captions:
-            image_ids = torch.tensor([i for i, _ in images])
-            caption_ids = torch.tensor([c for c, _, _ in captions])
-            image_matrix = torch.stack([e for _, e in images])  # [I,E]
-            caption_matrix = torch.stack([e for _, _, e in captions])  # [C,E]
-            self._rank("image", image_ids, image_matrix, caption_ids, caption_matrix)
-            self._rank("text", caption_ids, caption_matrix, image_ids, image_matrix)
-        gallery = [
-            {"id": c, "image_id": i, "caption": self.caption_texts[i][self.caption_ids[i].index(c)]}
-            for c, i, _ in captions
-        ]
-        write_json_atomic(self.captions_path, gallery)
-        return [self.writer.close(), self.captions_path]
-
-    def _rank(
-        self,
-        kind: Literal["image", "text"],
-        query_ids: Tensor,
-        queries: Tensor,
-        gallery_ids: Tensor,
-        gallery: Tensor,
-        chunk: int = 1024,
-    ) -> None:
-        """Add the top-k gallery of each query; similarities in chunks of ``chunk`` queries."""
-        k = len(gallery_ids) if self.writer.top_k is None else min(self.writer.top_k, len(gallery_ids))
-        for start in range(0, len(queries), chunk):
-            scores, index = (queries[start : start + chunk] @ gallery.T).topk(k, dim=1)
-            for row in range(len(scores)):
-                self.writer.add(kind, int(query_ids[start + row]), gallery_ids[index[row]], scores[row])
-
-
-def _by_image(entries: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    # a stable sort: one image's entries keep their order (e.g. instance results by score)
-    return sorted(entries, key=lambda entry: int(entry[key]))
+    overlay_layers: OverlayLayersFn
 
 
 def _all_gather(trainer: L.Trainer, value: Any) -> list[Any]:
@@ -390,7 +173,7 @@ class TestResultsWriter(L.Callback):
         self.retrieval_top_k = retrieval_top_k
         self.overlays = overlays
         self.root: Path | None = None
-        self.sinks: dict[str, _Sink] = {}
+        self.sinks: dict[str, ResultsSink] = {}
         self.overlay_sinks: dict[str, OverlaySink] = {}
         self.written: list[Path] = []
         self.folders: dict[str, Path] = {}  # what this run wrote, printed after the metrics table
@@ -421,27 +204,29 @@ class TestResultsWriter(L.Callback):
             rank_zero_warn("TestResultsWriter: no MultiTaskDataModule, so no predictions are written")
             return
         vocabularies = getattr(pl_module, "vocabularies", {})
+        # the model's tasks (a FINDModule's ``tasks``) decide what each dataset's predictions become
+        tasks: Mapping[str, WritesResults] = getattr(pl_module, "tasks", {})
+        datasets = [
+            (dataset, tasks[dataset.task])
+            for dataset in datamodule.stage_datasets("test")
+            if dataset.task in tasks
+        ]
         if self.overlays and trainer.is_global_zero:
-            for dataset in datamodule.stage_datasets("test"):
-                if dataset.task != "retrieval":
-                    names = getattr(vocabularies.get(dataset.name, dataset), "class_names", [])
-                    folder = self.root / OVERLAYS_FOLDER / dataset.name
-                    self.overlay_sinks[dataset.name] = OverlaySink(folder, dataset, names, self.overlays)
+            for dataset, task in datasets:
+                names = getattr(vocabularies.get(dataset.name, dataset), "class_names", [])
+                folder = self.root / OVERLAYS_FOLDER / dataset.name
+                self.overlay_sinks[dataset.name] = OverlaySink(
+                    folder, dataset, names, self.overlays, task.overlay_layers
+                )
         if not self.predictions:
             return
-        overwrite = trainer.world_size > 1  # rank 0 checked the folder in setup; ranks share it
-        for dataset in datamodule.stage_datasets("test"):
+        # under DDP rank 0 checked the folder in setup and the ranks share it
+        options = ResultsOptions(self.retrieval_top_k, overwrite=trainer.world_size > 1)
+        for dataset, task in datasets:
             folder = self.root / PREDICTIONS_FOLDER / dataset.name
-            if dataset.task == "segmentation":
-                ids = category_ids_of(vocabularies.get(dataset.name, dataset))
-                self.sinks[dataset.name] = SegmentationSink(folder, dataset, ids, overwrite=overwrite)
-            elif dataset.task == "grounding":
-                self.sinks[dataset.name] = GroundingSink(folder, dataset, overwrite=overwrite)
-            elif dataset.task == "retrieval":
-                self.sinks[dataset.name] = RetrievalSink(
-                    folder, dataset, self.retrieval_top_k, overwrite=overwrite
-                )
-            # interleave: no standard format
+            sink = task.results_sink(folder, dataset, vocabularies.get(dataset.name, dataset), options)
+            if sink is not None:
+                self.sinks[dataset.name] = sink
 
     def on_test_batch_end(
         self,

@@ -1,4 +1,10 @@
-"""What a task is: a batch becomes interface prompts; the output becomes losses and predictions.
+"""What a task is: everything specific to one task, in one class.
+
+A :class:`Task` turns a batch into interface prompts, and the interface's output into losses and
+predictions; it also says which dataset formats feed it, builds and updates its evaluation metrics,
+chooses the standard-format writer of its test predictions and the masks its overlays draw, and
+answers the parts of a ``predict`` request it serves. Tasks register by name
+(:mod:`findlit.tasks.registry`); nothing outside ``tasks/`` names one.
 
 Tasks know no Lightning; the FINDModule routes each batch to its task by ``batch["task"]``.
 """
@@ -7,13 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple, TypeAlias
 
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 
 from findlit.data.collate import Batch
+from findlit.data.predict_config import PredictRequest
 from findlit.encoders.base import TextEmbeddings
 from findlit.interface.find import FINDInterface, InterfaceOutput, InterfacePrompts
+from findlit.metrics import SegmentationMetrics
+from findlit.outputs.overlay import OverlayLayers
+from findlit.outputs.result_sinks import ResultsOptions, ResultsSink
 
 
 @dataclass
@@ -51,14 +63,76 @@ class TaskContext:
         return self.encode_text(texts).sentence
 
 
+@dataclass
+class EvaluatedDataset:
+    """What a task's metrics need to know of one evaluation dataset.
+
+    Args:
+        name: the dataset's name (metrics are logged as ``<stage>/<name>/<metric>``).
+        vocabulary: the model's vocabulary of the dataset (empty for datasets without categories).
+        panoptic: whether its targets partition the image (a COCO panoptic file); None when the
+            dataset does not say.
+
+    """
+
+    name: str
+    vocabulary: Vocabulary
+    panoptic: bool | None = None
+
+
+__all__ = [
+    "EvaluatedDataset",
+    "OverlayLayers",
+    "RequestAnswer",
+    "Task",
+    "TaskContext",
+    "TaskMetrics",
+    "TaskRun",
+    "Vocabulary",
+]
+
+TaskMetrics: TypeAlias = MetricCollection | SegmentationMetrics
+"""What :meth:`Task.build_metrics` returns: ``update``/``compute``/``reset`` and ``clone(prefix=...)``."""
+
+
+class RequestAnswer(NamedTuple):
+    """A task's answer to a ``predict`` request on one image.
+
+    ``masks`` bool[N,h,w] at the image's transformed size (``image_sizes``); ``labels`` the N names
+    shown with them (a class name, a prompt's text); ``scores`` N confidences; ``source`` what asked
+    for them (a :class:`~findlit.data.predict_config.PredictRequest` field kind, e.g. ``"class"``).
+    """
+
+    masks: Tensor
+    labels: list[str]
+    scores: list[float]
+    source: str
+
+
+TaskRun: TypeAlias = Callable[[Batch, Mapping[str, Vocabulary]], list[dict[str, Any]]]
+"""Runs the answering task on a batch with the given vocabularies, on the features computed once for
+the request: per image the task's :meth:`Task.predict` dict at ``image_sizes``."""
+
+
 class Task(nn.Module):
     """Base of the tasks.
+
+    Subclasses set ``name`` (the key of :mod:`~findlit.tasks.registry`, of ``model.tasks`` and of a
+    dataset's ``task``) and ``formats`` (the ``data.*[i].format`` values that may feed them), and
+    implement ``prompts``, ``losses`` and ``predict``. The other hooks have "nothing" defaults: no
+    metrics, no standard-format results, no overlays, no ``predict`` requests served.
 
     Subclasses may own trainable parameters (e.g. a visual prompt encoder); they are trained with
     the interface.
     """
 
     name: ClassVar[str] = ""
+    formats: ClassVar[tuple[str, ...]] = ()
+    """Dataset formats (``data.*[i].format``) whose datasets this task trains and evaluates on."""
+    serves: ClassVar[tuple[str, ...]] = ()
+    """:class:`~findlit.data.predict_config.PredictRequest` fields (lists) this task answers."""
+
+    # -- training ----------------------------------------------------------------------------------
 
     def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
         """The embedding types and prompt tokens this batch instantiates."""
@@ -73,3 +147,66 @@ class Task(nn.Module):
     def predict(self, output: InterfaceOutput, batch: Batch, context: TaskContext) -> list[dict[str, Any]]:
         """Per-image predictions at each image's ``image_sizes`` (before padding)."""
         raise NotImplementedError
+
+    # -- evaluation (detectron2's DatasetEvaluator shape: build once, update per batch) -------------
+
+    def build_metrics(self, dataset: EvaluatedDataset) -> TaskMetrics | None:
+        """The metrics of one evaluation dataset, without prefix (the module clones them per stage).
+
+        None: the dataset is evaluated by its loss only.
+        """
+        return None
+
+    def update_metrics(
+        self,
+        metrics: TaskMetrics,
+        batch: Batch,
+        predictions: list[dict[str, Any]],
+        context: TaskContext,
+    ) -> None:
+        """Feed one batch's ``predictions`` (this task's ``predict``) and targets to ``metrics``."""
+
+    # -- outputs ------------------------------------------------------------------------------------
+
+    def results_sink(
+        self, folder: Path, dataset: Any, vocabulary: Any, options: ResultsOptions
+    ) -> ResultsSink | None:
+        """The writer of this task's test predictions in a standard format, or None (nothing written).
+
+        Args:
+            folder: the dataset's prediction folder (``predictions/<dataset>``).
+            dataset: the test dataset (its ``records`` and ``categories``).
+            vocabulary: the model's :class:`Vocabulary` of the dataset, else the dataset itself
+                (both have ``class_names`` and ``category_ids``).
+            options: the writer's options (gallery length, overwrite under DDP).
+
+        """
+        return None
+
+    def overlay_layers(
+        self, prediction: Mapping[str, Any], class_names: Sequence[str]
+    ) -> OverlayLayers | None:
+        """What to draw of one image's prediction (at the transformed size), or None (no overlay)."""
+        return None
+
+    # -- prediction requests ------------------------------------------------------------------------
+
+    def asked(self, request: PredictRequest) -> bool:
+        """Whether ``request`` asks anything of this task (one of its ``serves`` fields is non-empty)."""
+        return any(getattr(request, name) for name in self.serves)
+
+    def request_problem(self, request: PredictRequest) -> tuple[str, str] | None:
+        """Why this task cannot answer ``request`` as configured, as (request field, message), or None."""
+        return None
+
+    def answer(self, request: PredictRequest, batch: Batch, run: TaskRun) -> list[RequestAnswer]:
+        """Per image of ``batch``, this task's answer to ``request``.
+
+        Args:
+            request: the request (``asked`` is true).
+            batch: a prediction batch (images or features, ``image_sizes``, per image ``targets``).
+            run: runs this task on a batch (``task`` set to this task's name, ``targets`` and the
+                vocabularies as this task needs them), on the request's precomputed features.
+
+        """
+        raise NotImplementedError(f"task {self.name!r} serves no predict request")

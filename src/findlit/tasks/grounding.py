@@ -7,25 +7,45 @@ scaled cosine of their semantic embeddings (:func:`~findlit.interface.heads.clas
 grounding losses (CE over proposals, BCE and Dice of the matched mask) are summed over every
 prediction (deep supervision), each matched on its own by ``match_by_similarity``.
 
-The helpers here (prompt encoding, per-layer similarity, per-sentence prediction) are shared with
-the interleave task, whose phrases play the part of the sentences.
+Datasets: ``refcoco`` and ``refcoco_absent``. Metrics: cIoU, mIoU and P@0.5/0.7/0.9 of each
+sentence's predicted mask against its target mask. Test results: one entry per sentence with its ref
+id (:class:`~findlit.outputs.result_sinks.GroundingSink`). Overlays: each sentence's mask, labelled
+with the sentence (shortened). ``predict`` requests: every free-text prompt is a sentence of every
+image, and gets one mask each.
+
+The helpers here (prompt encoding, per-layer similarity, per-sentence prediction, the grounding
+metrics' update) are shared with the interleave task, whose phrases play the part of the sentences.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from findlit.data.collate import Batch
+from findlit.data.collate import Batch, image_origin
+from findlit.data.predict_config import PredictRequest
 from findlit.interface.find import InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.interface.heads import class_logits
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, grounding_losses
 from findlit.losses.points import DEFAULT_NUM_POINTS
-from findlit.tasks.base import Task, TaskContext
+from findlit.metrics import GroundingMetrics, grounding_metrics
+from findlit.outputs.overlay import shorten
+from findlit.outputs.result_sinks import GroundingSink, ResultsOptions, ResultsSink
+from findlit.tasks.base import (
+    EvaluatedDataset,
+    OverlayLayers,
+    RequestAnswer,
+    Task,
+    TaskContext,
+    TaskMetrics,
+    TaskRun,
+)
+from findlit.tasks.registry import register_task
 
 GROUNDING_PROPOSALS = "proposals.vision.grounding"
 DESCRIPTION_TOKENS = "tokens.language.description"
@@ -111,6 +131,40 @@ def best_proposal_predictions(
     return results
 
 
+def update_grounding_metrics(
+    metrics: GroundingMetrics, batch: Batch, predictions: list[dict[str, Any]], targets: Sequence[Tensor]
+) -> None:
+    """Feed each image's predicted masks and its target masks (cropped to the image) to ``metrics``.
+
+    Args:
+        metrics: the grounding metrics of the dataset.
+        batch: supplies the padded ``targets[b]["masks"]`` and ``padding_mask``.
+        predictions: per image ``{"masks": bool[S,h,w], ...}``.
+        targets: per image int64[S], the index in ``masks`` of each prediction's target.
+
+    """
+    for b, (prediction, index) in enumerate(zip(predictions, targets, strict=True)):
+        masks = prediction["masks"]
+        if masks.shape[0] == 0:
+            continue
+        top, left = image_origin(batch["padding_mask"][b])
+        h, w = masks.shape[-2:]
+        padded = batch["targets"][b]["masks"]
+        truth = padded[index.to(padded.device)][:, top : top + h, left : left + w]
+        metrics.update(masks, truth.to(masks.device))
+
+
+def text_overlay(prediction: Mapping[str, Any], texts: str) -> OverlayLayers | None:
+    """Each mask of ``prediction`` labelled with its text (``prediction[texts]``, shortened)."""
+    if "masks" not in prediction:
+        return None
+    labels = [shorten(str(text)) for text in prediction[texts]]
+    return OverlayLayers(
+        prediction["masks"].cpu().bool(), labels, prediction["scores"].float().cpu().tolist()
+    )
+
+
+@register_task
 class GroundingTask(Task):
     """FIND's grounding task over ``tokens.language.description`` and ``proposals.vision.grounding``.
 
@@ -122,6 +176,8 @@ class GroundingTask(Task):
     """
 
     name = "grounding"
+    formats = ("refcoco", "refcoco_absent")
+    serves = ("prompts",)
 
     def __init__(
         self,
@@ -182,3 +238,45 @@ class GroundingTask(Task):
             {"masks": masks, "scores": scores, "sentences": list(target["sentences"])}
             for (masks, scores), target in zip(per_image, batch["targets"], strict=True)
         ]
+
+    # -- evaluation and outputs ---------------------------------------------------------------------
+
+    def build_metrics(self, dataset: EvaluatedDataset) -> TaskMetrics | None:
+        """cIoU, mIoU, P@0.5/0.7/0.9 (:func:`~findlit.metrics.grounding_metrics`)."""
+        return grounding_metrics()
+
+    def update_metrics(
+        self,
+        metrics: TaskMetrics,
+        batch: Batch,
+        predictions: list[dict[str, Any]],
+        context: TaskContext,
+    ) -> None:
+        """Each sentence's mask against the mask it refers to."""
+        grounding = cast(GroundingMetrics, metrics["grounding"])  # type: ignore[index]
+        targets = [target["sentence_targets"] for target in batch["targets"]]
+        update_grounding_metrics(grounding, batch, predictions, targets)
+
+    def results_sink(
+        self, folder: Path, dataset: Any, vocabulary: Any, options: ResultsOptions
+    ) -> ResultsSink | None:
+        """One result per sentence, with its ref id."""
+        return GroundingSink(folder, dataset, overwrite=options.overwrite)
+
+    def overlay_layers(
+        self, prediction: Mapping[str, Any], class_names: Sequence[str]
+    ) -> OverlayLayers | None:
+        """Each sentence's mask, labelled with the sentence."""
+        return text_overlay(prediction, "sentences")
+
+    # -- prediction requests ------------------------------------------------------------------------
+
+    def answer(self, request: PredictRequest, batch: Batch, run: TaskRun) -> list[RequestAnswer]:
+        """Per image one mask per free-text prompt (the prompts are every image's sentences)."""
+        sentences = [{"sentences": list(request.prompts)} for _ in batch["image_ids"]]
+        task_batch = cast(Batch, {**batch, "task": self.name, "targets": sentences})
+        answers = []
+        for result in run(task_batch, {}):
+            scores = [float(s) for s in result["scores"].tolist()]
+            answers.append(RequestAnswer(result["masks"], list(request.prompts), scores, "prompt"))
+        return answers

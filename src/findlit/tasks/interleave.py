@@ -22,11 +22,17 @@ images does not even carry the frozen pyramid, which the module's vision encoder
 task cannot build such tokens. Every phrase is therefore given as text; ``visual_prompt_p`` is kept
 (validated and stored) so that configurations stay valid, and has no effect with this interface.
 Supporting it needs an interface hook that encodes mask prompts once its pixel features exist.
+
+Datasets: ``find_entity``. Metrics: the grounding metrics of each phrase against its referred
+segment and, with the retrieval queries, the interleave retrieval recall IR@k / TR@k of each image's
+legend query (the whole interleaved prompt) against every image query of the dataset. Test results:
+none (no standard format). Overlays: each phrase's mask.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -37,8 +43,16 @@ from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompt
 from findlit.interface.heads import class_logits
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, grounding_losses, symmetric_infonce
 from findlit.losses.points import DEFAULT_NUM_POINTS
-from findlit.tasks.base import Task, TaskContext
-from findlit.tasks.grounding import best_proposal_predictions, encode_per_image, layer_similarities
+from findlit.metrics import GroundingMetrics, RetrievalRecall, grounding_metrics, interleave_metrics
+from findlit.tasks.base import EvaluatedDataset, OverlayLayers, Task, TaskContext, TaskMetrics
+from findlit.tasks.grounding import (
+    best_proposal_predictions,
+    encode_per_image,
+    layer_similarities,
+    text_overlay,
+    update_grounding_metrics,
+)
+from findlit.tasks.registry import register_task
 
 ENTITY_PROPOSALS = "proposals.interleave.entity"
 LEGEND_TOKENS = "tokens.interleave.legend"
@@ -58,6 +72,7 @@ def phrases_of(target: dict[str, Any]) -> tuple[list[str], list[int]]:
     return texts, indices
 
 
+@register_task
 class InterleaveTask(Task):
     """FIND's interleave task: entity grounding of phrases (+ legend-image InfoNCE).
 
@@ -72,6 +87,7 @@ class InterleaveTask(Task):
     """
 
     name = "interleave"
+    formats = ("find_entity",)
 
     def __init__(
         self,
@@ -159,3 +175,33 @@ class InterleaveTask(Task):
                 result["image_embedding"] = images[b]
                 result["legend_embedding"] = legends[b]
         return results
+
+    # -- evaluation and outputs ---------------------------------------------------------------------
+
+    def build_metrics(self, dataset: EvaluatedDataset) -> TaskMetrics | None:
+        """Grounding metrics of the phrases, plus interleave retrieval recall with ``retrieval``."""
+        return interleave_metrics() if self.retrieval else grounding_metrics()
+
+    def update_metrics(
+        self,
+        metrics: TaskMetrics,
+        batch: Batch,
+        predictions: list[dict[str, Any]],
+        context: TaskContext,
+    ) -> None:
+        """Each phrase's mask against its segment; each legend query against every image query."""
+        if "retrieval" in metrics and "legend_embedding" in predictions[0]:  # type: ignore[operator]
+            recall = cast(RetrievalRecall, metrics["retrieval"])  # type: ignore[index]
+            images = torch.stack([p["image_embedding"] for p in predictions])
+            legends = torch.stack([p["legend_embedding"] for p in predictions])
+            ids = torch.tensor(batch["image_ids"], device=images.device)
+            recall.update(images, ids, legends, ids)
+        grounding = cast(GroundingMetrics, metrics["grounding"])  # type: ignore[index]
+        targets = [torch.as_tensor(phrases_of(target)[1], dtype=torch.int64) for target in batch["targets"]]
+        update_grounding_metrics(grounding, batch, predictions, targets)
+
+    def overlay_layers(
+        self, prediction: Mapping[str, Any], class_names: Sequence[str]
+    ) -> OverlayLayers | None:
+        """Each phrase's mask, labelled with the phrase."""
+        return text_overlay(prediction, "phrases")

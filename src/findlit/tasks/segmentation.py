@@ -13,22 +13,44 @@ Predictions: Mask2Former's inference on the last layer. The stride-4 logits are 
 bilinearly to the padded frame, then cropped to each image's ``image_sizes`` (where the padding
 mask says the image is). The post-processing of one image is in the module-level functions
 :func:`semantic_inference`, :func:`panoptic_inference` and :func:`instance_inference`.
+
+Datasets: ``coco_panoptic`` and ``coco_instances``. Metrics: PQ, mask AP and semantic mIoU
+(:mod:`findlit.tasks.segmentation_metrics`). Test results: COCO panoptic PNGs + JSON and COCO
+instance results (:class:`~findlit.outputs.result_sinks.SegmentationSink`). Overlays: the panoptic
+segments, else the instances. ``predict`` requests: class names (``classes`` things, ``stuff`` not)
+become a vocabulary made on the fly, for panoptic segments or instance detections (the request's
+``mode``, which must be among ``outputs``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.collate import Batch, image_origin
+from findlit.data.predict_config import PredictRequest
 from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, segmentation_losses
-from findlit.tasks.base import Task, TaskContext, Vocabulary
+from findlit.metrics import SegmentationMetrics
+from findlit.outputs.result_sinks import ResultsOptions, ResultsSink, SegmentationSink, category_ids_of
+from findlit.tasks.base import (
+    EvaluatedDataset,
+    OverlayLayers,
+    RequestAnswer,
+    Task,
+    TaskContext,
+    TaskMetrics,
+    TaskRun,
+    Vocabulary,
+)
 from findlit.tasks.mask_nms import mask_iou, per_class_nms
+from findlit.tasks.registry import register_task
+from findlit.tasks.segmentation_metrics import build_segmentation_metrics, update_segmentation_metrics
 
 OBJECT = "proposals.vision.object"
 CLASS_QUERY = "queries.language.class"
@@ -193,6 +215,7 @@ def instance_inference(
     }
 
 
+@register_task
 class SegmentationTask(Task):
     """Panoptic, instance and semantic segmentation over the dataset's class names.
 
@@ -223,6 +246,8 @@ class SegmentationTask(Task):
     """
 
     name: ClassVar[str] = "segmentation"
+    formats: ClassVar[tuple[str, ...]] = ("coco_panoptic", "coco_instances")
+    serves: ClassVar[tuple[str, ...]] = ("classes", "stuff")
 
     def __init__(
         self,
@@ -364,3 +389,92 @@ class SegmentationTask(Task):
                 result["semantic"] = semantic_inference(probs[b], logits)
             results.append(result)
         return results
+
+    # -- evaluation and outputs ---------------------------------------------------------------------
+
+    def build_metrics(self, dataset: EvaluatedDataset) -> TaskMetrics | None:
+        """PQ (panoptic datasets), mask AP and mIoU, each if ``outputs`` has its prediction."""
+        return build_segmentation_metrics(dataset, self.outputs)
+
+    def update_metrics(
+        self,
+        metrics: TaskMetrics,
+        batch: Batch,
+        predictions: list[dict[str, Any]],
+        context: TaskContext,
+    ) -> None:
+        """Per image: its panoptic map, instances and semantic map against its cropped targets."""
+        vocabulary = self.vocabulary(batch, context)
+        update_segmentation_metrics(cast(SegmentationMetrics, metrics), vocabulary, batch, predictions)
+
+    def results_sink(
+        self, folder: Path, dataset: Any, vocabulary: Any, options: ResultsOptions
+    ) -> ResultsSink | None:
+        """COCO panoptic PNGs + JSON and COCO instance results, in the dataset's category ids."""
+        return SegmentationSink(folder, dataset, category_ids_of(vocabulary), overwrite=options.overwrite)
+
+    def overlay_layers(
+        self, prediction: Mapping[str, Any], class_names: Sequence[str]
+    ) -> OverlayLayers | None:
+        """The panoptic segments when predicted, else the instances, labelled with their class names."""
+        if "panoptic" in prediction:
+            segment_ids, segments = prediction["panoptic"]
+            ids = torch.tensor([int(s["id"]) for s in segments], dtype=torch.int64)
+            masks = segment_ids.cpu()[None] == ids[:, None, None]  # [N,h,w]
+            labels = [_class_name(class_names, int(s["category"])) for s in segments]
+            return OverlayLayers(masks, labels, [float(s["score"]) for s in segments])
+        if "instance" in prediction:
+            instance = prediction["instance"]
+            labels = [_class_name(class_names, int(c)) for c in instance["labels"].tolist()]
+            return OverlayLayers(
+                instance["masks"].cpu().bool(), labels, instance["scores"].float().cpu().tolist()
+            )
+        return None
+
+    # -- prediction requests ------------------------------------------------------------------------
+
+    def request_problem(self, request: PredictRequest) -> tuple[str, str] | None:
+        """The request's ``mode`` must be among this task's ``outputs``."""
+        if request.mode not in self.outputs:
+            return (
+                "mode",
+                f"the {self.name} task of this model gives {list(self.outputs)}, not {request.mode}",
+            )
+        return None
+
+    def answer(self, request: PredictRequest, batch: Batch, run: TaskRun) -> list[RequestAnswer]:
+        """Per image the segments of the request's class names (things, then stuff).
+
+        Panoptic segments, or instance detections scoring at least ``request.min_score``, as the
+        request's ``mode`` says.
+        """
+        names = [*request.classes, *request.stuff]
+        vocabulary = Vocabulary(names, [True] * len(request.classes) + [False] * len(request.stuff))
+        task_batch = cast(Batch, {**batch, "task": self.name})
+        answers = []
+        for result in run(task_batch, {batch["dataset"]: vocabulary}):
+            masks, indices, scores = _segments(result, request)
+            answers.append(RequestAnswer(masks, [names[index] for index in indices], scores, "class"))
+        return answers
+
+
+def _class_name(class_names: Sequence[str], index: int) -> str:
+    return class_names[index] if 0 <= index < len(class_names) else f"class {index}"
+
+
+def _segments(result: dict[str, Any], request: PredictRequest) -> tuple[Tensor, list[int], list[float]]:
+    """bool[N,h,w] masks (at the resized size), class indices and scores of one image's segmentation."""
+    if request.mode == "panoptic":
+        segment_ids, segments = result["panoptic"]
+        if segments:
+            masks = torch.stack([segment_ids == segment["id"] for segment in segments])
+        else:
+            masks = torch.zeros(0, *segment_ids.shape, dtype=torch.bool, device=segment_ids.device)
+        return masks, [int(s["category"]) for s in segments], [float(s["score"]) for s in segments]
+    instance = result["instance"]
+    keep = instance["scores"] >= request.min_score
+    return (
+        instance["masks"][keep],
+        [int(label) for label in instance["labels"][keep].tolist()],
+        [float(score) for score in instance["scores"][keep].tolist()],
+    )

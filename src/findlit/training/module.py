@@ -14,32 +14,23 @@ Gradient clipping is the Trainer's business: set ``trainer.gradient_clip_val`` (
 ``CLIP_VALUE: 5.0`` (to be checked against FIND's ``focalt_unicl_lang.yaml``; Mask2Former uses
 0.01 with the same clip type).
 
-Evaluation metrics per (stage, dataset), logged as ``<stage>/<dataset>/<metric>``:
-
-- segmentation: semantic mIoU (from the ``semantic`` predictions, against a target painted from the
-  masks and labels with ``ignore_mask`` pixels ignored); mask AP/AP50/AP75 of the ``instance``
-  predictions against the thing segments (a target's ``iscrowd``, when it has one, marks crowd
-  regions that COCO ignores); and, for a panoptic dataset only, PQ/SQ/RQ/PQ_th/PQ_st of the
-  ``panoptic`` predictions against the segments, in the dataset's category ids, with unlabelled,
-  ``ignore_mask`` and crowd pixels void (see :mod:`findlit.metrics.panoptic`). A dataset is panoptic
-  when its ``panoptic`` attribute says so, else when its vocabulary has stuff classes: an instances
-  file (things only, masks that may overlap) is no partition of the image, and gets AP and mIoU.
-  Each part needs its prediction among the segmentation task's ``outputs``.
-- grounding: cIoU, mIoU and P@0.5/0.7/0.9 of each sentence's predicted mask against its target mask.
-- retrieval: IR@k / TR@k of the image query against every caption query over the whole dataset.
-- interleave: the grounding metrics of each phrase against its referred segment and, when the task
-  has its retrieval queries, the interleave retrieval recall IR@k / TR@k of each image's legend query
-  (the whole interleaved prompt) against every image query of the dataset.
+Evaluation metrics per (stage, dataset), logged as ``<stage>/<dataset>/<metric>``: each evaluation
+dataset's task builds them (:meth:`Task.build_metrics <findlit.tasks.base.Task.build_metrics>`) and
+feeds them every batch (``update_metrics``); the module keeps them, clones them per stage, computes,
+logs and resets them, and never names a task. Which task a name means, and which dataset formats
+feed it, is :mod:`findlit.tasks.registry`'s; :func:`check_dataset_tasks` refuses a dataset whose task
+is unknown, absent from the model, or not fed by its format, when the model meets the DataModule.
 
 Prediction (``findlit predict --config``): :meth:`FINDModule.predict_step` gives, per image of a
-``data.predict`` batch, the :class:`~findlit.inference.batch_prediction.Prediction` that
+``data.predict`` batch, the :class:`~findlit.tasks.requests.Prediction` that
 :class:`~findlit.inference.predictor.Predictor` gives (both run
-:func:`~findlit.inference.batch_prediction.predict_batch`).
+:func:`~findlit.tasks.requests.predict_batch`).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from typing import Any, cast
@@ -48,47 +39,22 @@ import lightning as L  # noqa: N812
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 
-from findlit.data.collate import Batch, image_origin
+from findlit.data.collate import Batch
+from findlit.data.config import DatasetConfig
 from findlit.encoders.base import TextEncoder, VisionEncoder
 from findlit.encoders.checkpoint import check_encoder_specs, record_encoder_specs
 from findlit.encoders.prompt_cache import PromptCache
 from findlit.encoders.registry import EncoderConfig
 from findlit.errors import ConfigError
-from findlit.inference.batch_prediction import Prediction, capability_problem, predict_batch
 from findlit.interface.find import FINDInterface
 from findlit.losses import LossWeights
-from findlit.metrics import (
-    GroundingMetrics,
-    RetrievalRecall,
-    SegmentationMetrics,
-    clone_for_stage,
-    grounding_metrics,
-    instance_target,
-    interleave_metrics,
-    panoptic_prediction_map,
-    panoptic_target_map,
-    retrieval_metrics,
-    segmentation_metrics,
-)
-from findlit.tasks.base import Task, TaskContext, Vocabulary
-from findlit.tasks.grounding import GroundingTask
-from findlit.tasks.interleave import InterleaveTask, phrases_of
-from findlit.tasks.retrieval import RetrievalTask
-from findlit.tasks.segmentation import SegmentationTask
+from findlit.metrics import clone_for_stage
+from findlit.tasks.base import EvaluatedDataset, Task, TaskContext, TaskMetrics, Vocabulary
+from findlit.tasks.registry import task_class, task_names
+from findlit.tasks.requests import Prediction, capability_problem, predict_batch
 from findlit.training.optimization import lr_factor, parameter_groups
-
-TASKS: dict[str, type[Task]] = {
-    "segmentation": SegmentationTask,
-    "grounding": GroundingTask,
-    "retrieval": RetrievalTask,
-    "interleave": InterleaveTask,
-}
-"""Task name (``batch["task"]``) -> task class."""
-
-IGNORE_INDEX = 255
-"""Semantic target value of unlabelled and ignored pixels."""
 
 VOCABULARY_KEY = "findlit_vocabularies"
 """Checkpoint key of the vocabularies (dataset name -> Vocabulary fields), for inference after loading."""
@@ -113,21 +79,31 @@ def _task_options(task: type[Task], options: dict[str, Any], num_proposals: int)
     return options
 
 
-def semantic_target(target: dict[str, Any], padding_mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """int64[h,w] semantic target of one image from its padded ``masks``, ``labels`` and ``ignore_mask``.
+def check_dataset_tasks(configs: Mapping[str, Sequence[DatasetConfig]], model_tasks: Sequence[str]) -> None:
+    """Refuse a dataset whose task is unknown, not among the model's, or not fed by its format.
 
-    Cropped to the image (``size`` from its padding mask's origin); pixels of no mask or in
-    ``ignore_mask`` are :data:`IGNORE_INDEX`.
+    Args:
+        configs: split (``train``, ``val``, ``test``) -> its dataset configs (``data.<split>``).
+        model_tasks: the model's task names (``model.tasks``).
+
+    Raises:
+        ConfigError: naming the dataset's key, e.g. ``data.train[0].task: unknown task 'depth'; ...``
+            or ``data.val[1].format: '<format>' cannot feed task '<task>'; use one of [...]``.
+
     """
-    top, left = image_origin(padding_mask)
-    h, w = size
-    masks = target["masks"][:, top : top + h, left : left + w]
-    out = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64, device=masks.device)
-    for mask, label in zip(masks, target["labels"].tolist(), strict=True):
-        out[mask] = int(label)
-    if "ignore_mask" in target:
-        out[target["ignore_mask"][top : top + h, left : left + w].to(out.device)] = IGNORE_INDEX
-    return out
+    for split, split_configs in configs.items():
+        for index, config in enumerate(split_configs):
+            key = f"data.{split}[{index}]"
+            task = task_class(config.task, f"{key}.task")
+            if config.format not in task.formats:
+                raise ConfigError(
+                    f"{key}.format: {config.format!r} cannot feed task {config.task!r}; "
+                    f"use one of {sorted(task.formats)}"
+                )
+            if config.task not in model_tasks:
+                raise ConfigError(
+                    f"{key}.task: the model has no task {config.task!r}; model.tasks is {list(model_tasks)}"
+                )
 
 
 class FINDModule(L.LightningModule):
@@ -139,8 +115,8 @@ class FINDModule(L.LightningModule):
         interface: keyword arguments of :class:`~findlit.interface.find.FINDInterface` besides
             ``in_channels`` and ``text_dim`` (``hidden_dim``, ``num_layers``, ``num_heads``,
             ``ffn_dim``, ``num_proposals``, ``embed_dim``).
-        tasks: the tasks to build, among ``segmentation``, ``grounding``, ``retrieval``,
-            ``interleave`` (default: all four).
+        tasks: the names of the tasks to build (:mod:`findlit.tasks.registry`; default: every
+            registered task, i.e. findlit's four unless more were registered).
         task_options: task name -> keyword arguments of its task class (``weights`` as a dict of
             LossWeights fields); ``num_proposals`` defaults to the interface's.
         lr: AdamW base learning rate (FIND: 1e-4).
@@ -170,10 +146,10 @@ class FINDModule(L.LightningModule):
         super().__init__()
         vision_config = _encoder_config(vision_encoder)
         text_config = _encoder_config(text_encoder)
-        tasks = list(TASKS) if tasks is None else list(tasks)
-        unknown = sorted(set(tasks) - set(TASKS))
+        tasks = task_names() if tasks is None else list(tasks)
+        unknown = sorted(set(tasks) - set(task_names()))
         if unknown:
-            raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
+            raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {task_names()}")
         extra = sorted(set(task_options or {}) - set(tasks))
         if extra:
             raise ConfigError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
@@ -198,9 +174,9 @@ class FINDModule(L.LightningModule):
         )
         self.tasks = nn.ModuleDict(
             {
-                name: TASKS[name](
+                name: task_class(name)(
                     **_task_options(
-                        TASKS[name], (task_options or {}).get(name, {}), self.interface.num_proposals
+                        task_class(name), (task_options or {}).get(name, {}), self.interface.num_proposals
                     )
                 )
                 for name in tasks
@@ -221,10 +197,11 @@ class FINDModule(L.LightningModule):
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Read the datamodule's vocabularies, check its cached features, build the metrics.
+        """Check the datamodule's datasets, read their vocabularies, check cached features, build metrics.
 
-        For ``predict``: check that this model serves every request of ``data.predict`` (prompts
-        need the grounding task, class names the segmentation task), before any image runs.
+        Every dataset of the stage must name a task of this model that its format feeds
+        (:func:`check_dataset_tasks`). For ``predict``: check that this model serves every request
+        of ``data.predict`` (each asked field needs a task that serves it), before any image runs.
         """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "stage_datasets"):
@@ -235,6 +212,8 @@ class FINDModule(L.LightningModule):
                 if problem is not None:
                     raise ConfigError(f"data.predict[{index}].{problem[0]}: {problem[1]}")
         splits = STAGES.get(stage, ())
+        configs = getattr(datamodule, "configs", {})
+        check_dataset_tasks({split: configs.get(split, []) for split in splits}, list(self.tasks))
         for split in splits:
             for dataset in datamodule.stage_datasets(split):
                 self.vocabularies[dataset.name] = Vocabulary(
@@ -250,42 +229,20 @@ class FINDModule(L.LightningModule):
                 self._build_metrics(split, dataset.name, dataset.task, getattr(dataset, "panoptic", None))
 
     def _build_metrics(self, split: str, dataset: str, task: str, panoptic: bool | None = None) -> None:
-        """Metrics of one evaluation dataset, kept under ``self.metrics`` (moved with the module).
+        """The mean loss and the task's metrics of one evaluation dataset, kept under ``self.metrics``.
 
-        ``panoptic``: whether a segmentation dataset's targets are a panoptic partition (PQ is then
-        computed); None decides by its vocabulary: panoptic when it has stuff classes.
+        ``panoptic``: whether the dataset says its targets partition the image (None: it does not).
+        A task without metrics gets the loss only.
         """
         if (split, dataset) in self._metric_keys or task not in self.tasks:
             return
-        metrics: nn.Module
-        if task == "segmentation":
-            vocabulary = self.vocabularies[dataset]
-            ids = vocabulary.category_ids or list(range(len(vocabulary.class_names)))
-            things = [c for c, thing in zip(ids, vocabulary.thing_classes, strict=True) if thing]
-            stuffs = [c for c, thing in zip(ids, vocabulary.thing_classes, strict=True) if not thing]
-            if panoptic is None:
-                panoptic = bool(stuffs)
-            # PQ needs a partition of the image: an instances file (things only, masks may
-            # overlap) gets mask AP and mIoU; each part only if the task predicts its input
-            outputs = cast(SegmentationTask, self.tasks[task]).outputs
-            wanted = {"PQ": "panoptic", "AP": "instance", "mIoU": "semantic"}
-            include = [part for part, output in wanted.items() if output in outputs]
-            if not panoptic:
-                include = [part for part in include if part != "PQ"]
-            base = segmentation_metrics(
-                things, stuffs, len(vocabulary.class_names), include=include, ignore_index=IGNORE_INDEX
-            )
-            metrics = clone_for_stage(base, split, dataset)
-        elif task == "retrieval":
-            metrics = clone_for_stage(retrieval_metrics(), split, dataset)
-        elif task == "interleave" and cast(InterleaveTask, self.tasks[task]).retrieval:
-            metrics = clone_for_stage(interleave_metrics(), split, dataset)
-        else:  # grounding; interleave without its retrieval queries
-            metrics = clone_for_stage(grounding_metrics(), split, dataset)
+        vocabulary = self.vocabularies.get(dataset, Vocabulary([], []))
+        base = cast(Task, self.tasks[task]).build_metrics(EvaluatedDataset(dataset, vocabulary, panoptic))
         key = str(len(self._metric_keys))
         self._metric_keys[(split, dataset)] = key
         self.eval_losses[key] = MeanMetric()
-        self.metrics[key] = metrics
+        if base is not None:
+            self.metrics[key] = _clone_for_stage(base, split, dataset)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -343,7 +300,7 @@ class FINDModule(L.LightningModule):
             dataloader_idx: index of the ``data.predict`` entry.
 
         Returns:
-            B :class:`~findlit.inference.batch_prediction.Prediction` (masks bool[N,H,W] at each image's
+            B :class:`~findlit.tasks.requests.Prediction` (masks bool[N,H,W] at each image's
             size, on the CPU), as :meth:`Predictor.predict <findlit.inference.predictor.Predictor.predict>`
             gives them;
             callbacks get them as ``outputs`` (e.g. the writer of ``findlit predict``).
@@ -370,75 +327,13 @@ class FINDModule(L.LightningModule):
             loss.update(total.detach(), size)
             self.log(f"{split}/{dataset}/loss", loss, add_dataloader_idx=False)
         predictions = task.predict(output, batch, self.context)
-        if key is not None:
+        if key is not None and key in self.metrics:
             self._update_metrics(self.metrics[key], batch, predictions)
         return predictions
 
     def _update_metrics(self, metrics: nn.Module, batch: Batch, predictions: list[dict[str, Any]]) -> None:
-        """Feed one batch's predictions and targets to its dataset's metrics."""
-        name = batch["task"]
-        targets = batch["targets"]
-        if name == "segmentation":
-            segmentation = cast(SegmentationMetrics, metrics)
-            vocabulary = self.vocabularies[batch["dataset"]]
-            category_ids = vocabulary.category_ids or list(range(len(vocabulary.class_names)))
-            parts = set(segmentation.include)
-            # one update per image: the images of a batch have their own sizes
-            for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
-                padding = batch["padding_mask"][b]
-                h, w = (int(n) for n in batch["image_sizes"][b])
-                top, left = image_origin(padding)
-                masks = target["masks"][:, top : top + h, left : left + w]
-                labels, crowd = target["labels"], target.get("iscrowd")
-                update: dict[str, Any] = {}
-                if "PQ" in parts:
-                    segment_ids, segments = prediction["panoptic"]
-                    ignore = target.get("ignore_mask")
-                    ignore = ignore[top : top + h, left : left + w] if ignore is not None else None
-                    pred = panoptic_prediction_map(segment_ids, segments, category_ids)
-                    truth = panoptic_target_map(masks, labels, category_ids, ignore, crowd)
-                    update["panoptic_pred"] = pred[None]
-                    update["panoptic_target"] = truth.to(pred.device)[None]
-                if "AP" in parts:
-                    instances = prediction["instance"]
-                    device = instances["masks"].device
-                    truth_instances = instance_target(masks, labels, vocabulary.thing_classes, crowd)
-                    update["instance_preds"] = [instances]
-                    update["instance_targets"] = [{k: v.to(device) for k, v in truth_instances.items()}]
-                if "mIoU" in parts:
-                    semantic = prediction["semantic"]
-                    truth = semantic_target(target, padding, (h, w))
-                    update["semantic_pred"] = semantic[None]
-                    update["semantic_target"] = truth.to(semantic.device)[None]
-                segmentation.update(**update)
-        elif name == "retrieval":
-            recall = cast(RetrievalRecall, metrics["retrieval"])  # type: ignore[index]
-            images = torch.stack([p["image_embedding"] for p in predictions])
-            captions = [p["caption_embeddings"] for p in predictions]
-            ids = torch.tensor(batch["image_ids"], device=images.device)
-            counts = torch.tensor([len(c) for c in captions], device=images.device)
-            recall.update(images, ids, torch.cat(captions), ids.repeat_interleave(counts))
-        else:
-            if "retrieval" in metrics and "legend_embedding" in predictions[0]:  # type: ignore[operator]
-                # interleave retrieval: each image's legend query against every image query
-                recall = cast(RetrievalRecall, metrics["retrieval"])  # type: ignore[index]
-                images = torch.stack([p["image_embedding"] for p in predictions])
-                legends = torch.stack([p["legend_embedding"] for p in predictions])
-                ids = torch.tensor(batch["image_ids"], device=images.device)
-                recall.update(images, ids, legends, ids)
-            grounding = cast(GroundingMetrics, metrics["grounding"])  # type: ignore[index]
-            for b, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
-                if name == "grounding":
-                    index = target["sentence_targets"]
-                else:
-                    index = torch.as_tensor(phrases_of(target)[1], dtype=torch.int64)
-                masks = prediction["masks"]
-                if masks.shape[0] == 0:
-                    continue
-                top, left = image_origin(batch["padding_mask"][b])
-                h, w = masks.shape[-2:]
-                truth = target["masks"][index.to(target["masks"].device)][:, top : top + h, left : left + w]
-                grounding.update(masks, truth.to(masks.device))
+        """Feed one batch's predictions and targets to its dataset's metrics (by the batch's task)."""
+        self.task(batch).update_metrics(cast(TaskMetrics, metrics), batch, predictions, self.context)
 
     def on_validation_epoch_end(self) -> None:
         """Compute, log and reset the validation metrics."""
@@ -450,7 +345,7 @@ class FINDModule(L.LightningModule):
 
     def _log_metrics(self, split: str) -> None:
         for (stage, _), key in self._metric_keys.items():
-            if stage != split:
+            if stage != split or key not in self.metrics:
                 continue
             metrics = self.metrics[key]
             values = cast(dict[str, Tensor], metrics.compute())  # type: ignore[operator]
@@ -490,3 +385,10 @@ class FINDModule(L.LightningModule):
         )
         scheduler = LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _clone_for_stage(metrics: TaskMetrics, split: str, dataset: str) -> nn.Module:
+    # clone_for_stage takes either kind, one at a time (a constrained type, not their union)
+    if isinstance(metrics, MetricCollection):
+        return clone_for_stage(metrics, split, dataset)
+    return clone_for_stage(metrics, split, dataset)
