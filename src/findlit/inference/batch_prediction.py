@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from findlit.data.collate import Batch
 from findlit.data.predict_config import PredictRequest
+from findlit.nearest_resize import resize_nearest
 from findlit.outputs.coco_writers import write_json_atomic
 from findlit.outputs.overlay import rle_json, save_overlay
 from findlit.tasks.base import Task, TaskContext, Vocabulary
@@ -91,15 +91,6 @@ def refuse_existing(paths: Sequence[Path]) -> None:
         raise FileExistsError(f"output exists (pass overwrite to replace it): {', '.join(existing)}")
 
 
-def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """bool[N,h,w] -> bool[N,H,W] by nearest neighbour (pixel centres matched, as the image resize)."""
-    if tuple(masks.shape[-2:]) == size:
-        return masks
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, *size))
-    return F.interpolate(masks[None].float(), size=size, mode="nearest-exact")[0] > 0.5
-
-
 def capability_problem(module: FINDModule, request: PredictRequest) -> tuple[str, str] | None:
     """Why ``module`` cannot serve ``request``, as (request field, message), or None.
 
@@ -162,7 +153,7 @@ def predict_batch(module: FINDModule, batch: Batch, request: PredictRequest) -> 
         pixels = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels.cpu()
         # the empty block keeps the size when nothing was found
         image_masks = [torch.zeros(0, *size, dtype=torch.bool)]
-        image_masks += [resize_masks(masks, size).cpu() for masks, _, _, _ in parts]
+        image_masks += [resize_nearest(masks, size).cpu() for masks, _, _, _ in parts]
         predictions.append(
             Prediction(
                 Path(target["file"]),

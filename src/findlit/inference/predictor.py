@@ -48,7 +48,6 @@ from findlit.inference.batch_prediction import (
     output_paths,
     predict_batch,
     refuse_existing,
-    resize_masks,
 )
 from findlit.training.module import FINDModule
 
@@ -62,7 +61,6 @@ __all__ = [
     "check_prompts",
     "output_paths",
     "read_image",
-    "resize_masks",
     "training_resize",
 ]
 
