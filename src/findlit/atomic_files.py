@@ -200,6 +200,10 @@ class AtomicFile:
             self.abort()
 
 
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+"""What ``os.link`` fails with where a file system has no hard links."""
+
+
 def _link_new(temporary: Path, target: Path) -> bool:
     """Give ``temporary``'s file the name ``target`` unless that exists; whether it was given."""
     try:
@@ -211,10 +215,6 @@ def _link_new(temporary: Path, target: Path) -> bool:
             raise
         os.replace(temporary, target)  # no hard links here (FAT, some FUSE mounts)
     return True
-
-
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
-"""What ``os.link`` fails with where a file system has no hard links."""
 
 
 @contextlib.contextmanager
