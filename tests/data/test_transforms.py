@@ -15,8 +15,6 @@ from findlit.data.transforms import (
     Resize,
     Transform,
     TransformConfig,
-    _nearest_index,
-    _resample_masks,
     build_transforms,
     swap_left_right,
     swap_left_right_spans,
@@ -152,39 +150,6 @@ def test_resize_masks_follow_pixel_centres() -> None:
     for k, (*_, channel) in enumerate(SQUARES):
         assert int((out["masks"][k] ^ (out["image"][channel] > 127)).sum()) <= 4
     assert int((out["ignore_mask"] ^ (out["image"][IGNORE[4]] > 127)).sum()) <= 4
-
-
-@pytest.mark.parametrize("out_size", [(5, 90), (90, 5), (30, 40), (1, 1)])
-@pytest.mark.parametrize("n", [0, 1, 3])
-def test_resample_masks_equals_fancy_indexing(out_size: tuple[int, int], n: int) -> None:
-    masks = torch.rand(n, 20, 30, generator=gen(n)) > 0.5
-    rows = _nearest_index(20, out_size[0], masks.device)
-    cols = _nearest_index(30, out_size[1], masks.device)
-    expected = masks[:, rows[:, None], cols[None, :]]
-    assert torch.equal(_resample_masks(masks, rows, cols), expected)
-    if n:
-        assert torch.equal(_resample_masks(masks[0], rows, cols), expected[0])
-
-
-def test_nearest_index_is_pixel_centred() -> None:
-    # Exact half-pixel-centre formula, checked by brute force, and agreement with torch's nearest-exact
-    # (which computes in float32 and may rarely be one pixel off).
-    total = mismatched = 0
-    for in_size in (1, 2, 3, 7, 8, 100, 480, 640):
-        for out_size in (1, 2, 5, 9, 64, 205, 1024):
-            idx = _nearest_index(in_size, out_size, torch.device("cpu"))
-            for dst in range(out_size):
-                centre = (dst + 0.5) * in_size / out_size
-                assert int(idx[dst]) == min(int(centre), in_size - 1) or abs(centre - round(centre)) < 1e-9
-            ref = nnf.interpolate(
-                torch.arange(in_size, dtype=torch.float32).reshape(1, 1, in_size, 1),
-                size=(out_size, 1),
-                mode="nearest-exact",
-            ).flatten()
-            assert (idx - ref.long()).abs().max() <= 1
-            total += out_size
-            mismatched += int((idx != ref.long()).sum())
-    assert mismatched <= 0.01 * total
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from pycocotools.cocoeval import COCOeval
 
 from findlit.data.decode import decode_panoptic, panoptic_id_map, to_rle
 from findlit.data.formats import read_coco_panoptic
-from findlit.outputs import coco_writers
 from findlit.outputs.coco_writers import (
     GroundingResultsWriter,
     InstanceResultsWriter,
@@ -115,7 +115,7 @@ def test_close_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         handle.write('[{"image_id": ')
         raise OSError("disk full")
 
-    monkeypatch.setattr(coco_writers.json, "dump", fail_midway)
+    monkeypatch.setattr(json, "dump", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
@@ -216,4 +216,6 @@ def test_context_manager_writes_nothing_on_error(tmp_path: Path) -> None:
 def test_outputs_are_not_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     RetrievalResultsWriter(path).close()
-    assert path.stat().st_mode & 0o777 == 0o666 & ~coco_writers._UMASK
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -34,7 +34,6 @@ from findlit.outputs.test_results import (
     TestResultsWriter,
     metrics_document,
     metrics_table,
-    resize_nearest,
     run_directory,
 )
 from findlit.tasks.interleave import phrases_of
@@ -69,17 +68,6 @@ def _test_datasets(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # -- unit --------------------------------------------------------------------------------------------
-
-
-def test_resize_nearest_matches_interpolate_and_keeps_values() -> None:
-    ids = torch.randint(0, 300, (2, 5, 7))
-    resized = resize_nearest(ids, (11, 3))
-    expected = F.interpolate(ids[None].float(), size=(11, 3), mode="nearest")[0].long()
-    assert resized.dtype == torch.int64
-    assert torch.equal(resized, expected)
-    masks = ids > 150
-    assert torch.equal(resize_nearest(masks, (11, 3)), expected > 150)
-    assert resize_nearest(masks, (5, 7)) is masks
 
 
 def test_metrics_document_is_plain_floats() -> None:

@@ -29,6 +29,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from findlit.data.sample import EntityPrompt, Sample
 from findlit.errors import ConfigError
+from findlit.nearest_resize import resize_nearest
 
 __all__ = [
     "Compose",
@@ -109,42 +110,13 @@ def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
-def _nearest_index(in_size: int, out_size: int, device: torch.device) -> Tensor:
-    """Source index of each output pixel of a nearest resize from ``in_size`` to ``out_size``.
-
-    Pixel centres are matched (``(dst + 0.5) * in / out``, as ``nearest-exact`` and the
-    bilinear/antialias image resize), so masks stay aligned with the image. Integer arithmetic
-    makes the result exact and identical on every platform. Returns int64[out_size].
-    """
-    dst = torch.arange(out_size, device=device)
-    return ((2 * dst + 1) * in_size // (2 * out_size)).clamp_(max=in_size - 1)
-
-
-def _resample_masks(masks: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """Gather ``masks[..., rows, :][..., cols]``: a nearest resize (and crop) in one step.
-
-    Works for bool[N,H,W] (any N, including 0) and bool[H,W] without a loop over masks, and
-    never materialises the full resized masks when only a crop is kept.
-    """
-
-    def take_cols(x: Tensor) -> Tensor:
-        # gather with an expanded (stride-0) index is several times faster than index_select on
-        # the last dim, which dominates the cost for many large masks.
-        return torch.gather(x, -1, cols.expand(*x.shape[:-1], cols.numel()))
-
-    # Row selection is cheap; do it first when it shrinks the tensor, last when it grows it,
-    # so the column gather touches as few elements as possible.
-    if rows.numel() <= masks.shape[-2]:
-        return take_cols(masks.index_select(-2, rows))
-    return take_cols(masks).index_select(-2, rows)
-
-
 def _resize_and_crop(
     sample: Sample, size: tuple[int, int], crop: tuple[int, int, int, int] | None = None
 ) -> Sample:
     """Resize the geometric fields to ``size`` = (h, w), then keep ``crop`` = (top, left, height, width).
 
-    The image is resized bilinearly with antialias; masks and ignore_mask by nearest neighbour.
+    The image is resized bilinearly with antialias; masks and ignore_mask by nearest neighbour
+    (:func:`~findlit.nearest_resize.resize_nearest`).
     """
     out = sample.copy()
     old = _spatial_size(sample)
@@ -167,9 +139,8 @@ def _resize_and_crop(
     for key in ("masks", "ignore_mask"):
         mask = sample.get(key)
         if isinstance(mask, Tensor):
-            rows = _nearest_index(old[0], height, mask.device)[top : top + crop_h]
-            cols = _nearest_index(old[1], width, mask.device)[left : left + crop_w]
-            out[key] = _resample_masks(mask, rows, cols)
+            # pixel centres matched, as the bilinear image resize: masks stay on the image
+            out[key] = resize_nearest(mask, size, (top, left, crop_h, crop_w))
     return out
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +31,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from findlit.atomic_files import write_bytes_atomic
 from findlit.encoders.base import DTYPES, TextEmbeddings, TextEncoder
 from findlit.encoders.spec import EncoderSpec
 
@@ -314,8 +313,8 @@ class PromptCache:
         """Write the in-memory entries of every namespace that has any; returns the folders written.
 
         Each folder gets an entries file (safetensors, named by its sha256) and then the manifest,
-        both written to a temporary file and moved into place with ``os.replace``; the entries file
-        the previous manifest named is deleted afterwards.
+        both written atomically (:mod:`findlit.atomic_files`); the entries file the previous manifest
+        named is deleted afterwards.
         """
         if self.directory is None:
             raise ValueError("this PromptCache has no directory to save to")
@@ -343,7 +342,7 @@ class PromptCache:
         entries_name = f"entries-{digest[:16]}.safetensors"
         manifest_path = folder / MANIFEST
         previous = _previous_entries_name(manifest_path)
-        _atomic_write(folder / entries_name, data)
+        write_bytes_atomic(folder / entries_name, data)
         manifest = {
             "format_version": FORMAT_VERSION,
             "fingerprint": spec.fingerprint(),
@@ -355,7 +354,7 @@ class PromptCache:
             "sha256": digest,
             "bytes": len(data),
         }
-        _atomic_write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         if previous is not None and previous != entries_name:
             (folder / previous).unlink(missing_ok=True)
         return folder
@@ -478,18 +477,3 @@ def _bytes_tensor(data: bytes) -> Tensor:
     if not data:
         return torch.zeros(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place."""
-    # Same folder, so os.replace is a rename within one file system (atomic on POSIX and Windows).
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

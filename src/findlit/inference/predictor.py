@@ -43,7 +43,7 @@ from findlit.data.transforms import Resize
 from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.errors import DataError
 from findlit.outputs.overlay import output_paths, refuse_existing
-from findlit.tasks.requests import Prediction, capability_problem, predict_batch, resize_masks
+from findlit.tasks.requests import Prediction, capability_problem, predict_batch
 from findlit.training.module import FINDModule
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "check_prompts",
     "output_paths",
     "read_image",
-    "resize_masks",
     "training_resize",
 ]
 

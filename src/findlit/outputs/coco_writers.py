@@ -7,19 +7,15 @@
   ``COCO.loadRes`` + ``COCOeval(iouType="segm")``.
 - :class:`GroundingResultsWriter` and :class:`RetrievalResultsWriter`: JSON lists per query.
 
-Every file is written to a temporary name in its folder and moved into place with ``os.replace``,
-so a crash never leaves a half-written file under the final name, and no writer replaces existing
-output unless asked to with ``overwrite=True``.
+Every file is written by findlit's one atomic writer (:mod:`findlit.atomic_files`: a temporary
+file in its folder, fsync, ``os.replace``), so a crash never leaves a half-written file under the
+final name, and no writer replaces existing output unless asked to with ``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -29,42 +25,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from findlit.atomic_files import atomic_write, write_json_atomic
 from findlit.data.records import Category
 
 # The largest id three 8-bit channels can hold.
 _MAX_SEGMENT_ID = 256**3 - 1
-
-# mkstemp makes owner-only files; outputs get the permissions an ordinary open() would give them.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
-
-    The temporary file keeps the suffix of ``path`` (so writers that infer a format from it work)
-    and is removed when the block raises.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f"{target.suffix}.tmp", dir=target.parent
-    )
-    os.close(handle)
-    temporary = Path(name)
-    os.chmod(temporary, 0o666 & ~_UMASK)
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | Path, document: Any) -> None:
-    """Write ``document`` as JSON to ``path`` through a temporary file (see :func:`atomic_output`)."""
-    with atomic_output(path) as temporary, temporary.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle)
 
 
 def as_mask_array(masks: Tensor | np.ndarray, ndim: int) -> np.ndarray:
@@ -399,8 +364,8 @@ class PanopticWriter(_WriteOnce):
         segments_info = self._segments_info(image_id, ids, segments)
         rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2], axis=-1).astype(np.uint8)
         self.png_root.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self.png_root / png_name) as temporary:
-            Image.fromarray(rgb, mode="RGB").save(temporary, format="PNG")
+        with atomic_write(self.png_root / png_name) as file:
+            Image.fromarray(rgb, mode="RGB").save(file, format="PNG")
 
         self._png_names.add(png_name)
         height, width = ids.shape

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from findlit.outputs.coco_writers import as_mask_array, atomic_output, encode_masks
+from findlit.atomic_files import atomic_write
+from findlit.outputs.coco_writers import as_mask_array, encode_masks
 
 LABEL_CHARS = 32
 """Longest label written on an overlay; longer sentences are cut with an ellipsis."""
@@ -153,8 +154,8 @@ def save_overlay(
     target = Path(path)
     overlay = draw_overlay(image, masks, labels, scores, alpha)
     image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
-    with atomic_output(target) as temporary:
-        overlay.save(temporary, format=image_format)
+    with atomic_write(target) as file:
+        overlay.save(file, format=image_format)
     return target
 
 

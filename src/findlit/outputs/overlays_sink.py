@@ -25,6 +25,7 @@ from torch import Tensor
 
 from findlit.data.decode import read_image
 from findlit.errors import DataError
+from findlit.nearest_resize import resize_nearest
 from findlit.outputs.overlay import LABEL_CHARS, OverlayLayers, save_overlay, shorten
 
 __all__ = [
@@ -85,7 +86,7 @@ class OverlaySink:
             if image is None:
                 continue
             masks, labels, scores = layers
-            masks = _resize_nearest(masks, image.shape[-2:])
+            masks = resize_nearest(masks, image.shape[-2:])
             path = self._path(image_id)
             if path.exists():
                 raise FileExistsError(f"{path} exists; not overwriting an earlier overlay")
@@ -117,13 +118,6 @@ class OverlaySink:
             stem = f"{stem}_{image_id}"
         self._stems.add(stem)
         return self.folder / f"{stem}.png"
-
-
-def _resize_nearest(masks: Tensor, size: Sequence[int]) -> Tensor:
-    # imported here: test_results imports this module, and resize_nearest lives there
-    from findlit.outputs.test_results import resize_nearest
-
-    return resize_nearest(masks, size)
 
 
 def log_overlays_to_wandb(loggers: Sequence[Any], key: str, written: Sequence[tuple[Path, str]]) -> int:

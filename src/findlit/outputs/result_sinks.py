@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from findlit.nearest_resize import resize_nearest
 from findlit.outputs.coco_writers import (
     GroundingResultsWriter,
     InstanceResultsWriter,
@@ -52,22 +53,6 @@ INSTANCES_NAME = "instances_results.json"
 GROUNDING_NAME = "grounding_results.json"
 RETRIEVAL_NAME = "retrieval_results.json"
 CAPTIONS_NAME = "retrieval_captions.json"
-
-
-def resize_nearest(values: Tensor, size: Sequence[int]) -> Tensor:
-    """Nearest-neighbour resize of the last two dims of ``values`` [..., h, w] to ``size`` (H, W).
-
-    Indexes rather than interpolates, so any dtype (bool masks, int64 segment ids) keeps its exact
-    values; the source pixel of output (i, j) is ``(floor(i * h / H), floor(j * w / W))``, as
-    ``F.interpolate(mode="nearest")`` picks it.
-    """
-    height, width = int(size[0]), int(size[1])
-    h, w = int(values.shape[-2]), int(values.shape[-1])
-    if (h, w) == (height, width):
-        return values
-    rows = torch.div(torch.arange(height, device=values.device) * h, height, rounding_mode="floor")
-    cols = torch.div(torch.arange(width, device=values.device) * w, width, rounding_mode="floor")
-    return values[..., rows[:, None], cols[None, :]]
 
 
 def category_ids_of(vocabulary: Any) -> list[int]:

@@ -50,9 +50,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from findlit.nearest_resize import resize_nearest
 from findlit.outputs.coco_writers import write_json_atomic
 from findlit.outputs.overlays_sink import OVERLAYS_FOLDER, OverlayLayersFn, OverlaySink, log_overlays_to_wandb
-from findlit.outputs.result_sinks import ResultsOptions, ResultsSink, resize_nearest
+from findlit.outputs.result_sinks import ResultsOptions, ResultsSink
 
 __all__ = [
     "METRICS_NAME",

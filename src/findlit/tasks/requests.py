@@ -26,13 +26,13 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from findlit.data.collate import Batch
 from findlit.data.predict_config import PredictRequest
 from findlit.encoders.prompt_cache import PromptCache
 from findlit.interface.find import FINDInterface
+from findlit.nearest_resize import resize_nearest
 from findlit.outputs.coco_writers import write_json_atomic
 from findlit.outputs.overlay import output_paths, refuse_existing, rle_json, save_overlay
 from findlit.tasks.base import RequestAnswer, Task, TaskContext, Vocabulary
@@ -104,15 +104,6 @@ class Prediction:
         return overlay, document
 
 
-def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """bool[N,h,w] -> bool[N,H,W] by nearest neighbour (pixel centres matched, as the image resize)."""
-    if tuple(masks.shape[-2:]) == size:
-        return masks
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, *size))
-    return F.interpolate(masks[None].float(), size=size, mode="nearest-exact")[0] > 0.5
-
-
 def _model_tasks(model: PredictionModel) -> dict[str, Task]:
     return {name: cast(Task, task) for name, task in model.tasks.items()}
 
@@ -182,7 +173,7 @@ def predict_batch(model: PredictionModel, batch: Batch, request: PredictRequest)
         pixels = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels.cpu()
         # the empty block keeps the size when nothing was found
         image_masks = [torch.zeros(0, *size, dtype=torch.bool)]
-        image_masks += [resize_masks(part.masks, size).cpu() for part in parts]
+        image_masks += [resize_nearest(part.masks, size).cpu() for part in parts]
         predictions.append(
             Prediction(
                 Path(target["file"]),

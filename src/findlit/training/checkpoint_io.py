@@ -2,16 +2,17 @@
 
 :class:`SafeCheckpointIO` is findlit's checkpoint writer and reader:
 
-- **Atomic writes.** A checkpoint is written to a hidden temporary file in the target's folder,
-  flushed to disk (``fsync``), then renamed over the target (``os.replace``, atomic on POSIX), and
-  the folder is synced so the rename is durable. A run killed while writing (SIGKILL, a node lost,
-  a full disk) leaves the previous ``last.ckpt`` untouched. Lightning's own writer goes through an
-  fsspec transaction whose temporary file is in ``/tmp``: when that is another file system, the
-  final move is a copy, and a kill during it leaves a truncated checkpoint in place of a good one.
-  The temporary name starts with a dot, does not end in ``.ckpt`` and holds neither ``last`` nor
-  ``hpc_ckpt_``, so ``--ckpt_path last`` and SLURM's requeue never mistake a leftover for a
-  checkpoint. A write that fails with an exception removes its temporary file; one killed outright
-  leaves a ``.findlit-partial-*`` file behind, which is safe to delete.
+- **Atomic writes.** A checkpoint is written by findlit's one atomic writer
+  (:mod:`findlit.atomic_files`): a temporary file in the target's folder, ``fsync``, ``os.replace``
+  over the target, ``fsync`` of the folder. A run killed while writing (SIGKILL, a node lost, a full
+  disk) leaves the previous ``last.ckpt`` untouched. Lightning's own writer goes through an fsspec
+  transaction whose temporary file is in ``/tmp``: when that is another file system, the final move
+  is a copy, and a kill during it leaves a truncated checkpoint in place of a good one. The
+  temporary name (``findlit-partial-checkpoint.tmp.<host>.<pid>-<token>``) does not end in
+  ``.ckpt`` and holds neither the checkpoint's name, ``last`` nor ``hpc_ckpt_``, so
+  ``--ckpt_path last`` and SLURM's requeue never mistake a leftover for a checkpoint. A write that
+  fails with an exception removes its temporary file; one killed outright leaves it behind, and
+  the next checkpoint written to that folder on that host deletes it.
 - **Loads are data only.** Checkpoints load with ``weights_only=True`` unless the caller asks
   otherwise (``--weights_only false`` on the command line), so a checkpoint from elsewhere cannot
   run code: findlit writes only tensors and plain data. One that needs arbitrary pickled objects is
@@ -26,10 +27,8 @@ Remote paths (``s3://``...) keep Lightning's writer; only local files get the at
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -40,47 +39,27 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-PARTIAL_PREFIX = ".findlit-partial-"
-"""Prefix of the temporary file a checkpoint is written to before it is renamed into place."""
+from findlit.atomic_files import TEMPORARY_MARK, atomic_write, remove_dead_leftovers
+
+PARTIAL_NAME = "findlit-partial-checkpoint"
+"""Leading part of the name of the temporary file a checkpoint is written to before its rename."""
+
+PARTIAL_PREFIX = f"{PARTIAL_NAME}{TEMPORARY_MARK}"
+"""How the names of those temporary files (and of killed writers' leftovers) begin."""
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds pickled objects that are not plain data, so loading it could run code."""
 
 
-def _fsync_directory(directory: str) -> None:
-    """Make a rename in ``directory`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # some file systems (network mounts) refuse fsync on a folder; the rename is still atomic
-    finally:
-        os.close(descriptor)
-
-
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` such that ``path`` holds either its old content or all of ``obj``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f"{PARTIAL_PREFIX}{secrets.token_hex(8)}.tmp")
-    # os.open with mode 0o666 (not mkstemp's 0o600) so the checkpoint gets the umask's usual permissions
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        # also on KeyboardInterrupt: the old checkpoint stays, the partial one goes
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-    _fsync_directory(directory)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        # a requeued or resumed run writes where the killed one did: its partial file can go
+        remove_dead_leftovers(folder, PARTIAL_NAME)
+    with atomic_write(path, name=PARTIAL_NAME) as file:
+        torch.save(obj, file)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

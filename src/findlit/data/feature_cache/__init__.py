@@ -13,10 +13,12 @@ multiple of ``size_divisibility``)::
 Per record (one image) the .bin holds, level after level (``res2`` .. ``res5``), the features
 float16[C_l, H/s_l, W/s_l] of the image resized to (h, w) and padded to (H, W).
 
-Crash and concurrency safety: a shard is written under a temporary name, fsync'ed and renamed
-(atomic), and only then is its sidecar written (again temporary name + rename). A shard is done only
-when its sidecar exists, belongs to this manifest, and the .bin has the recorded size (and sha256,
-when verified), so a writer killed at any moment leaves nothing that passes. Rank r of W writes
+Crash and concurrency safety: a shard is written by findlit's atomic writer
+(:mod:`findlit.atomic_files`: temporary name, fsync, rename), and only then is its sidecar written
+(the same way); a fill deletes the temporary files that killed writers on this host left behind.
+A shard is done only when its sidecar exists, belongs to this manifest, and the .bin has the
+recorded size (and sha256, when verified), so a writer killed at any moment leaves nothing that
+passes. Rank r of W writes
 shards r, r + W, ... (disjoint); the first writer creates the manifest with an exclusive hard link
 and every other compares its own with it. Completeness is derived from the sidecars, never stored.
 
@@ -30,9 +32,9 @@ The modules:
 - :mod:`~findlit.data.feature_cache.manifest`: :class:`Preprocessing`, :func:`dataset_digest`,
   creating the manifest and comparing it with the configuration.
 - :mod:`~findlit.data.feature_cache.shards`: the shard files, their sidecars, whether a shard is done.
-- :mod:`~findlit.data.feature_cache.atomic`: temporary names, atomic renames, dead writers' leftovers.
 - :mod:`~findlit.data.feature_cache.reader`: :class:`FeatureReader`, memory-mapped reads.
-- :mod:`~findlit.data.feature_cache.fill`: :meth:`FeatureCache.fill`: ranks, resumption, encoding.
+- :mod:`~findlit.data.feature_cache.fill`: the shards of one rank: reuse, resumption, encoding
+  (given the folder, images and manifest; it does not know :class:`FeatureCache`).
 - :mod:`~findlit.data.feature_cache.errors`: the exceptions.
 """
 

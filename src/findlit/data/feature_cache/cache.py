@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,16 @@ from findlit.data.feature_cache.errors import (
     StaleCacheError,
     stale_message,
 )
-from findlit.data.feature_cache.fill import FillReport, ShardResult, fill_cache
+from findlit.data.feature_cache.fill import FillReport, ShardResult, fill_shards
 from findlit.data.feature_cache.manifest import (
+    DEFAULT_SHARD_SIZE,
     FORMAT,
     MANIFEST,
     VERSION,
     CacheDtype,
     Preprocessing,
     build_manifest,
+    create_or_check_manifest,
     dataset_digest,
     load_manifest,
     manifest_differences,
@@ -204,19 +207,40 @@ class FeatureCache:
             StaleCacheError: the folder holds a cache of another configuration.
 
         """
-        return fill_cache(
-            self,
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        started = time.perf_counter()
+        existing = self.read_manifest()
+        storage = existing.get("storage", {}) if existing is not None else {}
+        expected = self.expected_manifest(
+            encoder.spec,
+            encoder.channels,
+            dtype or storage.get("dtype", "float16"),
+            shard_size or int(storage.get("shard_size", DEFAULT_SHARD_SIZE)),
+        )
+        create_or_check_manifest(self.folder, expected, self.key)
+        results = fill_shards(
+            self.folder,
+            self.images,
+            self.preprocessing,
+            self.key,
+            expected,
             encoder,
             rank=rank,
             world_size=world_size,
             batch_size=batch_size,
-            shard_size=shard_size,
-            dtype=dtype,
             device=device,
             num_workers=num_workers,
             on_bad_image=on_bad_image,
             progress=progress,
         )
+        shards = int(expected["storage"]["shards"])
+        report = FillReport(self.folder, rank, world_size, len(self.images), shards, results)
+        report.seconds = time.perf_counter() - started
+        report.complete = not self.missing_shards()
+        return report
 
 
 def _short_list(values: Sequence[int], limit: int = 8) -> str:

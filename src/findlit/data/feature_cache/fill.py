@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,27 +22,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from findlit.atomic_files import remove_dead_leftovers
 from findlit.data.decode import read_image
 from findlit.data.errors import BadRecordPolicy
-from findlit.data.feature_cache.atomic import remove_dead_temporaries
 from findlit.data.feature_cache.errors import FeatureCacheError
-from findlit.data.feature_cache.manifest import (
-    DEFAULT_SHARD_SIZE,
-    DTYPES,
-    CacheDtype,
-    LevelLayout,
-    create_or_check_manifest,
-    manifest_key,
-)
-from findlit.data.feature_cache.shards import ShardWriter, shard_name, shard_state
+from findlit.data.feature_cache.manifest import DTYPES, LevelLayout, Preprocessing, manifest_key
+from findlit.data.feature_cache.shards import ShardWriter, shard_paths, shard_state
 from findlit.data.records import ImageInfo
 from findlit.data.sample import Sample
 from findlit.data.transforms import Resize
 from findlit.encoders.base import STRIDES, VisionEncoder
 from findlit.errors import DataError
-
-if TYPE_CHECKING:
-    from findlit.data.feature_cache.cache import FeatureCache
 
 
 @dataclass
@@ -93,127 +83,197 @@ class FillReport:
         return sum(r.nbytes for r in self.computed)
 
 
-def fill_cache(
-    cache: FeatureCache,
+def fill_shards(
+    folder: Path,
+    images: Sequence[ImageInfo],
+    preprocessing: Preprocessing,
+    key: str | None,
+    manifest: Mapping[str, Any],
     encoder: VisionEncoder,
     *,
     rank: int,
     world_size: int,
     batch_size: int,
-    shard_size: int | None,
-    dtype: CacheDtype | None,
     device: str | torch.device | None,
     num_workers: int,
     on_bad_image: BadRecordPolicy,
     progress: Callable[[ShardResult], None] | None,
-) -> FillReport:
-    """Compute this rank's shards of ``cache`` that are not done yet (see :meth:`FeatureCache.fill`)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    started = time.perf_counter()
-    existing = cache.read_manifest()
-    storage = existing.get("storage", {}) if existing is not None else {}
-    expected = cache.expected_manifest(
-        encoder.spec,
-        encoder.channels,
-        dtype or storage.get("dtype", "float16"),
-        shard_size or int(storage.get("shard_size", DEFAULT_SHARD_SIZE)),
-    )
-    create_or_check_manifest(cache.folder, expected, cache.key)
-    key = manifest_key(expected)
-    shards = int(expected["storage"]["shards"])
-    report = FillReport(cache.folder, rank, world_size, len(cache.images), shards)
+) -> list[ShardResult]:
+    """Reuse or compute this rank's shards of a cache whose manifest is on disk.
+
+    Args:
+        folder: the cache folder.
+        images: the dataset's images in record order.
+        preprocessing: the cache's fixed preprocessing.
+        key: the config key naming the folder, for messages.
+        manifest: the cache's manifest (already written).
+        encoder: the frozen vision encoder.
+        rank: this process's rank; it owns shards ``rank, rank + world_size, ...``.
+        world_size: number of processes filling the cache together.
+        batch_size: most images per encoder call.
+        device: where to run the encoder (None: where it is).
+        num_workers: DataLoader workers decoding the images.
+        on_bad_image: ``error`` or ``skip`` an image that fails to decode.
+        progress: called after each shard of this rank (reused or computed).
+
+    Returns:
+        One result per shard of this rank, in shard order.
+
+    """
+    manifest_id = manifest_key(manifest)
+    shards = int(manifest["storage"]["shards"])
+    results: list[ShardResult] = []
     todo: list[int] = []
     notes: dict[int, str] = {}
     for shard in range(rank, shards, world_size):
-        state, problem, path, index = shard_state(
-            cache.folder, cache.images, expected, key, shard, verify=True
-        )
+        state, problem, path, index = shard_state(folder, images, manifest, manifest_id, shard, verify=True)
         if state == "done":
             assert index is not None
             result = ShardResult(shard, "reused", len(index) - len(index.errors), len(index.errors), 0, 0.0)
-            report.results.append(result)
+            results.append(result)
             if progress is not None:
                 progress(result)
         else:
             todo.append(shard)
             if state != "missing":
                 notes[shard] = f"recomputed {path.name}: {problem}"
-            remove_dead_temporaries(cache.folder, shard_name(shard))
+            for file in shard_paths(folder, shard):
+                remove_dead_leftovers(folder, file.name)
     if todo:
-        _compute_shards(
-            cache,
-            encoder,
-            expected,
-            key,
-            todo,
-            notes,
-            batch_size=batch_size,
-            device=device,
-            num_workers=num_workers,
-            on_bad_image=on_bad_image,
-            results=report.results,
-            progress=progress,
+        computation = ShardComputation(
+            folder, images, preprocessing, key, manifest, encoder, batch_size, on_bad_image, notes, progress
         )
-    report.results.sort(key=lambda r: r.shard)
-    report.seconds = time.perf_counter() - started
-    report.complete = not cache.missing_shards()
-    return report
+        results += computation.run(todo, device=device, num_workers=num_workers)
+    return sorted(results, key=lambda r: r.shard)
 
 
-def _compute_shards(
-    cache: FeatureCache,
-    encoder: VisionEncoder,
-    manifest: Mapping[str, Any],
-    key: str,
-    todo: Sequence[int],
-    notes: Mapping[int, str],
-    *,
-    batch_size: int,
-    device: str | torch.device | None,
-    num_workers: int,
-    on_bad_image: BadRecordPolicy,
-    results: list[ShardResult],
-    progress: Callable[[ShardResult], None] | None,
-) -> None:
-    """Encode the shards ``todo`` one after the other, committing each as soon as it is full."""
-    storage = manifest["storage"]
-    shard_size, dtype = int(storage["shard_size"]), DTYPES[storage["dtype"]]
-    levels = LevelLayout.from_dict(manifest["levels"])
-    if device is not None:
-        encoder.to(device)
-    target = encoder.device
-    ranges = {s: (s * shard_size, min((s + 1) * shard_size, len(cache.images))) for s in todo}
-    positions = [p for s in todo for p in range(*ranges[s])]
-    loader = DataLoader(
-        PreprocessedImages(cache.images, positions, cache.preprocessing.resize(), cache.key),
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=_as_is,
-    )
-    writer: ShardWriter | None = None
-    buckets: dict[tuple[int, int], list[tuple[int, Tensor, tuple[int, int]]]] = {}
+_Item = tuple[int, Tensor, tuple[int, int]]
+"""(dataset position, resized image uint8[3,h,w], size on disk (H0, W0)) of one decoded image."""
 
-    def flush(frame: tuple[int, int]) -> None:
-        items = buckets.pop(frame, [])
+
+class ShardComputation:
+    """Encodes shards one after the other, committing each as soon as its last image is encoded.
+
+    Images come in dataset order; those of one padded frame size wait in a bucket until
+    ``batch_size`` of them can be encoded together, and the buckets are emptied when a shard ends
+    (so no image is encoded with another shard's). State: the open shard's :class:`ShardWriter`
+    (None between shards), the buckets, and the results of the shards committed so far.
+
+    Args:
+        folder, images, preprocessing, key, manifest: the cache (see :func:`fill_shards`).
+        encoder: the frozen vision encoder.
+        batch_size: most images per encoder call.
+        on_bad_image: ``error`` raises at an image that fails to decode, ``skip`` records it as bad.
+        notes: why an existing shard is recomputed, by shard.
+        progress: called after each committed shard.
+
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        images: Sequence[ImageInfo],
+        preprocessing: Preprocessing,
+        key: str | None,
+        manifest: Mapping[str, Any],
+        encoder: VisionEncoder,
+        batch_size: int,
+        on_bad_image: BadRecordPolicy,
+        notes: Mapping[int, str],
+        progress: Callable[[ShardResult], None] | None,
+    ):
+        storage = manifest["storage"]
+        self.folder, self.images, self.preprocessing, self.key = folder, images, preprocessing, key
+        self.manifest_id = manifest_key(manifest)
+        self.shard_size, self.dtype = int(storage["shard_size"]), DTYPES[storage["dtype"]]
+        self.levels = LevelLayout.from_dict(manifest["levels"])
+        self.encoder, self.batch_size, self.on_bad_image = encoder, batch_size, on_bad_image
+        self.notes, self.progress = notes, progress
+        self.writer: ShardWriter | None = None
+        self.buckets: dict[tuple[int, int], list[_Item]] = {}
+        self.results: list[ShardResult] = []
+
+    def records(self, shard: int) -> range:
+        """Dataset positions of ``shard``'s records."""
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.images)))
+
+    def run(
+        self, shards: Sequence[int], *, device: str | torch.device | None, num_workers: int
+    ) -> list[ShardResult]:
+        """Compute ``shards`` (increasing) and return their results; an exception drops the open shard."""
+        if device is not None:
+            self.encoder.to(device)
+        positions = [position for shard in shards for position in self.records(shard)]
+        loader = DataLoader(
+            PreprocessedImages(self.images, positions, self.preprocessing.resize(), self.key),
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_as_is,
+        )
+        try:
+            for position, image, orig_size, error in loader:
+                self.start_shard_of(position)
+                if error is not None:
+                    self.skip_bad_image(position, error)
+                else:
+                    assert image is not None
+                    self.add(position, image, orig_size)
+            if self.writer is not None:
+                self.finish_shard()
+        except BaseException:
+            if self.writer is not None:
+                self.writer.abort()
+                self.writer = None
+            raise
+        return self.results
+
+    def start_shard_of(self, position: int) -> None:
+        """Make sure the open shard is the one holding ``position``, committing the previous one."""
+        shard = position // self.shard_size
+        if self.writer is not None and self.writer.shard == shard:
+            return
+        if self.writer is not None:
+            self.finish_shard()
+        records = self.records(shard)
+        self.writer = ShardWriter(
+            self.folder, shard, records.start, len(records), self.manifest_id, self.dtype
+        )
+
+    def skip_bad_image(self, position: int, error: str) -> None:
+        """Record an image that failed to decode, or raise, as ``on_bad_image`` says."""
+        if self.on_bad_image == "error":
+            raise DataError(error, None, key=self.key)
+        assert self.writer is not None
+        self.writer.add_error(position, self.images[position].id, error)
+
+    def add(self, position: int, image: Tensor, orig_size: tuple[int, int]) -> None:
+        """Put a resized image uint8[3,h,w] in the bucket of its frame; encode the bucket when full."""
+        frame = self.preprocessing.frame(int(image.shape[1]), int(image.shape[2]))
+        bucket = self.buckets.setdefault(frame, [])
+        bucket.append((position, image, orig_size))
+        if len(bucket) >= self.batch_size:
+            self.encode_bucket(frame)
+
+    def encode_bucket(self, frame: tuple[int, int]) -> None:
+        """Encode the images waiting for ``frame`` in one call and append their records to the shard."""
+        items = self.buckets.pop(frame, [])
         if not items:
             return
-        assert writer is not None
-        for (position, image, orig_size), record in zip(
-            items,
-            encode_records(encoder, [image for _, image, _ in items], frame, levels, target, dtype),
-            strict=True,
-        ):
+        assert self.writer is not None
+        images = [image for _, image, _ in items]
+        records = encode_records(self.encoder, images, frame, self.levels, self.encoder.device, self.dtype)
+        for (position, image, orig_size), record in zip(items, records, strict=True):
             size = (int(image.shape[1]), int(image.shape[2]))
-            writer.add(position, cache.images[position].id, size, orig_size, record)
+            self.writer.add(position, self.images[position].id, size, orig_size, record)
 
-    def finish() -> None:
+    def finish_shard(self) -> None:
+        """Encode what waits in the buckets, commit the open shard and report it."""
+        writer = self.writer
         assert writer is not None
-        for frame in list(buckets):
-            flush(frame)
+        for frame in list(self.buckets):
+            self.encode_bucket(frame)
         index = writer.commit()
+        self.writer = None
         result = ShardResult(
             writer.shard,
             "computed",
@@ -221,37 +281,11 @@ def _compute_shards(
             len(index.errors),
             index.nbytes,
             time.perf_counter() - writer.started,
-            notes.get(writer.shard),
+            self.notes.get(writer.shard),
         )
-        results.append(result)
-        if progress is not None:
-            progress(result)
-
-    try:
-        for position, image, orig_size, error in loader:
-            shard = position // shard_size
-            if writer is None or writer.shard != shard:
-                if writer is not None:
-                    finish()
-                start, end = ranges[shard]
-                writer = ShardWriter(cache.folder, shard, start, end - start, key, dtype)
-            if error is not None:
-                if on_bad_image == "error":
-                    raise DataError(error, None, key=cache.key)
-                writer.add_error(position, cache.images[position].id, error)
-                continue
-            assert image is not None
-            frame = cache.preprocessing.frame(int(image.shape[1]), int(image.shape[2]))
-            buckets.setdefault(frame, []).append((position, image, orig_size))
-            if len(buckets[frame]) >= batch_size:
-                flush(frame)
-        if writer is not None:
-            finish()
-            writer = None
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+        self.results.append(result)
+        if self.progress is not None:
+            self.progress(result)
 
 
 class PreprocessedImages(TorchDataset[tuple[int, Tensor | None, tuple[int, int], str | None]]):

@@ -8,10 +8,8 @@ writer, and every reader, compares its own configuration with it, and any differ
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from findlit.data.feature_cache.atomic import temporary_path
+from findlit.atomic_files import AtomicFile, remove_dead_leftovers
 from findlit.data.feature_cache.errors import FeatureCacheError, StaleCacheError, stale_message
 from findlit.data.records import ImageInfo
 from findlit.data.transforms import Resize, TransformConfig
@@ -195,20 +193,15 @@ def create_or_check_manifest(folder: Path, expected: dict[str, Any], key: str | 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MANIFEST
     if not path.exists():
-        temporary = temporary_path(path)
+        remove_dead_leftovers(folder, MANIFEST)
+        output = AtomicFile(path)
         try:
-            temporary.write_bytes(json.dumps(expected, indent=1, sort_keys=True).encode())
-            # link() fails if the name exists: exactly one rank's manifest lands, never a mix.
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        except OSError as error:
-            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            # File systems without hard links: the rename is still atomic.
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+            output.file.write(json.dumps(expected, indent=1, sort_keys=True).encode())
+        except BaseException:
+            output.abort()
+            raise
+        # created only if absent: exactly one rank's manifest lands, never a mix
+        output.commit_if_absent()
     cached = load_manifest(path)
     assert cached is not None
     differences = manifest_differences(

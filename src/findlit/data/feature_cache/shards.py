@@ -5,8 +5,8 @@ record, level after level (``res2`` .. ``res5``), the features float16[C_l, H/s_
 float32) flattened one after the other. Its sidecar ``shard-0000s.json`` gives the size and
 sha256 of the .bin and per record the image id, offset, sizes and a crc32 of its bytes.
 
-The .bin is written under a temporary name, fsync'ed and renamed (atomic), and only then is its
-sidecar written (again temporary name + rename). A shard is done only when its sidecar exists,
+The .bin is written by the atomic writer (:mod:`findlit.atomic_files`: temporary name, fsync,
+rename), and only then is its sidecar written (the same way). A shard is done only when its sidecar exists,
 carries this manifest's key, describes this shard's records, and the .bin has the recorded size
 (and sha256, when verified), so a writer killed at any moment leaves nothing that passes.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from findlit.data.feature_cache.atomic import temporary_path, write_atomic
+from findlit.atomic_files import AtomicFile, write_bytes_atomic
 from findlit.data.feature_cache.errors import CorruptShardError
 from findlit.data.feature_cache.manifest import FORMAT, VERSION
 from findlit.data.records import ImageInfo
@@ -128,10 +127,10 @@ class ShardWriter:
     def __init__(self, folder: Path, shard: int, start: int, count: int, key: str, dtype: np.dtype[Any]):
         self.shard, self.start, self.count, self.key, self.dtype = shard, start, count, key, dtype
         self.data_path, self.sidecar_path = shard_paths(folder, shard)
-        self.temporary = temporary_path(self.data_path)
-        self.handle = open(self.temporary, "wb")  # noqa: SIM115 - closed in commit/abort
+        self.output = AtomicFile(self.data_path)
         self.sha = hashlib.sha256()
         self.offset = 0
+        self.nbytes = 0
         self.image_ids = [0] * count
         self.offsets = [-1] * count
         self.sizes = [(0, 0)] * count
@@ -152,8 +151,9 @@ class ShardWriter:
         """Append one record (all levels, flattened, in the cache dtype) for dataset ``position``."""
         slot = position - self.start
         payload = np.ascontiguousarray(record, dtype=self.dtype).tobytes()
-        self.handle.write(payload)
+        self.output.file.write(payload)
         self.sha.update(payload)
+        self.nbytes += len(payload)
         self.image_ids[slot], self.offsets[slot] = image_id, self.offset
         self.sizes[slot], self.orig_sizes[slot] = size, orig_size
         self.crc32[slot] = zlib.crc32(payload)
@@ -171,18 +171,14 @@ class ShardWriter:
         """Rename the .bin into place, then write the sidecar: from then on the shard is done."""
         if not all(self.written):
             raise RuntimeError(f"shard {self.shard}: {self.written.count(False)} records were never written")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        nbytes = self.temporary.stat().st_size
         # An old sidecar must never describe the new bytes, even for an instant.
         self.sidecar_path.unlink(missing_ok=True)
-        os.replace(self.temporary, self.data_path)
+        self.output.commit()
         index = ShardIndex(
             shard=self.shard,
             key=self.key,
             start=self.start,
-            nbytes=nbytes,
+            nbytes=self.nbytes,
             sha256=self.sha.hexdigest(),
             image_ids=self.image_ids,
             offsets=self.offsets,
@@ -191,13 +187,12 @@ class ShardWriter:
             crc32=self.crc32,
             errors=self.errors,
         )
-        write_atomic(self.sidecar_path, index.to_json())
+        write_bytes_atomic(self.sidecar_path, index.to_json())
         return index
 
     def abort(self) -> None:
         """Drop the temporary file (after an exception; a killed process leaves it, and it is ignored)."""
-        self.handle.close()
-        self.temporary.unlink(missing_ok=True)
+        self.output.abort()
 
 
 def shard_state(
