@@ -32,7 +32,6 @@ BENCHMARKS: dict[str, str] = {
     "prompt_scaling": "4. inference time with many class names",
     "retrieval_scale": "5. retrieval recall 5,000 x 25,000: peak memory",
     "metric_speed": "6. PQ and mask AP: findlit / reference time",
-    "coco_scale_eval": "7. COCO-scale PQ + mask AP + mIoU: findlit / official tools",
 }
 
 
