@@ -25,14 +25,10 @@ from pycocotools import mask as mask_utils
 
 import findlit
 from findlit.cli import main
-from findlit.cli.train import FindLightningCLI, user_error_message, wants_default_progress_bar
+from findlit.cli.train import FindLightningCLI, wants_default_progress_bar
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.feature_cache.errors import StaleCacheError
 from findlit.data.synthetic import generate
-from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.encoders.registry import EncoderConfig
-from findlit.errors import ConfigError, DataError
-from findlit.outputs.test_results import OutputExistsError
 from tests.fixtures import COCO_SAMPLE, REPO, other_encoder_checkpoint
 from tests.training.test_module import INTERFACE, TASK_OPTIONS, data_section
 
@@ -496,22 +492,6 @@ def failed_run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert code == 2, err
     assert "Traceback" not in err
     return err
-
-
-def test_our_errors_get_a_label_and_others_none() -> None:
-    key = "data.val[0].paths.panoptic_json"
-    assert user_error_message(ConfigError("data.predict[0].prompts: empty")) == (
-        "findlit: config error: data.predict[0].prompts: empty"
-    )
-    assert user_error_message(DataError("file not found", "a.json", key=key)) == (
-        f"findlit: data error: file not found [file a.json; set by config key '{key}']"
-    )
-    assert user_error_message(EncoderMismatchError("differ")) == "findlit: checkpoint error: differ"
-    assert user_error_message(StaleCacheError("stale")) == "findlit: cache error: stale"
-    assert user_error_message(OutputExistsError("earlier")) == "findlit: output error: earlier"
-    # the built-in types ours derive from say nothing about who is at fault
-    for other in (ValueError("x"), FileExistsError("x"), RuntimeError("x"), KeyError("x")):
-        assert user_error_message(other) is None
 
 
 @pytest.mark.parametrize(("subcommand", "split"), [("fit", "val"), ("validate", "val"), ("test", "test")])

@@ -51,13 +51,11 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from findlit.cli.parse_errors import FindArgumentParser
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.feature_cache.errors import FeatureCacheError
-from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.errors import ConfigError, DataError
 from findlit.outputs.prediction_writer import PredictionWriter
-from findlit.outputs.test_results import OutputExistsError, TestResultsWriter
-from findlit.training.checkpoint_io import UnsafeCheckpointError, UseSafeCheckpointIO
+from findlit.outputs.test_results import TestResultsWriter
+from findlit.training.checkpoint_io import UseSafeCheckpointIO
 from findlit.training.module import FINDModule
 from findlit.training.rng_states import RestoreRNGStates
 
@@ -155,6 +153,7 @@ class FindLightningCLI(LightningCLI):
         parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
         super().__init__(
             model_class=FINDModule,
+            parser_class=kwargs.pop("parser_class", FindArgumentParser),
             datamodule_class=MultiTaskDataModule,
             trainer_defaults=TRAINER_DEFAULTS | kwargs.pop("trainer_defaults", {}),
             save_config_callback=kwargs.pop("save_config_callback", SaveAndLogConfigCallback),
@@ -216,36 +215,14 @@ class FindLightningCLI(LightningCLI):
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, RichProgressBar()]}
 
 
-USER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (ConfigError, "config error"),
-    (DataError, "data error"),
-    (FeatureCacheError, "cache error"),
-    (EncoderMismatchError, "checkpoint error"),
-    (UnsafeCheckpointError, "checkpoint error"),
-    (OutputExistsError, "output error"),
-)
-"""findlit's own errors that stop a run on something the user fixes, and the label each is printed
-with: a config key, a data file, a feature cache, a ``--ckpt_path`` checkpoint, earlier outputs.
-Each message names the key or file, so a traceback would only hide it."""
-
-
-def user_error_message(error: BaseException) -> str | None:
-    """``findlit: <label>: <message>`` for one of :data:`USER_ERRORS`; None for any other exception."""
-    for kind, label in USER_ERRORS:
-        if isinstance(error, kind):
-            return f"findlit: {label}: {error}"
-    return None
-
-
 def run(args: Sequence[str] | None = None) -> int:
     """Run one LightningCLI subcommand (``args``, default ``sys.argv[1:]``) and return its exit code.
 
-    Parse errors, ``--help`` and ``--print_config`` end the parser with ``SystemExit``: its code is
-    returned. One of :data:`USER_ERRORS`, raised while building the model and data or by the run
-    (e.g. a missing dataset file in the DataModule's setup, a checkpoint of other encoders), is
-    printed as ``findlit: <label>: <message>`` on stderr and gives exit code 2; any other exception
-    is a bug and keeps its traceback. Lightning has already torn the run down by then (its loggers
-    are finalised as failed); nothing of the user's is removed.
+    ``--help`` and ``--print_config`` end the parser with ``SystemExit``: its code is returned. A
+    :class:`~findlit.errors.FindlitError` (a config error from the parser, a missing dataset file in
+    the DataModule's setup, a checkpoint of other encoders...) propagates to the dispatcher's
+    reporter (:mod:`findlit.cli.report`); Lightning has already torn the run down by then (its
+    loggers are finalised as failed), and nothing of the user's is removed.
     """
     try:
         FindLightningCLI(args=args)
@@ -257,12 +234,4 @@ def run(args: Sequence[str] | None = None) -> int:
             return code
         print(code, file=sys.stderr)
         return 1
-    except Exception as error:
-        # Trainer.fit/validate/test/predict re-raise the original exception after their teardown,
-        # so our own types arrive here unwrapped
-        message = user_error_message(error)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
-        return 2
     return 0

@@ -28,6 +28,7 @@ from findlit.data.collate import Batch
 from findlit.data.predict_config import PredictRequest
 from findlit.outputs.coco_writers import write_json_atomic
 from findlit.outputs.overlay import rle_json, save_overlay
+from findlit.outputs.test_results import OutputExistsError
 from findlit.tasks.base import Task, TaskContext, Vocabulary
 
 if TYPE_CHECKING:
@@ -85,10 +86,10 @@ def output_paths(image: str | Path, out: str | Path) -> tuple[Path, Path]:
 
 
 def refuse_existing(paths: Sequence[Path]) -> None:
-    """Raise :class:`FileExistsError` naming those of ``paths`` that exist."""
+    """Raise :class:`~findlit.outputs.test_results.OutputExistsError` naming those of ``paths`` that exist."""
     existing = [str(path) for path in paths if path.exists()]
     if existing:
-        raise FileExistsError(f"output exists (pass overwrite to replace it): {', '.join(existing)}")
+        raise OutputExistsError(f"output exists (pass overwrite to replace it): {', '.join(existing)}")
 
 
 def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:

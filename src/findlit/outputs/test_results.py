@@ -48,6 +48,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from findlit.errors import OutputError
 from findlit.outputs.coco_writers import (
     GroundingResultsWriter,
     InstanceResultsWriter,
@@ -332,11 +333,11 @@ def run_directory(trainer: L.Trainer) -> Path:
     return Path(path)
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(OutputError, FileExistsError):
     """A run would overwrite the outputs of an earlier one; raised before it starts, naming them.
 
-    Its own type (not any :class:`FileExistsError`) so that the ``findlit`` command can report it as
-    the user's to resolve, while a file clash from a bug keeps its traceback.
+    An :class:`~findlit.errors.OutputError` (not any :class:`FileExistsError`) so that the ``findlit``
+    command reports it as the user's to resolve, while a file clash from a bug keeps its traceback.
     """
 
 
