@@ -21,9 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from findlit.errors import ConfigError
-
-KeyPath = list[str | int]
-"""A config key as its parts: ``["data", "train", 0, "paths"]`` is ``data.train[0].paths``."""
+from findlit.option_errors import KeyPath, first_line, format_key, read_message
 
 MISSING: Any = object()
 """What :func:`value_at` returns for a key the config does not have."""
@@ -95,8 +93,14 @@ def load_data_section(config_paths: Sequence[str]) -> dict[str, Any]:
     return config_section(load_config(config_paths), "data", config_paths).values
 
 
-def build_datamodule(data: dict[str, Any]) -> Any:
-    """Validate a ``data`` section against the DataModule's signature and build it."""
+def build_datamodule(data: dict[str, Any], sources: Sequence[str] = ()) -> Any:
+    """Validate a ``data`` section against the DataModule's signature and build it.
+
+    Raises:
+        ConfigError: naming the key (``data.train[0].pathz``) and, given the config files the
+            section came from (``sources``), the file that set it.
+
+    """
     from findlit.data.datamodule import MultiTaskDataModule
 
     parser = ArgumentParser(exit_on_error=False)
@@ -104,19 +108,17 @@ def build_datamodule(data: dict[str, Any]) -> Any:
     try:
         namespace = parser.parse_object({"data": data})
     except Exception as error:  # jsonargparse raises argparse.ArgumentError with the offending key
-        raise ConfigError(str(error)) from None
+        read = read_message(str(error))
+        if read is None:
+            raise ConfigError(first_line(str(error))) from None
+        key, problem, value = read
+        key = with_list_index(key, {"data": data}, value)
+        where = key_source(key, sources)
+        raise ConfigError(f"{format_key(key)}: {problem}{f' ({where})' if where else ''}") from None
     return parser.instantiate(namespace).data
 
 
 # -- keys and where they were set --------------------------------------------------------------
-
-
-def format_key(key: KeyPath) -> str:
-    """``["data", "train", 0, "pathz"]`` -> ``data.train[0].pathz``."""
-    text = ""
-    for part in key:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def value_at(config: Any, key: KeyPath) -> Any:
@@ -166,3 +168,23 @@ def key_source(key: KeyPath, files: Sequence[str], args: Sequence[str] = ()) -> 
         if value_at(content, key) is not MISSING:
             return f"in {path}"
     return None
+
+
+def with_list_index(key: KeyPath, config: Any, value: str | None = None) -> KeyPath:
+    """``key`` with the index of the failing entry after its first list (``data.train`` -> ``[0]``).
+
+    jsonargparse names a list and the option inside its failing entry, not the entry: the entry is
+    the first of ``config``'s list that has that option (for an unknown option, ``value`` None) or
+    that holds the offending ``value`` there (for a wrong type). ``key`` unchanged when none does.
+    """
+    for position in range(1, len(key)):
+        entries = value_at(config, key[:position])
+        if not isinstance(entries, list):
+            continue
+        rest = key[position:]
+        for index, entry in enumerate(entries):
+            found = value_at(entry, rest)
+            if found is not MISSING and (value is None or str(found) == value):
+                return [*key[:position], index, *rest]
+        return key
+    return key

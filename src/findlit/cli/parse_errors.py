@@ -16,29 +16,14 @@ whose errors it catches and combines, keep raising ``ArgumentError``; ``--help``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from findlit.cli.config import (
-    MISSING,
-    KeyPath,
-    config_files,
-    format_key,
-    key_source,
-    load_config,
-    value_at,
-)
+from findlit.cli.config import config_files, key_source, load_config, with_list_index
 from findlit.errors import ConfigError
-
-_NOT_ACCEPTED = re.compile(r"^(?:Group|Subcommand) '([^']*)' does not accept option '([^']*)'")
-_OPTION_NOT_ACCEPTED = re.compile(r"^Option '([^']*)' is not accepted")
-_PARSER_KEY = re.compile(r'^Parser key "([^"]*)":[ \t]*\n?(.*)', re.DOTALL)
-_CLASS_PROBLEM = re.compile(r"^- Problem with given class_path '[^']*':\s*\n(.*)", re.DOTALL)
-_EXPECTED = re.compile(r"^Expected a <class '([^']*)'>\. Got value: (.*)$", re.DOTALL)
-_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+from findlit.option_errors import first_line, format_key, read_message
 
 
 class FindArgumentParser(LightningArgumentParser):
@@ -58,96 +43,15 @@ def config_error(message: str, args: Sequence[str]) -> ConfigError:
     followed by where it was set: the last ``--config`` file that has it, or the command line.
     Messages of no known form keep their first line.
     """
+    read = read_message(message)
+    if read is None:
+        return ConfigError(first_line(message))
+    key, problem, value = read
     files = config_files(args)
-    parsed = _parse(message.strip())
-    if parsed is None:
-        return ConfigError(message.strip().splitlines()[0] if message.strip() else "invalid arguments")
-    key, problem, bad_value = parsed
-    key = _with_list_index(key, files, bad_value)
-    where = key_source(key, files, args)
-    suffix = f" ({where})" if where else ""
-    return ConfigError(f"{format_key(key)}: {problem}{suffix}")
-
-
-def _parse(message: str) -> tuple[KeyPath, str, Any] | None:
-    """(key, problem, the offending value or None) of a jsonargparse message, or None."""
-    match = _NOT_ACCEPTED.match(message)
-    if match:
-        group, option = match.groups()
-        scope = [] if group in _SUBCOMMANDS else _split(group)
-        return [*scope, *_split(option)], "no such option", None
-    match = _PARSER_KEY.match(message)
-    if not match:
-        match = _OPTION_NOT_ACCEPTED.match(message)
-        if match:
-            # jsonargparse flattens an unknown mapping into dotted options: its first part is the key
-            return [_split(match.group(1))[0]], "no such option", None
-        expected = _EXPECTED.match(message)
-        if expected:
-            return [], f"expected {expected.group(1)}, got {expected.group(2).strip()!r}", expected.group(2)
-        return None
-    key, inner = _split(match.group(1)), _dedent(match.group(2))
-    if inner.startswith("Does not validate against any of the Union subtypes"):
-        cause = _union_cause(inner)
-        if cause is None:
-            return key, "does not match its type", None
-        inner = cause
-    nested = _parse(inner)
-    if nested is None:
-        return key, inner.splitlines()[0] if inner else "invalid value", None
-    relative, problem, bad_value = nested
-    return [*key, *relative], problem, bad_value
-
-
-def _union_cause(message: str) -> str | None:
-    """The error of the Union subtype that is not None (a list of dataclasses, a dataclass...)."""
-    errors = message.split("\nErrors:\n", 1)
-    if len(errors) < 2:
-        return None
-    body = errors[1].split("\nGiven value type:", 1)[0]
-    for item in re.split(r"\n(?=  - )", "\n" + body):
-        text = _dedent(item.strip("\n"))
-        if not text or "Expected a <class 'NoneType'>" in text:
-            continue
-        problem = _CLASS_PROBLEM.match(text)
-        if problem:
-            return _dedent(problem.group(1))
-        return text.removeprefix("- ").strip()
-    return None
-
-
-def _with_list_index(key: KeyPath, files: Sequence[str], bad_value: Any) -> KeyPath:
-    """``key`` with the index of the failing entry after its first list (``data.train`` -> ``[0]``).
-
-    jsonargparse names the list and the option inside the failing entry, not the entry: the entry
-    is the first of the merged config's list that has that option (for an unknown option) or that
-    holds the offending value there (for a wrong type).
-    """
     try:
         config: Any = load_config(files) if files else {}
     except ConfigError:
-        return key
-    for position in range(1, len(key)):
-        value = value_at(config, key[:position])
-        if not isinstance(value, list):
-            continue
-        rest = key[position:]
-        for index, entry in enumerate(value):
-            found = value_at(entry, rest)
-            if found is MISSING:
-                continue
-            if bad_value is None or str(found) == str(bad_value).strip():
-                return [*key[:position], index, *rest]
-        return key
-    return key
-
-
-def _split(dotted: str) -> KeyPath:
-    return [part for part in dotted.split(".") if part]
-
-
-def _dedent(text: str) -> str:
-    lines = text.splitlines()
-    indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
-    cut = min(indents, default=0)
-    return "\n".join(line[cut:] for line in lines).strip()
+        config = {}
+    key = with_list_index(key, config, value)
+    where = key_source(key, files, args)
+    return ConfigError(f"{format_key(key)}: {problem}{f' ({where})' if where else ''}")
