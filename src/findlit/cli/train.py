@@ -51,11 +51,15 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from findlit.cli.config import config_files, key_source
 from findlit.cli.parse_errors import FindArgumentParser
 from findlit.data.datamodule import MultiTaskDataModule
+from findlit.errors import ConfigError
+from findlit.option_errors import format_key
 from findlit.outputs.prediction_writer import PredictionWriter
 from findlit.outputs.test_results import TestResultsWriter
-from findlit.training.checkpoint_io import UseSafeCheckpointIO
+from findlit.training.checkpoint_io import UseSafeCheckpointIO, require_checkpoint_file
+from findlit.training.model_options import task_classes, task_options_problem
 from findlit.training.module import FINDModule
 from findlit.training.rng_states import RestoreRNGStates
 
@@ -202,9 +206,37 @@ class FindLightningCLI(LightningCLI):
         if arguments.get("return_predictions") is None:
             arguments["return_predictions"] = False
 
+    def _check_task_options(self, model: Any) -> None:
+        """Raise a ConfigError naming ``model.task_options.<task>.<option>`` and its config file."""
+        if model is None:
+            return
+        tasks = model.get("tasks")
+        tasks = list(task_classes()) if tasks is None else list(tasks)
+        problem = task_options_problem(model.get("task_options"), tasks)
+        if problem is None:
+            return
+        key, message = problem
+        arguments = self.parser.args if isinstance(getattr(self.parser, "args", None), list) else []
+        where = key_source(key, config_files(arguments), arguments)
+        raise ConfigError(f"{format_key(key)}: {message}{f' ({where})' if where else ''}")
+
     def _best_checkpoint_exists(self) -> bool:
         callback = self.trainer.checkpoint_callback
         return bool(getattr(callback, "best_model_path", ""))
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check what the parser cannot, before anything is loaded, seeded or built.
+
+        Checked: each ``model.task_options.<task>`` against its task class's signature (the tasks
+        are an open set, so their options are a plain mapping to the parser), and a ``--ckpt_path``
+        that names no file (LightningCLI would read its hyperparameters next, and Lightning find
+        it missing only once the run has started).
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        self._check_task_options(config.get("model"))
+        require_checkpoint_file(config.get("ckpt_path"))
 
     def before_instantiate_classes(self) -> None:
         """Add the default RichProgressBar (a fresh one per run) when the config allows it."""
