@@ -9,10 +9,13 @@ section). Configs are parsed in OmegaConf mode, so ``${...}`` interpolations res
     findlit fit --config configs/demo.yaml --print_config
     findlit test --config configs/demo.yaml --ckpt_path logs/demo/.../checkpoints/last.ckpt
 
-Unknown keys are errors that name the key. So are the problems found after parsing, before
-anything trains (a missing dataset file, an empty ``data.predict`` request, a checkpoint of other
-encoders...): the command prints ``findlit: config error: ...`` (or ``data error``...) and exits
-with code 2, without a traceback (:func:`run`). The Trainer defaults to ``use_distributed_sampler:
+An unknown key or a value of the wrong type is a config error naming the key (with its list
+index, ``data.train[0].pathz``) and the config file that set it (:mod:`findlit.cli.parse_errors`);
+``model.task_options`` are checked against the task classes right after parsing. So are the
+problems found after parsing, before anything trains (a missing dataset file or ``--ckpt_path``,
+an empty ``data.predict`` request, a checkpoint of other encoders...): the command prints
+``findlit: config error: ...`` (or ``data error``...) and exits with code 2, without a traceback
+(:mod:`findlit.cli.report`). The Trainer defaults to ``use_distributed_sampler:
 false`` (the DataModule shards by rank itself).
 
 ``findlit test`` also writes ``metrics.json`` and its predictions in standard formats (COCO
@@ -28,12 +31,13 @@ masks) per image in the run's log dir, refusing to overwrite earlier outputs: se
     findlit predict --config configs/demo.yaml --config configs/predict/coco_sample.yaml \
         --ckpt_path logs/demo/.../checkpoints/last.ckpt
 
-The resolved config is saved as ``config.yaml`` in the run's log dir. Lightning's default
-behaviour is kept: when that file already exists (a re-run into the same log dir) the run stops
-with an error instead of overwriting it; pick another ``trainer.default_root_dir`` or logger
-version, or pass ``--trainer.logger`` with a fresh ``version``. Loggers without a folder per run
-(W&B...) get the resolved config through ``log_hyperparams`` and their ``config.yaml`` next to the
-run's checkpoints (:class:`SaveAndLogConfigCallback`). The progress bar is Rich's by default.
+The resolved config is saved as ``config.yaml`` in the run's log dir. When that file already
+exists (a re-run into the same log dir) the run stops before it starts, with an output error,
+instead of overwriting it (Lightning's rule, without its traceback and before the loggers write
+into the folder); pick another ``trainer.default_root_dir`` or logger version. Loggers without
+a folder per run (W&B...) get the resolved config through ``log_hyperparams`` and their
+``config.yaml`` next to the run's checkpoints (:class:`SaveAndLogConfigCallback`). The progress
+bar is Rich's by default.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -54,7 +59,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from findlit.cli.config import config_files, key_source
 from findlit.cli.parse_errors import FindArgumentParser
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.errors import ConfigError
+from findlit.errors import ConfigError, OutputError
 from findlit.option_errors import format_key
 from findlit.outputs.prediction_writer import PredictionWriter
 from findlit.outputs.test_results import TestResultsWriter
@@ -121,7 +126,37 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
     behaviour). Other loggers (W&B, MLflow...) get the whole resolved config, as nested sections, through
     ``log_hyperparams``; Lightning would put their ``config.yaml`` in their ``save_dir``, shared by every
     run, so it goes to ``<save_dir>/<name>/<version>/`` instead, next to the run's checkpoints.
+
+    An existing ``config.yaml`` (a re-run into the same run folder) is an
+    :class:`~findlit.errors.OutputError`: found before the run starts when the folder is known then
+    (:meth:`early_config_path`: CSV and TensorBoard loggers, or none), else when the run sets up.
     """
+
+    def early_config_path(self, trainer: Trainer) -> str | None:
+        """Where ``config.yaml`` will go, when known before the run starts; else None.
+
+        Lightning's rule (``trainer.log_dir``): the first logger's ``log_dir`` for CSV and
+        TensorBoard (computed from the folders that exist: nothing is created), the trainer's
+        ``default_root_dir`` without a logger. Other loggers name their run when it starts.
+        """
+        if not self.save_to_log_dir:
+            return None
+        if not trainer.loggers:
+            log_dir = trainer.default_root_dir
+        elif isinstance(trainer.loggers[0], (CSVLogger, TensorBoardLogger)):
+            log_dir = trainer.loggers[0].log_dir
+        else:
+            return None
+        return os.path.join(log_dir, self.config_filename)
+
+    def refuse_earlier_run(self, config_path: str | None) -> None:
+        """Raise an OutputError when ``config_path`` exists and may not be overwritten."""
+        if config_path is None or self.overwrite or not get_filesystem(config_path).isfile(config_path):
+            return
+        raise OutputError(
+            f"{config_path} exists: this run folder holds an earlier run, which is kept. Set another "
+            "trainer.default_root_dir, or another logger version (e.g. --trainer.logger.init_args.version)"
+        )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Move ``config.yaml`` into the run's own folder when the first logger has none, then save."""
@@ -136,6 +171,10 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
                 if trainer.is_global_zero:
                     root = first.save_dir if first.save_dir is not None else trainer.default_root_dir
                     os.makedirs(os.path.join(root, run_dir), exist_ok=True)
+        if not self.already_saved and self.save_to_log_dir and trainer.is_global_zero:
+            # Lightning's own refusal is a RuntimeError with a traceback; ours is the user's to fix
+            log_dir = trainer.log_dir
+            self.refuse_earlier_run(None if log_dir is None else os.path.join(log_dir, self.config_filename))
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -186,6 +225,16 @@ class FindLightningCLI(LightningCLI):
             help="fit only: then test this checkpoint in the same run ('best', 'last' or a path); "
             "the test datasets are data.test",
         )
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse a run folder that holds an earlier run's ``config.yaml`` before the run starts.
+
+        The loggers would otherwise create their files in it (TensorBoard's events, CSV's
+        ``metrics.csv``, which a new run replaces) before Lightning's config callback refuses it.
+        """
+        for callback in getattr(self.trainer, "callbacks", []):  # set by the Trainer at runtime
+            if isinstance(callback, SaveAndLogConfigCallback):
+                callback.refuse_earlier_run(callback.early_config_path(self.trainer))
 
     def after_fit(self) -> None:
         """Test the checkpoint that ``test_after_fit`` names, when set (``findlit fit`` only)."""
