@@ -511,6 +511,69 @@ def test_missing_dataset_file_ends_the_run_with_exit_2(
     assert list((tmp_path / "logs").rglob("*.ckpt")) == [earlier]
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_missing_checkpoint_ends_the_run_with_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
+) -> None:
+    configs = ["--config", str(tiny_config(tmp_path))]
+    if subcommand == "predict":
+        configs += ["--config", str(predict_partial(tmp_path, "request"))]
+    missing = tmp_path / "nowhere.ckpt"
+    err = failed_run(capsys, subcommand, *configs, "--ckpt_path", str(missing))
+    assert f"findlit: checkpoint error: --ckpt_path: no such file: {missing}" in err
+    assert not (tmp_path / "logs").exists()  # found before anything was built
+
+
+def test_missing_checkpoint_of_predict_on_images(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.ckpt"
+    image = COCO_SAMPLE / "val2017" / "000000142238.jpg"
+    out = tmp_path / "out"
+    argv = ["--ckpt_path", str(missing), "--images", str(image), "--prompts", "a cat", "--out", str(out)]
+    err = failed_run(capsys, "predict", *argv)
+    assert err == f"findlit: checkpoint error: --ckpt_path: no such file: {missing}\n"
+    assert not out.exists()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_earlier_run_folder_is_refused_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
+) -> None:
+    """A run folder with an earlier run's config.yaml: an output error, and the folder as it was."""
+    config = tiny_config(tmp_path)
+    run_dir = tmp_path / "logs" / "lightning_logs" / "version_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("an earlier run's config\n")
+    (run_dir / "metrics.csv").write_text("step,loss\n0,1.0\n")
+    before = tree(tmp_path / "logs")
+    err = failed_run(capsys, subcommand, "--config", str(config), "--trainer.logger.init_args.version", "0")
+    [line] = [line for line in err.splitlines() if line.startswith("findlit:")]
+    assert line.startswith(f"findlit: output error: {run_dir / 'config.yaml'} exists"), err
+    assert tree(tmp_path / "logs") == before
+
+
+def test_data_error_in_a_dataloader_worker_reaches_the_user(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A record that fails to decode in a worker process: the DataError itself, one line, exit 2."""
+    config = tiny_config(tmp_path)
+    for image in (tmp_path / "data" / "val").glob("*.jpg"):
+        image.write_bytes(b"not a jpeg")
+    err = failed_run(capsys, "validate", "--config", str(config), "--data.num_workers", "1")
+    [line] = [line for line in err.splitlines() if line.startswith("findlit:")]
+    assert line.startswith("findlit: data error: "), err
+    assert "DataLoader worker" not in line and str(tmp_path / "data" / "val") in line
+    assert "data.val[0]" in line
+
+
 def test_wrong_model_tasks_end_the_run_with_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
