@@ -103,9 +103,9 @@ def training_resize(checkpoint: Mapping[str, Any], path: Path) -> tuple[int | No
                 loaded = yaml.safe_load(config.read_text())
             except yaml.YAMLError:
                 loaded = None
+            # LightningCLI saves its resolved config with the data section in the plain form (the
+            # DataModule class is fixed), never as class_path/init_args
             data = loaded.get("data") if isinstance(loaded, dict) else None
-            if isinstance(data, dict) and "init_args" in data:
-                data = data["init_args"]
     if not isinstance(data, Mapping):
         return None, None
     return evaluation_resize(data)
