@@ -114,6 +114,10 @@ def test_config_parses_with_print_config(
             "ffn_dim": 2048,
             "num_proposals": 100,
             "embed_dim": 512,
+            # every option is printed, with its default: FIND's prototype, no pooling
+            "prototype": None,
+            "mask_pooling": False,
+            "image_pooling": False,
         }
         assert model["lr"] == 1e-4 and model["weight_decay"] == 0.05
         assert printed["trainer"]["gradient_clip_val"] == 0.01

@@ -138,7 +138,11 @@ def task_options_problem(
     """What is wrong with ``model.task_options`` for ``model.tasks``, as (key, problem), or None.
 
     Each task's options must be keyword arguments of its class's ``__init__``, of their types.
+    The tasks themselves come first: each must be a known one.
     """
+    unknown = sorted(set(tasks) - set(task_classes()))
+    if unknown:
+        return ["model", "tasks"], f"unknown task(s) {unknown}; choose from {list(task_classes())}"
     for name, options in (task_options or {}).items():
         key: KeyPath = ["model", "task_options", str(name)]
         if name not in tasks:
