@@ -755,7 +755,12 @@ def test_fit_with_the_wandb_config_offline_logs_metrics_and_config(
     assert {"train/loss", "val/demo_panoptic/mIoU", "val/demo_refs/cIoU"} <= metrics
     # the resolved config, every section
     assert logged["trainer"]["max_steps"] == 2
-    assert logged["model"]["interface"] == INTERFACE
+    # the resolved interface: the config's options and every other one at its default
+    assert logged["model"]["interface"] == INTERFACE | {
+        "prototype": None,
+        "mask_pooling": False,
+        "image_pooling": False,
+    }
     assert logged["data"]["steps_per_epoch"] == 2
 
 
