@@ -134,3 +134,15 @@ def test_console_script_prints_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"findlit: config error: data.train[0].pathz: no such option (in {path})\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [({}, "modell: no such section"), ({"lr": 1.0}, "modell.lr: no such option")]
+)
+def test_unknown_top_level_section(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, value: dict[str, Any], expected: str
+) -> None:
+    """jsonargparse ignores a config file's unknown top-level key with an empty mapping: refused too."""
+    path = edited(tmp_path, lambda config: config.update(modell=value))
+    line = config_error_line(capsys, "fit", "--config", str(path))
+    assert line == f"findlit: config error: {expected} (in {path})"

@@ -47,6 +47,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -255,6 +256,23 @@ class FindLightningCLI(LightningCLI):
         if arguments.get("return_predictions") is None:
             arguments["return_predictions"] = False
 
+    def _arguments(self) -> list[str]:
+        """The command line that was parsed (the parser keeps it)."""
+        arguments = getattr(self.parser, "args", None)
+        return list(arguments) if isinstance(arguments, list) else []
+
+    def _check_sections(self, config: Any) -> None:
+        """Refuse a top-level key of a config file that is no section (jsonargparse ignores it)."""
+        known = {str(key).split(".", 1)[0] for key in config.keys()}  # noqa: SIM118 (dotted keys of a Namespace)
+        for path in config_files(self._arguments()):
+            try:
+                content = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # the parser has read it already; nothing to add
+            unknown = sorted(set(content) - known) if isinstance(content, dict) else []
+            if unknown:
+                raise ConfigError(f"{unknown[0]}: no such section (in {path})")
+
     def _check_task_options(self, model: Any) -> None:
         """Raise a ConfigError naming ``model.task_options.<task>.<option>`` and its config file."""
         if model is None:
@@ -265,7 +283,7 @@ class FindLightningCLI(LightningCLI):
         if problem is None:
             return
         key, message = problem
-        arguments = self.parser.args if isinstance(getattr(self.parser, "args", None), list) else []
+        arguments = self._arguments()
         where = key_source(key, config_files(arguments), arguments)
         raise ConfigError(f"{format_key(key)}: {message}{f' ({where})' if where else ''}")
 
@@ -284,6 +302,7 @@ class FindLightningCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand, self.config) if subcommand else self.config
+        self._check_sections(config)
         self._check_task_options(config.get("model"))
         require_checkpoint_file(config.get("ckpt_path"))
 
