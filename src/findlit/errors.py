@@ -2,8 +2,15 @@
 
 Every error a user can cause and fix (a config key, a data file, a checkpoint, a cache, an earlier
 output) is a :class:`FindlitError`: the command prints ``findlit: <label>: <message>`` on one line
-and exits with ``exit_code``, without a traceback. Anything else is a bug and keeps its traceback.
-This module imports nothing of findlit: every layer may raise these.
+and exits with ``exit_code``, without a traceback (:mod:`findlit.cli.report`). Anything else is a
+bug and keeps its traceback. This module imports nothing of findlit: every layer may raise these.
+
+Every kind can be rebuilt from its message alone, because that is how torch's DataLoader re-raises
+a worker's exception in the main process: ``type(error)(text)``, where the text starts with
+``Caught <Name> in DataLoader worker process N.`` and holds the worker's traceback
+(``torch._utils.ExceptionWrapper.reraise``). The constructors find
+the original message in that text (:func:`original_message`), so a data error raised while a
+worker decodes a record reaches the user as that data error, with its own one-line message.
 """
 
 from __future__ import annotations
@@ -11,9 +18,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+_TRACEBACK = "Traceback (most recent call last):\n"
+
+
+def original_message(kind: type[BaseException], text: str) -> str:
+    """The message of a ``kind`` error that a DataLoader worker raised, from the text torch re-raises.
+
+    That text is ``Caught <Name> in DataLoader worker process N.``, then ``Original Traceback (most
+    recent call last):``, the frames, and the line ``<module>.<Name>: <message>`` (with the lines of
+    a message of several). The message is what follows the type's name in the last traceback (the
+    error itself, after any it was raised from). Any other text is returned as it is.
+    """
+    if not text.startswith(f"Caught {kind.__name__} ") or _TRACEBACK not in text:
+        return text
+    last = text.rsplit(_TRACEBACK, 1)[1]
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    header = f"\n{name}: "
+    at = last.find(header)
+    return text if at < 0 else last[at + len(header) :].rstrip("\n")
+
 
 class FindlitError(Exception):
     """Base of the errors a user can fix; the message says what is wrong and where.
+
+    Args:
+        message: what is wrong, naming the config key or file (or, rebuilt in the main process,
+            the text torch re-raises a worker's error with: see :func:`original_message`).
 
     Class attributes:
         label: how the command names the kind, e.g. ``"config error"``.
@@ -23,6 +55,9 @@ class FindlitError(Exception):
 
     label: ClassVar[str] = "error"
     exit_code: ClassVar[int] = 2
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(original_message(type(self), str(message)))
 
 
 class DataError(FindlitError):
@@ -39,9 +74,15 @@ class DataError(FindlitError):
     label = "data error"
 
     def __init__(
-        self, message: str, file: str | Path | None, record: str | None = None, key: str | None = None
+        self,
+        message: str,
+        file: str | Path | None = None,
+        record: str | None = None,
+        key: str | None = None,
     ):
-        self.message = message
+        # rebuilt from a worker's traceback text, the message is already rendered: file, record
+        # and key are in it and stay None here
+        self.message = original_message(type(self), message)
         self.file = str(file) if file is not None else None
         self.record = record
         self.key = key
@@ -84,3 +125,11 @@ class OutputError(FindlitError):
     """A run would overwrite or lose earlier outputs; raised before anything is written."""
 
     label = "output error"
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """A run would overwrite the outputs of an earlier one; raised before it starts, naming them.
+
+    An :class:`OutputError` (not any :class:`FileExistsError`) so that the ``findlit`` command
+    reports it as the user's to resolve, while a file clash from a bug keeps its traceback.
+    """

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from findlit.cli import main
-from findlit.cli.cache import rank_from_environment
+from findlit.cli.cache import cache_device, chosen_datasets, rank_from_environment
 from findlit.cli.config import build_datamodule, load_data_section
 from findlit.data.synthetic import generate
 from findlit.errors import ConfigError
@@ -212,3 +212,46 @@ def test_rank_from_environment() -> None:
 def test_usage_mentions_cache(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "findlit cache --config" in capsys.readouterr().err
+
+
+def corrupt_val_image(tmp_path: Path) -> Path:
+    """A copy of a generated dataset whose first validation image is not an image."""
+    root = tmp_path / "data"
+    generate(root, train=2, val=3, size=64, seed=2)
+    bad = sorted((root / "val").glob("*.jpg"))[0]
+    bad.write_bytes(b"not a jpeg")
+    return root
+
+
+def test_a_bad_image_is_a_data_error_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = corrupt_val_image(tmp_path)
+    config = write(tmp_path / "exp.yaml", experiment(root, tmp_path / "cache"))
+    code, _, err = run(capsys, "--config", config, "--split", "val")
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("findlit: data error: ") and "data.val[0]" in line
+
+
+def test_skipped_bad_images_are_reported_with_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = corrupt_val_image(tmp_path)
+    content = experiment(root, tmp_path / "cache")
+    content["data"]["on_bad_record"] = "skip"
+    config = write(tmp_path / "exp.yaml", content)
+    code, out, err = run(capsys, "--config", config, "--split", "val")
+    assert code == 1, err
+    assert "cap: skipped 0 bad record(s) and 1 bad image(s)" in out and "findlit data check" in out
+
+
+def test_chosen_datasets_and_device() -> None:
+    configs = build_datamodule(experiment(Path("/nowhere"), Path("/cache"))["data"]).configs["train"]
+    assert [(index, dataset.name) for index, dataset in chosen_datasets(configs, "train", None)] == [
+        (0, "pan")
+    ]
+    with pytest.raises(ConfigError, match=r"no dataset of data.train sets `features:`"):
+        chosen_datasets(configs, "train", ["cap"])
+    with pytest.raises(ConfigError, match=r"no dataset named \['nope'\]"):
+        chosen_datasets(configs, "train", ["nope"])
+    assert cache_device("cuda", 4, 2) == "cuda:2"
+    assert cache_device("cuda", 1, 0) == "cuda" and cache_device("cpu", 4, 2) == "cpu"

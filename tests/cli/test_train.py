@@ -25,14 +25,10 @@ from pycocotools import mask as mask_utils
 
 import findlit
 from findlit.cli import main
-from findlit.cli.train import FindLightningCLI, user_error_message, wants_default_progress_bar
+from findlit.cli.train import FindLightningCLI, wants_default_progress_bar
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.feature_cache.errors import StaleCacheError
 from findlit.data.synthetic import generate
-from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.encoders.registry import EncoderConfig
-from findlit.errors import ConfigError, DataError
-from findlit.outputs.test_results import OutputExistsError
 from tests.fixtures import COCO_SAMPLE, REPO, other_encoder_checkpoint
 from tests.training.test_module import INTERFACE, TASK_OPTIONS, data_section
 
@@ -118,6 +114,10 @@ def test_config_parses_with_print_config(
             "ffn_dim": 2048,
             "num_proposals": 100,
             "embed_dim": 512,
+            # every option is printed, with its default: FIND's prototype, no pooling
+            "prototype": None,
+            "mask_pooling": False,
+            "image_pooling": False,
         }
         assert model["lr"] == 1e-4 and model["weight_decay"] == 0.05
         assert printed["trainer"]["gradient_clip_val"] == 0.01
@@ -498,22 +498,6 @@ def failed_run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return err
 
 
-def test_our_errors_get_a_label_and_others_none() -> None:
-    key = "data.val[0].paths.panoptic_json"
-    assert user_error_message(ConfigError("data.predict[0].prompts: empty")) == (
-        "findlit: config error: data.predict[0].prompts: empty"
-    )
-    assert user_error_message(DataError("file not found", "a.json", key=key)) == (
-        f"findlit: data error: file not found [file a.json; set by config key '{key}']"
-    )
-    assert user_error_message(EncoderMismatchError("differ")) == "findlit: checkpoint error: differ"
-    assert user_error_message(StaleCacheError("stale")) == "findlit: cache error: stale"
-    assert user_error_message(OutputExistsError("earlier")) == "findlit: output error: earlier"
-    # the built-in types ours derive from say nothing about who is at fault
-    for other in (ValueError("x"), FileExistsError("x"), RuntimeError("x"), KeyError("x")):
-        assert user_error_message(other) is None
-
-
 @pytest.mark.parametrize(("subcommand", "split"), [("fit", "val"), ("validate", "val"), ("test", "test")])
 def test_missing_dataset_file_ends_the_run_with_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str, split: str
@@ -529,6 +513,69 @@ def test_missing_dataset_file_ends_the_run_with_exit_2(
     assert f"findlit: data error: file not found [file {missing}; set by config key '{key}']" in err
     assert earlier.read_bytes() == b"an earlier run's checkpoint"
     assert list((tmp_path / "logs").rglob("*.ckpt")) == [earlier]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_missing_checkpoint_ends_the_run_with_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
+) -> None:
+    configs = ["--config", str(tiny_config(tmp_path))]
+    if subcommand == "predict":
+        configs += ["--config", str(predict_partial(tmp_path, "request"))]
+    missing = tmp_path / "nowhere.ckpt"
+    err = failed_run(capsys, subcommand, *configs, "--ckpt_path", str(missing))
+    assert f"findlit: checkpoint error: --ckpt_path: no such file: {missing}" in err
+    assert not (tmp_path / "logs").exists()  # found before anything was built
+
+
+def test_missing_checkpoint_of_predict_on_images(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.ckpt"
+    image = COCO_SAMPLE / "val2017" / "000000142238.jpg"
+    out = tmp_path / "out"
+    argv = ["--ckpt_path", str(missing), "--images", str(image), "--prompts", "a cat", "--out", str(out)]
+    err = failed_run(capsys, "predict", *argv)
+    assert err == f"findlit: checkpoint error: --ckpt_path: no such file: {missing}\n"
+    assert not out.exists()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_earlier_run_folder_is_refused_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
+) -> None:
+    """A run folder with an earlier run's config.yaml: an output error, and the folder as it was."""
+    config = tiny_config(tmp_path)
+    run_dir = tmp_path / "logs" / "lightning_logs" / "version_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("an earlier run's config\n")
+    (run_dir / "metrics.csv").write_text("step,loss\n0,1.0\n")
+    before = tree(tmp_path / "logs")
+    err = failed_run(capsys, subcommand, "--config", str(config), "--trainer.logger.init_args.version", "0")
+    [line] = [line for line in err.splitlines() if line.startswith("findlit:")]
+    assert line.startswith(f"findlit: output error: {run_dir / 'config.yaml'} exists"), err
+    assert tree(tmp_path / "logs") == before
+
+
+def test_data_error_in_a_dataloader_worker_reaches_the_user(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A record that fails to decode in a worker process: the DataError itself, one line, exit 2."""
+    config = tiny_config(tmp_path)
+    for image in (tmp_path / "data" / "val").glob("*.jpg"):
+        image.write_bytes(b"not a jpeg")
+    err = failed_run(capsys, "validate", "--config", str(config), "--data.num_workers", "1")
+    [line] = [line for line in err.splitlines() if line.startswith("findlit:")]
+    assert line.startswith("findlit: data error: "), err
+    assert "DataLoader worker" not in line and str(tmp_path / "data" / "val") in line
+    assert "data.val[0]" in line
 
 
 def test_wrong_model_tasks_end_the_run_with_exit_2(
@@ -708,7 +755,9 @@ def test_fit_with_the_wandb_config_offline_logs_metrics_and_config(
     assert {"train/loss", "val/demo_panoptic/mIoU", "val/demo_refs/cIoU"} <= metrics
     # the resolved config, every section
     assert logged["trainer"]["max_steps"] == 2
-    assert logged["model"]["interface"] == INTERFACE
+    # the resolved interface: the config's options and every other one at its default
+    defaults = {"prototype": None, "mask_pooling": False, "image_pooling": False}
+    assert logged["model"]["interface"] == defaults | INTERFACE
     assert logged["data"]["steps_per_epoch"] == 2
 
 

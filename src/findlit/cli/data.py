@@ -74,7 +74,7 @@ def run_check(args: Namespace) -> int:
     """``findlit data check``: print counts and problems; non-zero exit when anything is wrong."""
     from findlit.data.check import check_predict, check_stages, format_reports
 
-    datamodule = build_datamodule(load_data_section(args.config))
+    datamodule = build_datamodule(load_data_section(args.config), args.config)
     wanted = CHECK_STAGES if args.stage is None else (args.stage,)
     stages = {stage: datamodule.configs[stage] for stage in wanted if stage != "predict"}
     predict = datamodule.predict_configs if "predict" in wanted else []

@@ -10,6 +10,10 @@ predicts on the image files it is given instead (see :mod:`findlit.cli.predict`)
 decodes every record of the datasets an experiment config names, and every image of its
 ``data.predict`` entries, and reports what is wrong;
 ``findlit cache`` fills the vision feature caches of a split (see :mod:`findlit.cli.cache`).
+
+Every subcommand runs through the one reporter, :func:`findlit.cli.report.run_reported`: an error
+of the user's is one line, ``findlit: <label>: <message>``, and exit code 2; ``data check`` and
+``cache`` exit with 1 when they found problems in the data; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 
 from findlit import __version__
 from findlit.cli.commands import TRAINER_SUBCOMMANDS
-from findlit.errors import ConfigError
+from findlit.cli.report import USER_ERROR, run_reported
 
 USAGE = """\
 usage: findlit data {synth,check} ...
@@ -49,7 +53,7 @@ def _has_config(arguments: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``findlit`` console script."""
+    """Entry point of the ``findlit`` console script: dispatch, and report the user's errors."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments in (["--version"], ["-V"]):
         print(f"findlit {__version__}")
@@ -57,10 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments in (["--help"], ["-h"]):
         print(USAGE)
         return 0
+    return run_reported(lambda: _dispatch(arguments, from_sys_argv=argv is None))
+
+
+def _dispatch(arguments: list[str], from_sys_argv: bool) -> int:
+    """Run the subcommand ``arguments[0]`` and return its exit code (its errors propagate)."""
     if arguments and arguments[0] in TRAINER_SUBCOMMANDS:
         if len(arguments) == 1:  # nothing to train or evaluate: no config, no model
             print(USAGE, file=sys.stderr)
-            return 2
+            return USER_ERROR
         if arguments[0] == "predict" and not _has_config(arguments[1:]):
             from findlit.cli.predict import main as predict_main
 
@@ -68,27 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from findlit.cli.train import run
 
         # None: LightningCLI reads sys.argv itself (it warns when given both)
-        return run(None if argv is None else arguments)
+        return run(None if from_sys_argv else arguments)
     if arguments and arguments[0] == "cache":
         from findlit.cli.cache import main as cache_main
 
         return cache_main(arguments[1:])
     if not arguments or arguments[0] != "data":
         print(USAGE, file=sys.stderr)
-        return 2
+        return USER_ERROR
     from findlit.cli.data import data_parser, run_check, run_synth
 
     args = data_parser().parse_args(arguments[1:])
-    try:
-        if args.subcommand == "synth":
-            return run_synth(args.synth)
-        return run_check(args.check)
-    except ConfigError as error:
-        print(f"findlit: config error: {error}", file=sys.stderr)
-        return 2
-    except FileExistsError as error:
-        print(f"findlit: {error}", file=sys.stderr)
-        return 2
+    if args.subcommand == "synth":
+        return run_synth(args.synth)
+    return run_check(args.check)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,9 @@ prompts, class names, resize, batch size), written to ``predictions/<name>/<stem
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from jsonargparse import ArgumentParser
-
-from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.errors import ConfigError
 
 
 def _names(value: str | None) -> list[str]:
@@ -72,26 +68,28 @@ def parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run ``findlit predict`` on images (``argv`` without the subcommand); returns the exit code."""
-    from findlit.inference.predictor import PredictError, Predictor, check_files, check_prompts
+    """Run ``findlit predict`` on images (``argv`` without the subcommand); returns the exit code.
+
+    Its errors (a bad request, a missing image or checkpoint, earlier outputs, a checkpoint of other
+    encoders) are :class:`~findlit.errors.FindlitError` s, reported by the dispatcher.
+    """
+    from findlit.inference.predictor import Predictor, check_files, check_prompts
+    from findlit.training.checkpoint_io import require_checkpoint_file
 
     args = parser().parse_args(list(argv))
     classes, stuff = _names(args.classes), _names(args.stuff)
-    try:
-        # the request and the files first: a bad one should not wait for the checkpoint to load
-        check_prompts(args.prompts, classes, stuff)
-        check_files(args.images, args.out, args.overwrite)
-        predictor = Predictor.from_checkpoint(
-            args.ckpt_path,
-            image_size=args.image_size,
-            device=args.device,
-            mode=args.mode,
-            min_score=args.min_score,
-        )
-        written = predictor.write(args.images, args.out, args.prompts, classes, stuff, args.overwrite)
-    except (PredictError, ConfigError, EncoderMismatchError, FileNotFoundError, FileExistsError) as error:
-        print(f"findlit predict: {error}", file=sys.stderr)
-        return 2
+    # the request and the files first: a bad one should not wait for the checkpoint to load
+    check_prompts(args.prompts, classes, stuff)
+    check_files(args.images, args.out, args.overwrite)
+    require_checkpoint_file(args.ckpt_path)
+    predictor = Predictor.from_checkpoint(
+        args.ckpt_path,
+        image_size=args.image_size,
+        device=args.device,
+        mode=args.mode,
+        min_score=args.min_score,
+    )
+    written = predictor.write(args.images, args.out, args.prompts, classes, stuff, args.overwrite)
     for overlay, document in written:
         print(f"{overlay}\n{document}")
     return 0

@@ -9,10 +9,13 @@ section). Configs are parsed in OmegaConf mode, so ``${...}`` interpolations res
     findlit fit --config configs/demo.yaml --print_config
     findlit test --config configs/demo.yaml --ckpt_path logs/demo/.../checkpoints/last.ckpt
 
-Unknown keys are errors that name the key. So are the problems found after parsing, before
-anything trains (a missing dataset file, an empty ``data.predict`` request, a checkpoint of other
-encoders...): the command prints ``findlit: config error: ...`` (or ``data error``...) and exits
-with code 2, without a traceback (:func:`run`). The Trainer defaults to ``use_distributed_sampler:
+An unknown key or a value of the wrong type is a config error naming the key (with its list
+index, ``data.train[0].pathz``) and the config file that set it (:mod:`findlit.cli.parse_errors`);
+``model.task_options`` are checked against the task classes right after parsing. So are the
+problems found after parsing, before anything trains (a missing dataset file or ``--ckpt_path``,
+an empty ``data.predict`` request, a checkpoint of other encoders...): the command prints
+``findlit: config error: ...`` (or ``data error``...) and exits with code 2, without a traceback
+(:mod:`findlit.cli.report`). The Trainer defaults to ``use_distributed_sampler:
 false`` (the DataModule shards by rank itself).
 
 ``findlit test`` also writes ``metrics.json`` and its predictions in standard formats (COCO
@@ -28,12 +31,13 @@ masks) per image in the run's log dir, refusing to overwrite earlier outputs: se
     findlit predict --config configs/demo.yaml --config configs/predict/coco_sample.yaml \
         --ckpt_path logs/demo/.../checkpoints/last.ckpt
 
-The resolved config is saved as ``config.yaml`` in the run's log dir. Lightning's default
-behaviour is kept: when that file already exists (a re-run into the same log dir) the run stops
-with an error instead of overwriting it; pick another ``trainer.default_root_dir`` or logger
-version, or pass ``--trainer.logger`` with a fresh ``version``. Loggers without a folder per run
-(W&B...) get the resolved config through ``log_hyperparams`` and their ``config.yaml`` next to the
-run's checkpoints (:class:`SaveAndLogConfigCallback`). The progress bar is Rich's by default.
+The resolved config is saved as ``config.yaml`` in the run's log dir. When that file already
+exists (a re-run into the same log dir) the run stops before it starts, with an output error,
+instead of overwriting it (Lightning's rule, without its traceback and before the loggers write
+into the folder); pick another ``trainer.default_root_dir`` or logger version. Loggers without
+a folder per run (W&B...) get the resolved config through ``log_hyperparams`` and their
+``config.yaml`` next to the run's checkpoints (:class:`SaveAndLogConfigCallback`). The progress
+bar is Rich's by default.
 """
 
 from __future__ import annotations
@@ -43,21 +47,25 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from findlit.cli.config import config_files, key_source
+from findlit.cli.parse_errors import FindArgumentParser
 from findlit.data.datamodule import MultiTaskDataModule
-from findlit.data.feature_cache.errors import FeatureCacheError
-from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.errors import ConfigError, DataError
+from findlit.errors import ConfigError, OutputError
+from findlit.option_errors import format_key
 from findlit.outputs.prediction_writer import PredictionWriter
-from findlit.outputs.test_results import OutputExistsError, TestResultsWriter
-from findlit.training.checkpoint_io import UnsafeCheckpointError, UseSafeCheckpointIO
+from findlit.outputs.test_results import TestResultsWriter
+from findlit.training.checkpoint_io import UseSafeCheckpointIO, require_checkpoint_file
+from findlit.training.model_options import task_classes, task_options_problem
 from findlit.training.module import FINDModule
 from findlit.training.rng_states import RestoreRNGStates
 
@@ -119,7 +127,37 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
     behaviour). Other loggers (W&B, MLflow...) get the whole resolved config, as nested sections, through
     ``log_hyperparams``; Lightning would put their ``config.yaml`` in their ``save_dir``, shared by every
     run, so it goes to ``<save_dir>/<name>/<version>/`` instead, next to the run's checkpoints.
+
+    An existing ``config.yaml`` (a re-run into the same run folder) is an
+    :class:`~findlit.errors.OutputError`: found before the run starts when the folder is known then
+    (:meth:`early_config_path`: CSV and TensorBoard loggers, or none), else when the run sets up.
     """
+
+    def early_config_path(self, trainer: Trainer) -> str | None:
+        """Where ``config.yaml`` will go, when known before the run starts; else None.
+
+        Lightning's rule (``trainer.log_dir``): the first logger's ``log_dir`` for CSV and
+        TensorBoard (computed from the folders that exist: nothing is created), the trainer's
+        ``default_root_dir`` without a logger. Other loggers name their run when it starts.
+        """
+        if not self.save_to_log_dir:
+            return None
+        if not trainer.loggers:
+            log_dir = trainer.default_root_dir
+        elif isinstance(trainer.loggers[0], (CSVLogger, TensorBoardLogger)):
+            log_dir = trainer.loggers[0].log_dir
+        else:
+            return None
+        return os.path.join(log_dir, self.config_filename)
+
+    def refuse_earlier_run(self, config_path: str | None) -> None:
+        """Raise an OutputError when ``config_path`` exists and may not be overwritten."""
+        if config_path is None or self.overwrite or not get_filesystem(config_path).isfile(config_path):
+            return
+        raise OutputError(
+            f"{config_path} exists: this run folder holds an earlier run, which is kept. Set another "
+            "trainer.default_root_dir, or another logger version (e.g. --trainer.logger.init_args.version)"
+        )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Move ``config.yaml`` into the run's own folder when the first logger has none, then save."""
@@ -134,6 +172,10 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
                 if trainer.is_global_zero:
                     root = first.save_dir if first.save_dir is not None else trainer.default_root_dir
                     os.makedirs(os.path.join(root, run_dir), exist_ok=True)
+        if not self.already_saved and self.save_to_log_dir and trainer.is_global_zero:
+            # Lightning's own refusal is a RuntimeError with a traceback; ours is the user's to fix
+            log_dir = trainer.log_dir
+            self.refuse_earlier_run(None if log_dir is None else os.path.join(log_dir, self.config_filename))
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -155,6 +197,7 @@ class FindLightningCLI(LightningCLI):
         parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
         super().__init__(
             model_class=FINDModule,
+            parser_class=kwargs.pop("parser_class", FindArgumentParser),
             datamodule_class=MultiTaskDataModule,
             trainer_defaults=TRAINER_DEFAULTS | kwargs.pop("trainer_defaults", {}),
             save_config_callback=kwargs.pop("save_config_callback", SaveAndLogConfigCallback),
@@ -184,6 +227,16 @@ class FindLightningCLI(LightningCLI):
             "the test datasets are data.test",
         )
 
+    def after_instantiate_classes(self) -> None:
+        """Refuse a run folder that holds an earlier run's ``config.yaml`` before the run starts.
+
+        The loggers would otherwise create their files in it (TensorBoard's events, CSV's
+        ``metrics.csv``, which a new run replaces) before Lightning's config callback refuses it.
+        """
+        for callback in getattr(self.trainer, "callbacks", []):  # set by the Trainer at runtime
+            if isinstance(callback, SaveAndLogConfigCallback):
+                callback.refuse_earlier_run(callback.early_config_path(self.trainer))
+
     def after_fit(self) -> None:
         """Test the checkpoint that ``test_after_fit`` names, when set (``findlit fit`` only)."""
         checkpoint = self._get(self.config, "test_after_fit")
@@ -203,9 +256,55 @@ class FindLightningCLI(LightningCLI):
         if arguments.get("return_predictions") is None:
             arguments["return_predictions"] = False
 
+    def _arguments(self) -> list[str]:
+        """The command line that was parsed (the parser keeps it)."""
+        arguments = getattr(self.parser, "args", None)
+        return list(arguments) if isinstance(arguments, list) else []
+
+    def _check_sections(self, config: Any) -> None:
+        """Refuse a top-level key of a config file that is no section (jsonargparse ignores it)."""
+        known = {str(key).split(".", 1)[0] for key in config.keys()}  # noqa: SIM118 (dotted keys of a Namespace)
+        for path in config_files(self._arguments()):
+            try:
+                content = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # the parser has read it already; nothing to add
+            unknown = sorted(set(content) - known) if isinstance(content, dict) else []
+            if unknown:
+                raise ConfigError(f"{unknown[0]}: no such section (in {path})")
+
+    def _check_task_options(self, model: Any) -> None:
+        """Raise a ConfigError naming ``model.task_options.<task>.<option>`` and its config file."""
+        if model is None:
+            return
+        tasks = model.get("tasks")
+        tasks = list(task_classes()) if tasks is None else list(tasks)
+        problem = task_options_problem(model.get("task_options"), tasks)
+        if problem is None:
+            return
+        key, message = problem
+        arguments = self._arguments()
+        where = key_source(key, config_files(arguments), arguments)
+        raise ConfigError(f"{format_key(key)}: {message}{f' ({where})' if where else ''}")
+
     def _best_checkpoint_exists(self) -> bool:
         callback = self.trainer.checkpoint_callback
         return bool(getattr(callback, "best_model_path", ""))
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check what the parser cannot, before anything is loaded, seeded or built.
+
+        Checked: each ``model.task_options.<task>`` against its task class's signature (the tasks
+        are an open set, so their options are a plain mapping to the parser), and a ``--ckpt_path``
+        that names no file (LightningCLI would read its hyperparameters next, and Lightning find
+        it missing only once the run has started).
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        self._check_sections(config)
+        self._check_task_options(config.get("model"))
+        require_checkpoint_file(config.get("ckpt_path"))
 
     def before_instantiate_classes(self) -> None:
         """Add the default RichProgressBar (a fresh one per run) when the config allows it."""
@@ -216,36 +315,14 @@ class FindLightningCLI(LightningCLI):
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, RichProgressBar()]}
 
 
-USER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (ConfigError, "config error"),
-    (DataError, "data error"),
-    (FeatureCacheError, "cache error"),
-    (EncoderMismatchError, "checkpoint error"),
-    (UnsafeCheckpointError, "checkpoint error"),
-    (OutputExistsError, "output error"),
-)
-"""findlit's own errors that stop a run on something the user fixes, and the label each is printed
-with: a config key, a data file, a feature cache, a ``--ckpt_path`` checkpoint, earlier outputs.
-Each message names the key or file, so a traceback would only hide it."""
-
-
-def user_error_message(error: BaseException) -> str | None:
-    """``findlit: <label>: <message>`` for one of :data:`USER_ERRORS`; None for any other exception."""
-    for kind, label in USER_ERRORS:
-        if isinstance(error, kind):
-            return f"findlit: {label}: {error}"
-    return None
-
-
 def run(args: Sequence[str] | None = None) -> int:
     """Run one LightningCLI subcommand (``args``, default ``sys.argv[1:]``) and return its exit code.
 
-    Parse errors, ``--help`` and ``--print_config`` end the parser with ``SystemExit``: its code is
-    returned. One of :data:`USER_ERRORS`, raised while building the model and data or by the run
-    (e.g. a missing dataset file in the DataModule's setup, a checkpoint of other encoders), is
-    printed as ``findlit: <label>: <message>`` on stderr and gives exit code 2; any other exception
-    is a bug and keeps its traceback. Lightning has already torn the run down by then (its loggers
-    are finalised as failed); nothing of the user's is removed.
+    ``--help`` and ``--print_config`` end the parser with ``SystemExit``: its code is returned. A
+    :class:`~findlit.errors.FindlitError` (a config error from the parser, a missing dataset file in
+    the DataModule's setup, a checkpoint of other encoders...) propagates to the dispatcher's
+    reporter (:mod:`findlit.cli.report`); Lightning has already torn the run down by then (its
+    loggers are finalised as failed), and nothing of the user's is removed.
     """
     try:
         FindLightningCLI(args=args)
@@ -257,12 +334,4 @@ def run(args: Sequence[str] | None = None) -> int:
             return code
         print(code, file=sys.stderr)
         return 1
-    except Exception as error:
-        # Trainer.fit/validate/test/predict re-raise the original exception after their teardown,
-        # so our own types arrive here unwrapped
-        message = user_error_message(error)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
-        return 2
     return 0

@@ -15,11 +15,12 @@ from torch import nn
 
 from findlit.encoders.base import FrozenEncoder
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import CheckpointError
 
 CHECKPOINT_KEY = "findlit_encoder_specs"
 
 
-class EncoderMismatchError(RuntimeError):
+class EncoderMismatchError(CheckpointError, RuntimeError):
     """The encoders of a checkpoint differ from the ones this run built."""
 
 

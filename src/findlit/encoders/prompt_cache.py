@@ -34,6 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 from findlit.atomic_files import write_bytes_atomic
 from findlit.encoders.base import DTYPES, TextEmbeddings, TextEncoder
 from findlit.encoders.spec import EncoderSpec
+from findlit.errors import CacheError
 
 FORMAT_VERSION = 1
 """Version of the on-disk layout; a manifest with another version is an error."""
@@ -41,17 +42,21 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class PromptCacheError(RuntimeError):
+class PromptCacheError(CacheError, RuntimeError):
     """A persisted prompt cache that cannot be used; names the offending file.
 
     Args:
         message: what is wrong.
-        file: the manifest or entries file.
+        file: the manifest or entries file; None when the error is rebuilt from its message alone
+            (see :mod:`findlit.errors`).
 
     """
 
-    def __init__(self, message: str, file: str | Path):
-        self.file = str(file)
+    def __init__(self, message: str, file: str | Path | None = None):
+        self.file = None if file is None else str(file)
+        if file is None:
+            super().__init__(message)
+            return
         super().__init__(
             f"{message} [file {self.file}]; delete the folder {Path(file).parent} to rebuild the cache"
         )

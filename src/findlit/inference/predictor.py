@@ -41,9 +41,10 @@ from findlit.data.predict_config import (
 from findlit.data.predict_dataset import prediction_sample, read_upright_image
 from findlit.data.transforms import Resize
 from findlit.encoders.checkpoint import EncoderMismatchError
-from findlit.errors import DataError
+from findlit.errors import ConfigError, DataError
 from findlit.outputs.overlay import output_paths, refuse_existing
 from findlit.tasks.requests import Prediction, capability_problem, predict_batch
+from findlit.training.checkpoint_io import require_checkpoint_file
 from findlit.training.module import FINDModule
 
 __all__ = [
@@ -63,8 +64,11 @@ _DATASET = "findlit.predict"
 """Dataset name of the batches built here; the on-the-fly vocabulary is registered under it."""
 
 
-class PredictError(ValueError):
-    """A prediction request that cannot run: no prompts, a missing image, an existing output..."""
+class PredictError(ConfigError):
+    """A prediction request that cannot run: no prompts, a missing image, colliding outputs...
+
+    A config error: the request (the command's arguments or a ``Predictor`` call) is what to fix.
+    """
 
 
 def read_image(path: str | Path) -> Tensor:
@@ -92,9 +96,9 @@ def training_resize(checkpoint: Mapping[str, Any], path: Path) -> tuple[int | No
                 loaded = yaml.safe_load(config.read_text())
             except yaml.YAMLError:
                 loaded = None
+            # LightningCLI saves its resolved config with the data section in the plain form (the
+            # DataModule class is fixed), never as class_path/init_args
             data = loaded.get("data") if isinstance(loaded, dict) else None
-            if isinstance(data, dict) and "init_args" in data:
-                data = data["init_args"]
     if not isinstance(data, Mapping):
         return None, None
     return evaluation_resize(data)
@@ -174,14 +178,13 @@ class Predictor:
         """Load a checkpoint; the resize defaults to its training config's (:func:`training_resize`).
 
         Raises:
-            FileNotFoundError: no checkpoint at ``path``.
+            CheckpointNotFoundError: no checkpoint at ``path`` (a :class:`FileNotFoundError`).
             EncoderMismatchError: the checkpoint was trained on other encoders than the ones its
                 config builds here (the message names the checkpoint and every difference).
 
         """
+        require_checkpoint_file(path, "checkpoint")
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
             module = FINDModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except EncoderMismatchError as error:

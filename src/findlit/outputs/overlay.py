@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from findlit.atomic_files import atomic_write
+from findlit.errors import OutputExistsError
 from findlit.outputs.coco_writers import as_mask_array, encode_masks
 
 LABEL_CHARS = 32
@@ -45,10 +46,10 @@ def output_paths(image: str | Path, out: str | Path) -> tuple[Path, Path]:
 
 
 def refuse_existing(paths: Sequence[Path]) -> None:
-    """Raise :class:`FileExistsError` naming those of ``paths`` that exist."""
+    """Raise :class:`~findlit.errors.OutputExistsError` naming those of ``paths`` that exist."""
     existing = [str(path) for path in paths if path.exists()]
     if existing:
-        raise FileExistsError(f"output exists (pass overwrite to replace it): {', '.join(existing)}")
+        raise OutputExistsError(f"output exists (pass overwrite to replace it): {', '.join(existing)}")
 
 
 # Hue step of the golden ratio: consecutive masks get far-apart hues, the same index the same colour.

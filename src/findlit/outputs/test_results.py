@@ -50,6 +50,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from findlit.errors import OutputExistsError
 from findlit.nearest_resize import resize_nearest
 from findlit.outputs.coco_writers import write_json_atomic
 from findlit.outputs.overlays_sink import OVERLAYS_FOLDER, OverlayLayersFn, OverlaySink, log_overlays_to_wandb
@@ -114,14 +115,6 @@ def run_directory(trainer: L.Trainer) -> Path:
     path = trainer.strategy.broadcast(path)
     assert path is not None  # rank 0 always sets it
     return Path(path)
-
-
-class OutputExistsError(FileExistsError):
-    """A run would overwrite the outputs of an earlier one; raised before it starts, naming them.
-
-    Its own type (not any :class:`FileExistsError`) so that the ``findlit`` command can report it as
-    the user's to resolve, while a file clash from a bug keeps its traceback.
-    """
 
 
 def _existing_output(directory: Path, predictions: bool, overlays: bool = False) -> str | None:

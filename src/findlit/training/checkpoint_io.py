@@ -40,6 +40,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from findlit.atomic_files import TEMPORARY_MARK, atomic_write, remove_dead_leftovers
+from findlit.errors import CheckpointError
 
 PARTIAL_NAME = "findlit-partial-checkpoint"
 """Leading part of the name of the temporary file a checkpoint is written to before its rename."""
@@ -48,8 +49,36 @@ PARTIAL_PREFIX = f"{PARTIAL_NAME}{TEMPORARY_MARK}"
 """How the names of those temporary files (and of killed writers' leftovers) begin."""
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """A checkpoint holds pickled objects that are not plain data, so loading it could run code."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """``--ckpt_path`` (or ``Predictor.from_checkpoint``) names no file."""
+
+
+CHECKPOINT_NAMES = ("best", "last", "hpc", "registry")
+"""``--ckpt_path`` values that Lightning resolves itself (``registry:<name>`` too), not file paths."""
+
+
+def require_checkpoint_file(path: str | os.PathLike[str] | None, key: str = "--ckpt_path") -> None:
+    """Refuse a local ``path`` that is not a file, before anything is built or written.
+
+    None, Lightning's own names (:data:`CHECKPOINT_NAMES`) and remote URLs (``s3://``...) pass:
+    Lightning resolves those itself.
+
+    Raises:
+        CheckpointNotFoundError: naming ``key`` and the path.
+
+    """
+    if path is None:
+        return
+    text = os.fspath(path)
+    if text in CHECKPOINT_NAMES or text.startswith("registry:") or "://" in text:
+        return
+    if not os.path.isfile(text):
+        where = "is a folder, not a checkpoint file" if os.path.isdir(text) else "no such file"
+        raise CheckpointNotFoundError(f"{key}: {where}: {text}")
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -49,11 +49,17 @@ from findlit.encoders.prompt_cache import PromptCache
 from findlit.encoders.registry import EncoderConfig
 from findlit.errors import ConfigError
 from findlit.interface.find import FINDInterface
-from findlit.losses import LossWeights
 from findlit.metrics import clone_for_stage
 from findlit.tasks.base import EvaluatedDataset, Task, TaskContext, TaskMetrics, Vocabulary
-from findlit.tasks.registry import task_class, task_names
+from findlit.tasks.registry import task_class
 from findlit.tasks.requests import Prediction, capability_problem, predict_batch
+from findlit.training.model_options import (
+    InterfaceOptions,
+    interface_hparams,
+    interface_kwargs,
+    task_classes,
+    task_kwargs,
+)
 from findlit.training.optimization import lr_factor, parameter_groups
 
 VOCABULARY_KEY = "findlit_vocabularies"
@@ -69,14 +75,12 @@ def _encoder_config(value: EncoderConfig | dict[str, Any]) -> EncoderConfig:
     return EncoderConfig(str(value["name"]), dict(value.get("options") or {}))
 
 
-def _task_options(task: type[Task], options: dict[str, Any], num_proposals: int) -> dict[str, Any]:
-    """A task's kwargs: ``weights`` as LossWeights; ``num_proposals`` defaults to the interface's."""
-    options = dict(options)
-    if isinstance(options.get("weights"), dict):
-        options["weights"] = LossWeights(**options["weights"])
-    if "num_proposals" in inspect.signature(task.__init__).parameters:
-        options.setdefault("num_proposals", num_proposals)
-    return options
+def _task_options(name: str, options: dict[str, Any] | None, num_proposals: int) -> dict[str, Any]:
+    """A task's kwargs, checked (``weights`` built); ``num_proposals`` defaults to the interface's."""
+    kwargs = task_kwargs(name, options)
+    if "num_proposals" in inspect.signature(task_classes()[name].__init__).parameters:
+        kwargs.setdefault("num_proposals", num_proposals)
+    return kwargs
 
 
 def check_dataset_tasks(configs: Mapping[str, Sequence[DatasetConfig]], model_tasks: Sequence[str]) -> None:
@@ -112,13 +116,15 @@ class FINDModule(L.LightningModule):
     Args:
         vision_encoder: the frozen image encoder (registry name and options).
         text_encoder: the frozen text encoder (registry name and options).
-        interface: keyword arguments of :class:`~findlit.interface.find.FINDInterface` besides
-            ``in_channels`` and ``text_dim`` (``hidden_dim``, ``num_layers``, ``num_heads``,
-            ``ffn_dim``, ``num_proposals``, ``embed_dim``).
+        interface: the options of :class:`~findlit.interface.find.FINDInterface` (all its arguments
+            but ``in_channels`` and ``text_dim``; see
+            :data:`~findlit.training.model_options.InterfaceOptions`); a dict of some of them is
+            accepted too (checkpoint hyperparameters).
         tasks: the names of the tasks to build (:mod:`findlit.tasks.registry`; default: every
             registered task, i.e. findlit's four unless more were registered).
-        task_options: task name -> keyword arguments of its task class (``weights`` as a dict of
-            LossWeights fields); ``num_proposals`` defaults to the interface's.
+        task_options: task name -> keyword arguments of its task class, checked against its
+            signature (``weights`` as a dict of LossWeights fields); ``num_proposals`` defaults to
+            the interface's.
         lr: AdamW base learning rate (FIND: 1e-4).
         weight_decay: AdamW weight decay of the decayed group (FIND: 0.05).
         warmup_steps: optimiser steps of linear warmup (FIND: 10).
@@ -133,7 +139,7 @@ class FINDModule(L.LightningModule):
         self,
         vision_encoder: EncoderConfig = EncoderConfig("timm"),  # noqa: B008 (a config value)
         text_encoder: EncoderConfig = EncoderConfig("hf_text"),  # noqa: B008 (a config value)
-        interface: dict[str, Any] | None = None,
+        interface: InterfaceOptions = InterfaceOptions(),  # noqa: B008 (a frozen dataclass)
         tasks: list[str] | None = None,
         task_options: dict[str, dict[str, Any]] | None = None,
         lr: float = 1e-4,
@@ -146,17 +152,20 @@ class FINDModule(L.LightningModule):
         super().__init__()
         vision_config = _encoder_config(vision_encoder)
         text_config = _encoder_config(text_encoder)
-        tasks = task_names() if tasks is None else list(tasks)
-        unknown = sorted(set(tasks) - set(task_names()))
+        known = task_classes()
+        tasks = list(known) if tasks is None else list(tasks)
+        unknown = sorted(set(tasks) - set(known))
         if unknown:
-            raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {task_names()}")
+            raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {list(known)}")
         extra = sorted(set(task_options or {}) - set(tasks))
         if extra:
             raise ConfigError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
+        interface_options = interface_kwargs(interface)
         # hyperparameters are plain data (checkpoints load with weights_only=True)
-        self.save_hyperparameters(ignore=["vision_encoder", "text_encoder", "tasks"])
+        self.save_hyperparameters(ignore=["vision_encoder", "text_encoder", "tasks", "interface"])
         self.hparams["vision_encoder"] = asdict(vision_config)
         self.hparams["text_encoder"] = asdict(text_config)
+        self.hparams["interface"] = interface_hparams(interface_options)
         self.hparams["tasks"] = tasks
         self.hparams["lr_milestones"] = tuple(float(m) for m in lr_milestones)
 
@@ -170,14 +179,12 @@ class FINDModule(L.LightningModule):
         self.text_encoder = text
         self.prompt_cache = PromptCache(text, max_entries=prompt_cache_size)
         self.interface = FINDInterface(
-            in_channels=dict(vision.channels), text_dim=text.dim, **(interface or {})
+            in_channels=dict(vision.channels), text_dim=text.dim, **interface_options
         )
         self.tasks = nn.ModuleDict(
             {
-                name: task_class(name)(
-                    **_task_options(
-                        task_class(name), (task_options or {}).get(name, {}), self.interface.num_proposals
-                    )
+                name: known[name](
+                    **_task_options(name, (task_options or {}).get(name), self.interface.num_proposals)
                 )
                 for name in tasks
             }

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from findlit.errors import CacheError
 
-class FeatureCacheError(Exception):
+
+class FeatureCacheError(CacheError):
     """A feature cache cannot be used as it is; the message names the folder or shard file."""
 
 
@@ -24,11 +26,17 @@ class CorruptShardError(FeatureCacheError):
 
     Args:
         path: the shard file (or sidecar) at fault.
-        problem: what is wrong with it.
+        problem: what is wrong with it. None when the error is rebuilt from its message alone
+            (``path`` is then that message), as torch's DataLoader re-raises a worker's error.
 
     """
 
-    def __init__(self, path: Path, problem: str):
+    def __init__(self, path: Path | str, problem: str | None = None):
+        self.path: Path | None
+        if problem is None:
+            super().__init__(str(path))
+            self.path, self.problem = None, str(self)
+            return
         self.path = Path(path)
         self.problem = problem
         super().__init__(
@@ -37,7 +45,9 @@ class CorruptShardError(FeatureCacheError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # DataLoader workers pickle errors back to the main process.
+        # a process pool pickles errors back to its parent: keep the path and the problem apart
+        if self.path is None:
+            return (type(self), (str(self),))
         return (type(self), (self.path, self.problem))
 
 

@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from findlit.data.synthetic.vocabulary import SPLITS
+from findlit.errors import OutputError
 
 MARKER_NAME = ".findlit-synth.json"
 # The marker names the generator; a folder whose marker names anything else is never cleared.
 GENERATOR_TAG = "findlit.data.synthetic"
 FORMAT_VERSION = 1
+
+
+class ForeignFolderError(OutputError, FileExistsError):
+    """``--out`` names a file, or a folder with files the generator did not write: nothing is written."""
 
 
 def _generated_paths(out: Path) -> list[Path]:
@@ -41,10 +46,10 @@ def _is_generated(out: Path) -> bool:
 def prepare_out_folder(out: Path, params: dict[str, Any]) -> None:
     """Create ``out`` or clear a previous generation in it; refuse a folder the user filled."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another --out")
+        raise ForeignFolderError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
         if not _is_generated(out):
-            raise FileExistsError(
+            raise ForeignFolderError(
                 f"{out} is not empty and was not written by the synthetic data generator "
                 f"(no {MARKER_NAME}); choose an empty or new folder"
             )

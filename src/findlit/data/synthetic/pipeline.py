@@ -54,7 +54,8 @@ def generate(
 
     The same ``seed`` gives byte-identical files for any ``workers``. ``out`` must be missing, empty,
     or a previous output of this function (recognised by its marker file, and then replaced);
-    otherwise :class:`FileExistsError` is raised and nothing is written.
+    otherwise :class:`~findlit.data.synthetic.output_folder.ForeignFolderError` (an output error and
+    a :class:`FileExistsError`) is raised and nothing is written.
 
     Returns:
         The output folder, per-split counts and the wall time in seconds.
