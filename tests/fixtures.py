@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -38,3 +41,23 @@ def other_encoder_checkpoint(checkpoint: Path, folder: Path) -> Path:
     other = folder / "other_encoder.ckpt"
     torch.save(content, other)
     return other
+
+
+def kill_writer_midway(code: str, target: Path) -> int:
+    """Run ``code`` (``python -c``, ``sys.argv[1]`` = ``target``) until it prints "half written", SIGKILL it.
+
+    The source tree comes first on its path, as in the tests' own process. Returns its pid.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True, cwd=REPO, env=env
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "half written"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait(timeout=60)
+    assert writer.returncode == -signal.SIGKILL
+    return writer.pid

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from findlit.atomic_files import (
     write_json_atomic,
     writer_of,
 )
-from tests.fixtures import REPO
+from tests.fixtures import kill_writer_midway
 
 OLD = bytes(range(256)) * 40
 
@@ -149,23 +148,12 @@ def test_a_killed_writer_leaves_the_old_file_or_none(tmp_path: Path, existing: b
     target = tmp_path / "file.bin"
     if existing:
         target.write_bytes(OLD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    writer = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "half written"
-        writer.send_signal(signal.SIGKILL)
-    finally:
-        writer.kill()
-        writer.wait(timeout=60)
-    assert writer.returncode == -signal.SIGKILL
+    pid = kill_writer_midway(KILLED_WRITER, target)
     if existing:
         assert target.read_bytes() == OLD
     else:
         assert not target.exists()
     [leftover] = [path for path in tmp_path.iterdir() if path != target]
-    assert writer_of(leftover) == (socket.gethostname(), writer.pid)
+    assert writer_of(leftover) == (socket.gethostname(), pid)
     assert remove_dead_leftovers(tmp_path, target.name) == [leftover]
     assert sorted(os.listdir(tmp_path)) == (["file.bin"] if existing else [])

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from findlit.training.checkpoint_io import (
     UseSafeCheckpointIO,
 )
 from findlit.training.rng_states import RestoreRNGStates, collect_rng_states, set_rng_states
-from tests.fixtures import REPO
+from tests.fixtures import kill_writer_midway
 
 GOOD = {"state_dict": {"weight": torch.arange(4.0)}, "global_step": 7}
 
@@ -94,17 +91,7 @@ KILLED_WRITER = textwrap.dedent(
 def test_a_process_killed_while_writing_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     SafeCheckpointIO().save_checkpoint(GOOD, path)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=REPO
-    )
-    try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "half written"
-        writer.send_signal(signal.SIGKILL)
-    finally:
-        writer.kill()
-        writer.wait(timeout=60)
-    assert writer.returncode == -signal.SIGKILL
+    kill_writer_midway(KILLED_WRITER, path)
     assert SafeCheckpointIO().load_checkpoint(path)["global_step"] == 7
     # the killed write's partial file stays behind, named so that no checkpoint search picks it up
     [partial] = _leftovers(tmp_path)
