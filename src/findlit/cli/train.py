@@ -227,16 +227,6 @@ class FindLightningCLI(LightningCLI):
             "the test datasets are data.test",
         )
 
-    def after_instantiate_classes(self) -> None:
-        """Refuse a run folder that holds an earlier run's ``config.yaml`` before the run starts.
-
-        The loggers would otherwise create their files in it (TensorBoard's events, CSV's
-        ``metrics.csv``, which a new run replaces) before Lightning's config callback refuses it.
-        """
-        for callback in getattr(self.trainer, "callbacks", []):  # set by the Trainer at runtime
-            if isinstance(callback, SaveAndLogConfigCallback):
-                callback.refuse_earlier_run(callback.early_config_path(self.trainer))
-
     def after_fit(self) -> None:
         """Test the checkpoint that ``test_after_fit`` names, when set (``findlit fit`` only)."""
         checkpoint = self._get(self.config, "test_after_fit")
