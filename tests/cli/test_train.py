@@ -118,6 +118,9 @@ def test_config_parses_with_print_config(
             "prototype": None,
             "mask_pooling": False,
             "image_pooling": False,
+            # the visual-prompt pathway is off unless a task needs it
+            "visual_prompts": False,
+            "max_visual_points": 512,
         }
         assert model["lr"] == 1e-4 and model["weight_decay"] == 0.05
         assert printed["trainer"]["gradient_clip_val"] == 0.01
@@ -756,7 +759,13 @@ def test_fit_with_the_wandb_config_offline_logs_metrics_and_config(
     # the resolved config, every section
     assert logged["trainer"]["max_steps"] == 2
     # the resolved interface: the config's options and every other one at its default
-    defaults = {"prototype": None, "mask_pooling": False, "image_pooling": False}
+    defaults = {
+        "prototype": None,
+        "mask_pooling": False,
+        "image_pooling": False,
+        "visual_prompts": False,
+        "max_visual_points": 512,
+    }
     assert logged["model"]["interface"] == defaults | INTERFACE
     assert logged["data"]["steps_per_epoch"] == 2
 

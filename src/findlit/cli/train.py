@@ -56,6 +56,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from findlit.cli.config import config_files, key_source
 from findlit.cli.parse_errors import FindArgumentParser
@@ -172,10 +173,22 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
                 if trainer.is_global_zero:
                     root = first.save_dir if first.save_dir is not None else trainer.default_root_dir
                     os.makedirs(os.path.join(root, run_dir), exist_ok=True)
-        if not self.already_saved and self.save_to_log_dir and trainer.is_global_zero:
-            # Lightning's own refusal is a RuntimeError with a traceback; ours is the user's to fix
+        if not self.already_saved and self.save_to_log_dir:
+            # Lightning's own refusal is a RuntimeError with a traceback; ours is the user's to fix.
+            # `trainer.log_dir` broadcasts rank 0's folder: every rank must call it, or rank 0's
+            # broadcast pairs with the next one of the other ranks (Lightning's "file exists"
+            # broadcast, which then reads rank 0's folder name as True). Rank 0 checks the file and
+            # every rank learns the answer, so that all stop together.
             log_dir = trainer.log_dir
-            self.refuse_earlier_run(None if log_dir is None else os.path.join(log_dir, self.config_filename))
+            refusal = None
+            if trainer.is_global_zero and log_dir is not None:
+                try:
+                    self.refuse_earlier_run(os.path.join(log_dir, self.config_filename))
+                except OutputError as error:
+                    refusal = str(error)
+            refusal = trainer.strategy.broadcast(refusal)
+            if refusal is not None:
+                raise OutputError(refusal)
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -226,6 +239,21 @@ class FindLightningCLI(LightningCLI):
             help="fit only: then test this checkpoint in the same run ('best', 'last' or a path); "
             "the test datasets are data.test",
         )
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse a run folder that holds an earlier run's ``config.yaml`` before the run starts.
+
+        The loggers would otherwise create their files in it (TensorBoard's events, CSV's
+        ``metrics.csv``, which a new run replaces) before :class:`SaveAndLogConfigCallback` refuses
+        it at setup. Only the process of global rank 0 checks (rank from the launcher's environment,
+        as Lightning reads it): it alone writes ``config.yaml``, and the other ranks may start after
+        it did (SLURM starts them all at once, but a late node must not refuse rank 0's own run).
+        """
+        if rank_zero_only.rank != 0:
+            return
+        for callback in getattr(self.trainer, "callbacks", []):  # set by the Trainer at runtime
+            if isinstance(callback, SaveAndLogConfigCallback):
+                callback.refuse_earlier_run(callback.early_config_path(self.trainer))
 
     def after_fit(self) -> None:
         """Test the checkpoint that ``test_after_fit`` names, when set (``findlit fit`` only)."""
