@@ -41,6 +41,36 @@ def arguments(checkpoint: Path, out: Path, *extra: str, images: list[Path] = PHO
     ]
 
 
+def test_a_folder_of_images_is_its_image_files(
+    capsys: pytest.CaptureFixture[str], checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in PHOTOS:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code, printed, err = predict(capsys, *arguments(checkpoint, out, "--prompts", *PROMPTS, images=[folder]))
+    assert code == 0, err
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        f"{photo.stem}{suffix}" for photo in PHOTOS for suffix in (".json", ".png")
+    )
+    assert "notes" not in printed
+
+
+def test_a_folder_without_images_is_named(
+    capsys: pytest.CaptureFixture[str], checkpoint: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    code, _, err = predict(
+        capsys, *arguments(checkpoint, out, "--prompts", "a cat", images=[tmp_path / "empty"])
+    )
+    assert code == 2
+    assert err.startswith(f"findlit: config error: --images: folder {tmp_path / 'empty'} holds no image file")
+    assert not out.exists()
+
+
 def test_predict_writes_overlays_and_rle_json(
     capsys: pytest.CaptureFixture[str], checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -210,6 +210,9 @@ def tiny_config(tmp_path: Path, train_images: int = 8) -> Path:
         task_options=TASK_OPTIONS,
         warmup_steps=1,
     )
+    # these tests' validate/test/predict runs are about data, outputs and errors, mostly without a
+    # checkpoint; the refusal of untrained evaluation has its own test (it turns this back off)
+    config["allow_untrained"] = True
     logs = str(tmp_path / "logs")
     config["trainer"].update(
         default_root_dir=logs,
@@ -300,6 +303,9 @@ def test_fast_dev_run_fit_then_test(capsys: pytest.CaptureFixture[str], tmp_path
         "true",
         "--test_results.enabled",
         "false",
+        # fast_dev_run writes no checkpoint: this smoke test of the test loop runs untrained weights
+        "--allow_untrained",
+        "true",
     )
     assert code == 0, err
     assert "test/demo_panoptic/mIoU" in out
@@ -493,6 +499,22 @@ def test_test_with_a_checkpoint_of_other_encoders_ends_with_exit_2_and_leaves_fi
 # errors found after parsing: exit code 2 and one line naming the key or file, never a traceback
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_is_refused_unless_asked_for(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
+) -> None:
+    """A forgotten --ckpt_path is not a silent evaluation of random weights: one line, exit 2."""
+    configs = ["--config", str(tiny_config(tmp_path))]
+    if subcommand == "predict":
+        configs += ["--config", str(predict_partial(tmp_path, "request"))]
+    err = failed_run(capsys, subcommand, *configs, "--allow_untrained", "false")
+    assert err == (
+        f"findlit: config error: --ckpt_path: findlit {subcommand} without a checkpoint would run the "
+        "untrained interface; give --ckpt_path CKPT, or --allow_untrained true to do that on purpose\n"
+    )
+    assert not (tmp_path / "logs").exists()  # refused before anything was built or written
+
+
 def failed_run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     """stderr of a ``findlit`` command that has to end with exit code 2 and no traceback."""
     code, _, err = run(capsys, *argv)
@@ -531,6 +553,76 @@ def test_missing_checkpoint_ends_the_run_with_exit_2(
     assert not (tmp_path / "logs").exists()  # found before anything was built
 
 
+class RunsCode:
+    """Unpickling this calls ``os.system``: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def unusable_checkpoint(folder: Path, kind: str, good: Path) -> tuple[Path, str]:
+    """A checkpoint file of ``kind`` in ``folder`` and what the error line must say about it."""
+    path = folder / f"{kind}.ckpt"
+    if kind == "text":
+        path.write_text("epoch: 3\n")
+        return path, "not a torch.save file (it is a text file)"
+    if kind == "json":
+        path.write_text(json.dumps({"state_dict": {}}))
+        return path, "not a torch.save file (it looks like JSON)"
+    if kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path, "truncated or damaged"
+    if kind == "state_dict":
+        torch.save({"weight": torch.zeros(2)}, path)
+        return path, "not a Lightning checkpoint: no 'state_dict' entry"
+    assert kind == "code"
+    torch.save({"state_dict": {}, "payload": RunsCode(folder / "code-ran")}, path)
+    return path, "refused: it holds pickled Python objects other than tensors and plain data"
+
+
+CHECKPOINT_KINDS = ["text", "json", "truncated", "state_dict", "code"]
+
+
+@pytest.mark.parametrize("kind", CHECKPOINT_KINDS)
+@pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
+def test_unusable_checkpoint_is_one_line_naming_the_file(
+    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str, kind: str
+) -> None:
+    """Not a checkpoint, truncated, no Lightning checkpoint, holding code: exit 2, one line, no code run."""
+    _, good = fitted
+    path, said = unusable_checkpoint(tmp_path, kind, good)
+    before = path.read_bytes()
+    configs = ["--config", str(tiny_config(tmp_path))]
+    if subcommand == "predict":
+        configs += ["--config", str(predict_partial(tmp_path, "request"))]
+    err = failed_run(capsys, subcommand, *configs, "--ckpt_path", str(path))
+    assert err.startswith(f"findlit: checkpoint error: --ckpt_path {path}: {said}"), err
+    assert err.count("\n") == 1 and "weights_only=False" not in err
+    assert not (tmp_path / "code-ran").exists()
+    assert path.read_bytes() == before
+    assert not (tmp_path / "logs").exists()  # found before anything was built
+
+
+@pytest.mark.parametrize("kind", CHECKPOINT_KINDS)
+def test_unusable_checkpoint_of_predict_on_images(
+    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str
+) -> None:
+    _, good = fitted
+    path, said = unusable_checkpoint(tmp_path, kind, good)
+    image = COCO_SAMPLE / "val2017" / "000000142238.jpg"
+    out = tmp_path / "out"
+    argv = ["--ckpt_path", str(path), "--images", str(image), "--prompts", "a cat", "--out", str(out)]
+    err = failed_run(capsys, "predict", *argv)
+    assert err.startswith(f"findlit: checkpoint error: checkpoint {path}: {said}"), err
+    assert err.count("\n") == 1 and "weights_only=False" not in err
+    assert not (tmp_path / "code-ran").exists()
+    assert not out.exists()
+
+
 def test_missing_checkpoint_of_predict_on_images(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.ckpt"
     image = COCO_SAMPLE / "val2017" / "000000142238.jpg"
@@ -550,18 +642,33 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
 def test_earlier_run_folder_is_refused_before_anything_is_written(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
+    fitted: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, subcommand: str
 ) -> None:
-    """A run folder with an earlier run's config.yaml: an output error, and the folder as it was."""
+    """A run folder with an earlier run in it: an output error, and the folder byte for byte as it was.
+
+    The earlier run has what a findlit run leaves: its config.yaml, hparams.yaml, the CSV logger's
+    metrics.csv (which a new CSVLogger would replace), a checkpoint, test results and predictions.
+    """
     config = tiny_config(tmp_path)
+    _, checkpoint = fitted
     run_dir = tmp_path / "logs" / "lightning_logs" / "version_0"
-    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.yaml").write_text("an earlier run's config\n")
+    (run_dir / "hparams.yaml").write_text("lr: 0.0001\n")
     (run_dir / "metrics.csv").write_text("step,loss\n0,1.0\n")
+    (run_dir / "metrics.json").write_text('{"test/demo_panoptic/PQ": 0.5}\n')
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(checkpoint.read_bytes())
+    (run_dir / "predictions" / "coco_sample").mkdir(parents=True)
+    (run_dir / "predictions" / "coco_sample" / "000000142238.json").write_text("{}\n")
     before = tree(tmp_path / "logs")
-    err = failed_run(capsys, subcommand, "--config", str(config), "--trainer.logger.init_args.version", "0")
+    argv = ["--config", str(config)]
+    if subcommand == "predict":
+        argv += ["--config", str(predict_partial(tmp_path, "request"))]
+    if subcommand != "fit":
+        argv += ["--ckpt_path", str(checkpoint)]
+    err = failed_run(capsys, subcommand, *argv, "--trainer.logger.init_args.version", "0")
     [line] = [line for line in err.splitlines() if line.startswith("findlit:")]
     assert line.startswith(f"findlit: output error: {run_dir / 'config.yaml'} exists"), err
     assert tree(tmp_path / "logs") == before

@@ -14,7 +14,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from findlit.encoders import STRIDES, EncoderSpec, build_encoder
 from findlit.encoders.sam import SamVisionEncoder, read_state_dict
-from findlit.errors import ConfigError
+from findlit.errors import CheckpointError, ConfigError
 
 TINY: dict[str, Any] = {
     "depth": 2,
@@ -158,7 +158,8 @@ def test_missing_corrupt_and_mismatched_checkpoints_name_the_file(tmp_path: Path
         tiny(checkpoint=str(missing))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"this is not a torch file")
-    with pytest.raises(RuntimeError, match=re.escape(str(corrupt))):
+    said = f"^SAM checkpoint {re.escape(str(corrupt))}: not a torch.save file"
+    with pytest.raises(CheckpointError, match=said):
         tiny(checkpoint=str(corrupt))
     wider = tmp_path / "wider.pth"
     torch.save(tiny(encoder_options=TINY | {"embed_dim": 64}).model.state_dict(), wider)

@@ -20,6 +20,7 @@ prompts, class names, resize, batch size), written to ``predictions/<name>/<stem
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
@@ -39,7 +40,9 @@ def parser() -> ArgumentParser:
         "configs/predict/coco_sample.yaml --ckpt_path CKPT) and writes <run folder>/predictions/<name>/.",
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="findlit checkpoint")
-    parser.add_argument("--images", type=str, nargs="+", required=True, help="image files")
+    parser.add_argument(
+        "--images", type=str, nargs="+", required=True, help="image files, or folders of them (not recursive)"
+    )
     parser.add_argument(
         "--prompts", type=str, nargs="*", default=[], help="free-text referring expressions, one mask each"
     )
@@ -67,6 +70,28 @@ def parser() -> ArgumentParser:
     return parser
 
 
+def expand_folders(images: Sequence[str]) -> list[str]:
+    """``--images`` with each folder replaced by its image files (as a ``data.predict`` entry's).
+
+    Raises:
+        PredictError: a folder that holds no image file.
+
+    """
+    from findlit.data.predict_config import IMAGE_SUFFIXES, folder_images
+    from findlit.inference.predictor import PredictError
+
+    files: list[str] = []
+    for image in images:
+        if not Path(image).is_dir():
+            files.append(image)  # a file, or missing: check_files names it
+            continue
+        found = folder_images(Path(image))
+        if not found:
+            raise PredictError(f"--images: folder {image} holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+        files.extend(str(path) for path in found)
+    return files
+
+
 def main(argv: Sequence[str]) -> int:
     """Run ``findlit predict`` on images (``argv`` without the subcommand); returns the exit code.
 
@@ -80,7 +105,8 @@ def main(argv: Sequence[str]) -> int:
     classes, stuff = _names(args.classes), _names(args.stuff)
     # the request and the files first: a bad one should not wait for the checkpoint to load
     check_prompts(args.prompts, classes, stuff)
-    check_files(args.images, args.out, args.overwrite)
+    images = expand_folders(args.images)
+    check_files(images, args.out, args.overwrite)
     require_checkpoint_file(args.ckpt_path)
     predictor = Predictor.from_checkpoint(
         args.ckpt_path,
@@ -89,7 +115,7 @@ def main(argv: Sequence[str]) -> int:
         mode=args.mode,
         min_score=args.min_score,
     )
-    written = predictor.write(args.images, args.out, args.prompts, classes, stuff, args.overwrite)
+    written = predictor.write(images, args.out, args.prompts, classes, stuff, args.overwrite)
     for overlay, document in written:
         print(f"{overlay}\n{document}")
     return 0

@@ -65,10 +65,17 @@ from findlit.errors import ConfigError, OutputError
 from findlit.option_errors import format_key
 from findlit.outputs.prediction_writer import PredictionWriter
 from findlit.outputs.test_results import TestResultsWriter
-from findlit.training.checkpoint_io import UseSafeCheckpointIO, require_checkpoint_file
+from findlit.training.checkpoint_io import (
+    UseSafeCheckpointIO,
+    read_lightning_checkpoint,
+    require_checkpoint_file,
+)
 from findlit.training.model_options import task_classes, task_options_problem
 from findlit.training.module import FINDModule
 from findlit.training.rng_states import RestoreRNGStates
+
+EVALUATING = ("validate", "test", "predict")
+"""Subcommands that run a trained interface: without ``--ckpt_path`` they need ``--allow_untrained``."""
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "use_distributed_sampler": False,
@@ -233,6 +240,13 @@ class FindLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TestResultsWriter, "test_results")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_argument(
+            "--allow_untrained",
+            type=bool,
+            default=False,
+            help="validate, test and predict: run without --ckpt_path, on the untrained interface "
+            "(refused otherwise, so that a forgotten checkpoint is not an evaluation of random weights)",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=str | None,
             default=None,
@@ -249,7 +263,7 @@ class FindLightningCLI(LightningCLI):
         as Lightning reads it): it alone writes ``config.yaml``, and the other ranks may start after
         it did (SLURM starts them all at once, but a late node must not refuse rank 0's own run).
         """
-        if rank_zero_only.rank != 0:
+        if getattr(rank_zero_only, "rank", 0) != 0:  # set by Lightning at import (typed as a function)
             return
         for callback in getattr(self.trainer, "callbacks", []):  # set by the Trainer at runtime
             if isinstance(callback, SaveAndLogConfigCallback):
@@ -305,6 +319,24 @@ class FindLightningCLI(LightningCLI):
         where = key_source(key, config_files(arguments), arguments)
         raise ConfigError(f"{format_key(key)}: {message}{f' ({where})' if where else ''}")
 
+    def _check_checkpoint(self, subcommand: str | None, config: Any) -> None:
+        """Refuse a ``--ckpt_path`` findlit cannot use, and a run that would evaluate random weights.
+
+        The file is read here (tensors memory-mapped), before LightningCLI reads its hyperparameters
+        with a bare ``torch.load``, whose failures would be tracebacks.
+        """
+        path = config.get("ckpt_path")
+        if path is None:
+            if subcommand in EVALUATING and not config.get("allow_untrained"):
+                raise ConfigError(
+                    f"--ckpt_path: findlit {subcommand} without a checkpoint would run the untrained "
+                    "interface; give --ckpt_path CKPT, or --allow_untrained true to do that on purpose"
+                )
+            return
+        require_checkpoint_file(path)
+        if os.path.isfile(str(path)):  # not "last", "hpc" or a remote URL: Lightning resolves those
+            read_lightning_checkpoint(path)
+
     def _best_checkpoint_exists(self) -> bool:
         callback = self.trainer.checkpoint_callback
         return bool(getattr(callback, "best_model_path", ""))
@@ -322,7 +354,7 @@ class FindLightningCLI(LightningCLI):
         config = self.config.get(subcommand, self.config) if subcommand else self.config
         self._check_sections(config)
         self._check_task_options(config.get("model"))
-        require_checkpoint_file(config.get("ckpt_path"))
+        self._check_checkpoint(subcommand, config)
 
     def before_instantiate_classes(self) -> None:
         """Add the default RichProgressBar (a fresh one per run) when the config allows it."""

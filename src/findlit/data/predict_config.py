@@ -174,6 +174,11 @@ def image_files(config: PredictConfig, key: str, root: str | Path | None = None)
     return files
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (by suffix, :data:`IMAGE_SUFFIXES`), sorted by name; not recursive."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def find_images(
     config: PredictConfig, key: str, root: str | Path | None = None
 ) -> tuple[list[Path], list[str]]:
@@ -200,7 +205,7 @@ def find_images(
         if not path.is_absolute() and base is not None:
             path = Path(base).expanduser() / path
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = folder_images(path)
             if not found:
                 problems.append(
                     f"{key}.images[{index}]: folder {path} holds no image file ({', '.join(IMAGE_SUFFIXES)})"

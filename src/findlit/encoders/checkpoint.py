@@ -44,7 +44,7 @@ def check_encoder_specs(checkpoint: Mapping[str, Any], module: nn.Module) -> Non
 
     Raises:
         EncoderMismatchError: an encoder is missing, extra, or differs (weights digest, dtype,
-            options...); the message lists every difference.
+            options...); the message lists every difference, on one line.
 
     """
     saved = checkpoint.get(CHECKPOINT_KEY)
@@ -63,6 +63,5 @@ def check_encoder_specs(checkpoint: Mapping[str, Any], module: nn.Module) -> Non
         differences = EncoderSpec.from_dict(saved[name]).differences(current[name].spec)
         problems += [f"encoder '{name}' {difference} (checkpoint != this run)" for difference in differences]
     if problems:
-        raise EncoderMismatchError(
-            "the checkpoint's encoders differ from this run's:\n  " + "\n  ".join(problems)
-        )
+        # one line (the command prints errors as one): the differences joined by "; "
+        raise EncoderMismatchError("the checkpoint's encoders differ from this run's: " + "; ".join(problems))

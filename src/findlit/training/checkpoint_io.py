@@ -13,10 +13,13 @@
   ``--ckpt_path last`` and SLURM's requeue never mistake a leftover for a checkpoint. A write that
   fails with an exception removes its temporary file; one killed outright leaves it behind, and
   the next checkpoint written to that folder on that host deletes it.
-- **Loads are data only.** Checkpoints load with ``weights_only=True`` unless the caller asks
-  otherwise (``--weights_only false`` on the command line), so a checkpoint from elsewhere cannot
-  run code: findlit writes only tensors and plain data. One that needs arbitrary pickled objects is
-  refused with :class:`UnsafeCheckpointError`, which names the file.
+- **Loads are data only.** Checkpoints load through :func:`findlit.torch_files.load_torch_file`
+  (``weights_only=True``), so a checkpoint from elsewhere cannot run code: findlit writes only
+  tensors and plain data. A file that is missing, not a checkpoint, truncated or holding code is a
+  :class:`~findlit.errors.CheckpointError` of one line naming the file. (``--weights_only false``
+  still reaches torch's unrestricted loader, for the user who wrote the file; no message suggests it.)
+- :func:`read_lightning_checkpoint` reads a ``--ckpt_path`` before anything is built (tensors
+  memory-mapped, not read) and refuses a file that loads but is no Lightning checkpoint.
 
 The ``findlit`` commands use it through :class:`UseSafeCheckpointIO`, a default callback that
 installs it on the Trainer's strategy unless the config names its own CheckpointIO plugin. A
@@ -28,9 +31,8 @@ Remote paths (``s3://``...) keep Lightning's writer; only local files get the at
 from __future__ import annotations
 
 import os
-import pickle
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import lightning as L  # noqa: N812
 import torch
@@ -41,6 +43,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from findlit.atomic_files import TEMPORARY_MARK, atomic_write, remove_dead_leftovers
 from findlit.errors import CheckpointError
+from findlit.torch_files import UnsafeTorchFileError, load_torch_file
 
 PARTIAL_NAME = "findlit-partial-checkpoint"
 """Leading part of the name of the temporary file a checkpoint is written to before its rename."""
@@ -49,8 +52,8 @@ PARTIAL_PREFIX = f"{PARTIAL_NAME}{TEMPORARY_MARK}"
 """How the names of those temporary files (and of killed writers' leftovers) begin."""
 
 
-class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """A checkpoint holds pickled objects that are not plain data, so loading it could run code."""
+UnsafeCheckpointError = UnsafeTorchFileError
+"""A checkpoint holds pickled objects that are not plain data, so loading it could run code."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
@@ -79,6 +82,25 @@ def require_checkpoint_file(path: str | os.PathLike[str] | None, key: str = "--c
     if not os.path.isfile(text):
         where = "is a folder, not a checkpoint file" if os.path.isdir(text) else "no such file"
         raise CheckpointNotFoundError(f"{key}: {where}: {text}")
+
+
+def read_lightning_checkpoint(path: str | os.PathLike[str], key: str = "--ckpt_path") -> dict[str, Any]:
+    """The content of a Lightning checkpoint file, its tensors memory-mapped (for its small entries).
+
+    Raises:
+        CheckpointError: naming ``key`` and the file: missing, a folder, not a torch.save file,
+            truncated, holding code (:func:`~findlit.torch_files.load_torch_file`), or a torch file
+            that is no Lightning checkpoint (a plain state dict, another program's weights).
+
+    """
+    require_checkpoint_file(path, key)
+    content = load_torch_file(path, what=key, mmap=True)
+    if not isinstance(content, Mapping) or not isinstance(content.get("state_dict"), Mapping):
+        kind = "a plain state dict?" if isinstance(content, Mapping) else f"a {type(content).__name__}"
+        raise CheckpointError(
+            f"{key} {os.fspath(path)}: not a Lightning checkpoint: no 'state_dict' entry ({kind})"
+        )
+    return dict(content)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -112,30 +134,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
         """Load ``path`` with ``weights_only=True`` unless ``weights_only`` is False.
 
         Raises:
-            UnsafeCheckpointError: the file needs arbitrary pickled objects (only with weights_only).
-            FileNotFoundError: there is no such file.
+            CheckpointError: the file cannot be used (:func:`~findlit.torch_files.load_torch_file`);
+                local files only, remote ones raise as Lightning's loader does.
 
         """
         # None means "the caller did not choose": Lightning would defer to torch's default, which an
         # environment variable (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn off
-        safe = weights_only is None or weights_only
-        try:
+        if weights_only is False or not isinstance(get_filesystem(path), LocalFileSystem):
+            safe = weights_only is None or weights_only
             return super().load_checkpoint(path, map_location=map_location, weights_only=safe)
-        except pickle.UnpicklingError as error:
-            if not safe:
-                raise
-            raise UnsafeCheckpointError(
-                f"checkpoint {os.fspath(path)} holds pickled Python objects other than tensors and plain "
-                "data, and findlit loads checkpoints with weights_only=True so that a file cannot run "
-                "code. If you trust this file, load it with weights_only=False (on the command line: "
-                f"--weights_only false). torch says: {_first_line(error)}"
-            ) from error
-
-
-def _first_line(error: BaseException) -> str:
-    """The first line of an error's message (torch's weights_only errors run to a page)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        return cast(dict[str, Any], load_torch_file(path, map_location=map_location))
 
 
 def chose_checkpoint_io(trainer: L.Trainer) -> bool:
