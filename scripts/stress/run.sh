@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Repeat the tests that race: DDP (tests/distributed), resume after a kill (tests/training/test_resume.py),
-# the SLURM requeue callback (tests/training/test_slurm_requeue.py) and the real SLURM jobs (make
-# test-slurm), N times each, optionally beside a CPU burner, and count what passed.
+# the SLURM requeue callback (tests/training/test_slurm_requeue.py), the W&B offline run
+# (tests/cli/test_train.py -k wandb) and the real SLURM jobs (make test-slurm), N times each, optionally beside a CPU burner, and count what passed.
 #
 #   scripts/stress/run.sh N            # N rounds on a quiet machine
 #   scripts/stress/run.sh N --load     # N rounds with one busy loop per core running throughout
-#   STRESS_SUITES="ddp slurm" scripts/stress/run.sh 3   # only some suites (ddp, resume, requeue, slurm)
+#   STRESS_SUITES="ddp slurm" scripts/stress/run.sh 3   # only some suites (ddp, resume, requeue, wandb, slurm)
 #
 # Every run has TORCH_DISTRIBUTED_DEBUG=DETAIL, so a collective mismatch names the collectives of
 # each rank. Logs go to stress/<timestamp>/<suite>-<round>.log (kept only for failures unless
@@ -24,7 +24,7 @@ if [[ -n $load && $load != --load ]]; then
     echo "stress: unknown option '$load' (only --load)" >&2
     exit 2
 fi
-suites=${STRESS_SUITES:-ddp resume requeue slurm}
+suites=${STRESS_SUITES:-ddp resume requeue wandb slurm}
 python=.venv/bin/python
 out=stress/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
@@ -50,8 +50,9 @@ run_suite() {  # run_suite SUITE LOG: the suite's command, its exit code returne
         ddp) "$python" -m pytest -q -p no:cacheprovider tests/distributed >"$log" 2>&1 ;;
         resume) "$python" -m pytest -q -p no:cacheprovider tests/training/test_resume.py >"$log" 2>&1 ;;
         requeue) "$python" -m pytest -q -p no:cacheprovider tests/training/test_slurm_requeue.py >"$log" 2>&1 ;;
+        wandb) "$python" -m pytest -q -p no:cacheprovider tests/cli/test_train.py -k wandb >"$log" 2>&1 ;;
         slurm) make test-slurm PYTEST_ARGS="-q -p no:cacheprovider" >"$log" 2>&1 ;;
-        *) echo "stress: unknown suite '$suite' (ddp, resume, requeue, slurm)" >&2; return 2 ;;
+        *) echo "stress: unknown suite '$suite' (ddp, resume, requeue, wandb, slurm)" >&2; return 2 ;;
     esac
 }
 
