@@ -17,7 +17,7 @@ cached vision features instead of decoding the image; targets are decoded as usu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -38,7 +38,7 @@ from findlit.data.records import (
     PanopticRecord,
     RefsRecord,
 )
-from findlit.data.sample import EntityPrompt, Sample
+from findlit.data.sample import EntityPrompt, OriginalTargets, Sample
 from findlit.errors import DataError
 
 Transform = Callable[[Sample, torch.Generator], Sample]
@@ -116,6 +116,10 @@ class TaskDataset(TorchDataset[Sample]):
             sample["task"] = self.task
             sample["dataset"] = self.name
             sample["seed"] = seed
+            if not self.train and "masks" in sample:
+                # evaluation scores at the size on disk (FIND, Mask2Former and the COCO tools do):
+                # the decoded targets, before transforms resize them or drop what a resize emptied
+                sample["original"] = original_targets(sample)
             return self.finish(self.transforms(sample, generator) if self.transforms is not None else sample)
         raise DataError(f"{_MAX_SKIPS} consecutive bad records in dataset '{self.name}'", None, key=self.key)
 
@@ -163,6 +167,16 @@ class TaskDataset(TorchDataset[Sample]):
             )
         image = read_image(record.image, self.path_key("image_root"))
         return Sample(image_id=record.image.id, image=image, orig_size=(image.shape[1], image.shape[2]))
+
+
+def original_targets(sample: Sample) -> OriginalTargets:
+    """The decoded ``masks`` and those of ``labels``, ``ignore_mask``, ``iscrowd`` ``sample`` has."""
+    original = OriginalTargets(masks=sample["masks"])
+    fields: Mapping[str, Any] = sample  # a task plugin's samples may add "iscrowd"
+    for key in ("labels", "ignore_mask", "iscrowd"):
+        if key in fields:
+            original[key] = fields[key]
+    return original
 
 
 class _SegmentationDataset(TaskDataset):

@@ -10,7 +10,10 @@ documents the keys and shapes. Which keys are present depends on the task:
 - retrieval: ``captions``;
 - grounding: ``masks`` (one per referred object), ``sentences``, ``sentence_targets``;
 - interleave: ``masks`` (the segments the phrases point at), ``entities``;
-- predict (image files, :mod:`findlit.data.predict_dataset`): ``file`` and ``pixels``.
+- predict (image files, :mod:`findlit.data.predict_dataset`): ``file`` and ``pixels``;
+- evaluation (a dataset not in training) with masks: ``original``, the targets at ``orig_size``
+  before any transform (:class:`OriginalTargets`), which the metrics score against, as the
+  official COCO tools score the files ``findlit test`` writes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,21 @@ class EntityPrompt(TypedDict):
     spans: list[tuple[int, int]]
     targets: list[int]
     references: list[tuple[int, int] | None]
+
+
+class OriginalTargets(TypedDict, total=False):
+    """An evaluation sample's targets as decoded, at the image's size on disk (H0 x W0).
+
+    masks: bool[N,H0,W0] in the order of the decoded record (before the transforms, and before a
+    segmentation dataset drops the masks a resize emptied); labels: int64[N]; ignore_mask:
+    bool[H0,W0] (segmentation); iscrowd: int64[N] (a plugin's crowd flags, when its samples have
+    them). Predictions are resized to H0 x W0 to be scored against them.
+    """
+
+    masks: Tensor
+    labels: Tensor
+    ignore_mask: Tensor
+    iscrowd: Tensor
 
 
 class Sample(TypedDict, total=False):
@@ -81,3 +99,4 @@ class Sample(TypedDict, total=False):
     frame: tuple[int, int]
     file: str
     pixels: np.ndarray
+    original: OriginalTargets

@@ -34,6 +34,7 @@ from findlit.interface.heads import class_logits
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, grounding_losses
 from findlit.losses.points import DEFAULT_NUM_POINTS
 from findlit.metrics import GroundingMetrics, grounding_metrics
+from findlit.nearest_resize import resize_nearest
 from findlit.outputs.overlay import shorten
 from findlit.outputs.result_sinks import GroundingSink, ResultsOptions, ResultsSink
 from findlit.tasks.base import (
@@ -134,11 +135,16 @@ def best_proposal_predictions(
 def update_grounding_metrics(
     metrics: GroundingMetrics, batch: Batch, predictions: list[dict[str, Any]], targets: Sequence[Tensor]
 ) -> None:
-    """Feed each image's predicted masks and its target masks (cropped to the image) to ``metrics``.
+    """Feed each image's predicted masks and its target masks to ``metrics``.
+
+    At the image's size on disk when its target has the decoded masks (``original``, evaluation
+    datasets): the predictions are resized there as ``findlit test`` writes them; else at the
+    network's input size, the targets cropped to the image.
 
     Args:
         metrics: the grounding metrics of the dataset.
-        batch: supplies the padded ``targets[b]["masks"]`` and ``padding_mask``.
+        batch: supplies ``targets[b]`` (``masks`` padded, or ``original``), ``padding_mask`` and
+            ``orig_sizes``.
         predictions: per image ``{"masks": bool[S,h,w], ...}``.
         targets: per image int64[S], the index in ``masks`` of each prediction's target.
 
@@ -147,10 +153,16 @@ def update_grounding_metrics(
         masks = prediction["masks"]
         if masks.shape[0] == 0:
             continue
-        top, left = image_origin(batch["padding_mask"][b])
-        h, w = masks.shape[-2:]
-        padded = batch["targets"][b]["masks"]
-        truth = padded[index.to(padded.device)][:, top : top + h, left : left + w]
+        target = batch["targets"][b]
+        if "original" in target:
+            disk = target["original"]["masks"]
+            truth = disk[index.to(disk.device)]
+            masks = resize_nearest(masks, truth.shape[-2:])
+        else:
+            top, left = image_origin(batch["padding_mask"][b])
+            h, w = masks.shape[-2:]
+            padded = target["masks"]
+            truth = padded[index.to(padded.device)][:, top : top + h, left : left + w]
         metrics.update(masks, truth.to(masks.device))
 
 

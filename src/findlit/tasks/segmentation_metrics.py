@@ -1,7 +1,7 @@
 """Evaluation of the segmentation task: PQ, mask AP and semantic mIoU of one dataset.
 
 - semantic mIoU of the ``semantic`` predictions, against a target painted from the masks and labels
-  (:func:`semantic_target`) with ``ignore_mask`` pixels ignored;
+  (:func:`semantic_map`) with ``ignore_mask`` pixels ignored;
 - mask AP/AP50/AP75 of the ``instance`` predictions against the thing segments (a target's
   ``iscrowd``, when it has one, marks crowd regions that COCO ignores);
 - for a panoptic dataset only, PQ/SQ/RQ/PQ_th/PQ_st of the ``panoptic`` predictions against the
@@ -10,7 +10,9 @@
   attribute), else when its vocabulary has stuff classes: an instances file (things only, masks
   that may overlap) is no partition of the image, and gets AP and mIoU.
 
-Each part needs its prediction among the segmentation task's ``outputs``.
+Each part needs its prediction among the segmentation task's ``outputs``. Every part is scored at
+each image's size on disk when the batch carries the decoded targets (``original``, as evaluation
+datasets give): the predictions are resized there exactly as the written result files are.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from findlit.metrics import (
     panoptic_target_map,
     segmentation_metrics,
 )
+from findlit.nearest_resize import resize_nearest
 from findlit.tasks.base import EvaluatedDataset, Vocabulary
 
 IGNORE_INDEX = 255
@@ -38,20 +41,16 @@ PARTS = {"PQ": "panoptic", "AP": "instance", "mIoU": "semantic"}
 """Metric part -> the prediction it reads."""
 
 
-def semantic_target(target: dict[str, Any], padding_mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """int64[h,w] semantic target of one image from its padded ``masks``, ``labels`` and ``ignore_mask``.
+def semantic_map(masks: Tensor, labels: Tensor, ignore_mask: Tensor | None = None) -> Tensor:
+    """int64[H,W] semantic target of one image from its ``masks`` bool[N,H,W] and ``labels`` int64[N].
 
-    Cropped to the image (``size`` from its padding mask's origin); pixels of no mask or in
-    ``ignore_mask`` are :data:`IGNORE_INDEX`.
+    Pixels of no mask or in ``ignore_mask`` (bool[H,W]) are :data:`IGNORE_INDEX`.
     """
-    top, left = image_origin(padding_mask)
-    h, w = size
-    masks = target["masks"][:, top : top + h, left : left + w]
-    out = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64, device=masks.device)
-    for mask, label in zip(masks, target["labels"].tolist(), strict=True):
+    out = torch.full(masks.shape[-2:], IGNORE_INDEX, dtype=torch.int64, device=masks.device)
+    for mask, label in zip(masks, labels.tolist(), strict=True):
         out[mask] = int(label)
-    if "ignore_mask" in target:
-        out[target["ignore_mask"][top : top + h, left : left + w].to(out.device)] = IGNORE_INDEX
+    if ignore_mask is not None:
+        out[ignore_mask.to(out.device)] = IGNORE_INDEX
     return out
 
 
@@ -83,34 +82,56 @@ def build_segmentation_metrics(dataset: EvaluatedDataset, outputs: Sequence[str]
 def update_segmentation_metrics(
     metrics: SegmentationMetrics, vocabulary: Vocabulary, batch: Batch, predictions: list[dict[str, Any]]
 ) -> None:
-    """Feed one batch's predictions and its targets, cropped to each image, to ``metrics``."""
+    """Feed one batch's predictions and its targets to ``metrics``, one image at a time.
+
+    A target with its ``original`` (evaluation datasets) is scored at the image's size on disk:
+    the predictions are resized there as ``findlit test`` writes them (:func:`resize_nearest`, the
+    same call), so the metrics equal the official tools' scores of the written files. Otherwise
+    (a sample built without it) the targets are cropped to the image at the network's input size.
+    """
     ids = category_ids(vocabulary)
     parts = set(metrics.include)
-    # one update per image: the images of a batch have their own sizes
-    for b, (prediction, target) in enumerate(zip(predictions, batch["targets"], strict=True)):
-        padding = batch["padding_mask"][b]
-        h, w = (int(n) for n in batch["image_sizes"][b])
-        top, left = image_origin(padding)
-        masks = target["masks"][:, top : top + h, left : left + w]
-        labels, crowd = target["labels"], target.get("iscrowd")
+    for b, prediction in enumerate(predictions):
+        truth = _image_targets(batch, b)
+        size = truth["masks"].shape[-2:]
+        masks, labels, ignore, crowd = (
+            truth["masks"],
+            truth["labels"],
+            truth.get("ignore_mask"),
+            truth.get("iscrowd"),
+        )
         update: dict[str, Any] = {}
         if "PQ" in parts:
             segment_ids, segments = prediction["panoptic"]
-            ignore = target.get("ignore_mask")
-            ignore = ignore[top : top + h, left : left + w] if ignore is not None else None
-            pred = panoptic_prediction_map(segment_ids, segments, ids)
-            truth = panoptic_target_map(masks, labels, ids, ignore, crowd)
+            pred = panoptic_prediction_map(resize_nearest(segment_ids, size), segments, ids)
+            panoptic_truth = panoptic_target_map(masks, labels, ids, ignore, crowd)
             update["panoptic_pred"] = pred[None]
-            update["panoptic_target"] = truth.to(pred.device)[None]
+            update["panoptic_target"] = panoptic_truth.to(pred.device)[None]
         if "AP" in parts:
-            instances = prediction["instance"]
+            instances = dict(prediction["instance"])
+            instances["masks"] = resize_nearest(instances["masks"], size)
             device = instances["masks"].device
             truth_instances = instance_target(masks, labels, vocabulary.thing_classes, crowd)
             update["instance_preds"] = [instances]
             update["instance_targets"] = [{k: v.to(device) for k, v in truth_instances.items()}]
         if "mIoU" in parts:
-            semantic = prediction["semantic"]
-            truth = semantic_target(target, padding, (h, w))
+            semantic = resize_nearest(prediction["semantic"], size)
             update["semantic_pred"] = semantic[None]
-            update["semantic_target"] = truth.to(semantic.device)[None]
+            update["semantic_target"] = semantic_map(masks, labels, ignore).to(semantic.device)[None]
         metrics.update(**update)
+
+
+def _image_targets(batch: Batch, b: int) -> dict[str, Tensor]:
+    """Image ``b``'s ``masks``, ``labels``, ``ignore_mask`` and ``iscrowd``: original, else cropped."""
+    target = batch["targets"][b]
+    if "original" in target:
+        return dict(target["original"])
+    padding = batch["padding_mask"][b]
+    h, w = (int(n) for n in batch["image_sizes"][b])
+    top, left = image_origin(padding)
+    cropped = {"masks": target["masks"][:, top : top + h, left : left + w], "labels": target["labels"]}
+    if "ignore_mask" in target:
+        cropped["ignore_mask"] = target["ignore_mask"][top : top + h, left : left + w]
+    if "iscrowd" in target:
+        cropped["iscrowd"] = target["iscrowd"]
+    return cropped
