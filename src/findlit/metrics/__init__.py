@@ -22,12 +22,14 @@ from findlit.metrics.panoptic import (
     panoptic_target_map,
 )
 from findlit.metrics.retrieval import RetrievalRecall
+from findlit.metrics.semantic_iou import SemanticIoU
 
 __all__ = [
     "VOID_CATEGORY",
     "GroundingMetrics",
     "RetrievalRecall",
     "SegmentationMetrics",
+    "SemanticIoU",
     "clone_for_stage",
     "grounding_metrics",
     "instance_target",
