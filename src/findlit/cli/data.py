@@ -56,7 +56,14 @@ def data_parser() -> ArgumentParser:
 def run_synth(args: Namespace) -> int:
     """``findlit data synth``: generate the dataset and print what was written."""
     from findlit.data.synthetic import generate
+    from findlit.data.synthetic.pipeline import check_arguments
 
+    try:  # the generator's own rules, checked before anything is written
+        check_arguments(
+            {"train": args.train, "val": args.val, "test": args.test}, args.size, args.seed, args.workers
+        )
+    except ValueError as error:
+        raise ConfigError(f"findlit data synth: {error}") from None
     summary = generate(
         Path(args.out),
         args.train,

@@ -17,8 +17,10 @@ whose errors it catches and combines, keep raising ``ArgumentError``; ``--help``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from findlit.cli.config import config_files, key_source, load_config, with_list_index
@@ -44,10 +46,11 @@ def config_error(message: str, args: Sequence[str]) -> ConfigError:
     Messages of no known form keep their first line.
     """
     read = read_message(message)
-    if read is None:
-        return ConfigError(first_line(message))
-    key, problem, value = read
     files = config_files(args)
+    if read is None:
+        # jsonargparse says "Problems parsing config" or "Unexpected config" without the file
+        return ConfigError(unreadable_config(files) or first_line(message))
+    key, problem, value = read
     try:
         config: Any = load_config(files) if files else {}
     except ConfigError:
@@ -55,3 +58,20 @@ def config_error(message: str, args: Sequence[str]) -> ConfigError:
     key = with_list_index(key, config, value)
     where = key_source(key, files, args)
     return ConfigError(f"{format_key(key)}: {problem}{f' ({where})' if where else ''}")
+
+
+def unreadable_config(files: Sequence[str]) -> str | None:
+    """What is wrong with the first ``--config`` file that is no YAML mapping, naming it; else None."""
+    for path in files:
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except OSError as error:
+            return f"{path}: cannot read the config file ({error.strerror})"
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or "not YAML"
+            return f"{path}: not valid YAML{where}: {problem}"
+        if content is not None and not isinstance(content, dict):
+            return f"{path}: a config file must be a mapping of sections, got a YAML {type(content).__name__}"
+    return None

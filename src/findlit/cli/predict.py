@@ -98,13 +98,20 @@ def main(argv: Sequence[str]) -> int:
     Its errors (a bad request, a missing image or checkpoint, earlier outputs, a checkpoint of other
     encoders) are :class:`~findlit.errors.FindlitError` s, reported by the dispatcher.
     """
-    from findlit.inference.predictor import Predictor, check_files, check_prompts
+    from findlit.data.predict_config import request_problem
+    from findlit.inference.predictor import PredictError, Predictor, check_files
     from findlit.training.checkpoint_io import require_checkpoint_file
 
     args = parser().parse_args(list(argv))
     classes, stuff = _names(args.classes), _names(args.stuff)
     # the request and the files first: a bad one should not wait for the checkpoint to load
-    check_prompts(args.prompts, classes, stuff)
+    problem = request_problem(args.prompts, classes, stuff)
+    if problem is not None:
+        raise PredictError(f"--{problem[0]}: {problem[1]}")
+    if args.image_size is not None and args.image_size < 1:
+        raise PredictError(f"--image_size: must be a positive number of pixels, got {args.image_size}")
+    if not 0.0 <= args.min_score <= 1.0:
+        raise PredictError(f"--min_score: must be between 0 and 1, got {args.min_score}")
     images = expand_folders(args.images)
     check_files(images, args.out, args.overwrite)
     require_checkpoint_file(args.ckpt_path)

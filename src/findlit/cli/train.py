@@ -128,6 +128,10 @@ def wants_default_progress_bar(trainer: Any) -> bool:
     return importlib.util.find_spec("rich") is not None
 
 
+EARLIER_RUN_FILES = ("metrics.csv", "hparams.yaml", "metrics.json", "predictions", "overlays", "checkpoints")
+"""Files and folders of a run folder (besides ``config.yaml``) that show an earlier run used it."""
+
+
 class SaveAndLogConfigCallback(SaveConfigCallback):
     """Saves the resolved config as ``config.yaml`` in the run's folder and gives it to the loggers.
 
@@ -159,11 +163,22 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
         return os.path.join(log_dir, self.config_filename)
 
     def refuse_earlier_run(self, config_path: str | None) -> None:
-        """Raise an OutputError when ``config_path`` exists and may not be overwritten."""
-        if config_path is None or self.overwrite or not get_filesystem(config_path).isfile(config_path):
+        """Raise an OutputError when ``config_path`` (or another run's file beside it) exists.
+
+        Besides ``config.yaml``, the files a run writes in its folder mark an earlier run, also one
+        started without the CLI or whose ``config.yaml`` was removed: the CSV logger would replace
+        its ``metrics.csv``, the test-results writer refuse its ``metrics.json`` only after that.
+        """
+        if config_path is None or self.overwrite:
+            return
+        filesystem = get_filesystem(config_path)
+        folder = os.path.dirname(config_path)
+        marks = [config_path, *(os.path.join(folder, name) for name in EARLIER_RUN_FILES)]
+        found = next((path for path in marks if filesystem.exists(path)), None)
+        if found is None:
             return
         raise OutputError(
-            f"{config_path} exists: this run folder holds an earlier run, which is kept. Set another "
+            f"{found} exists: this run folder holds an earlier run, which is kept. Set another "
             "trainer.default_root_dir, or another logger version (e.g. --trainer.logger.init_args.version)"
         )
 
@@ -207,6 +222,20 @@ class SaveAndLogConfigCallback(SaveConfigCallback):
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in loggers:
             logger.log_hyperparams(config)
+
+
+def _refuse_file_as_folder(trainer: Trainer) -> None:
+    """An OutputError when ``trainer.default_root_dir`` or a logger's ``save_dir`` names a file.
+
+    The loggers would otherwise fail with a traceback when they list or create their run folder.
+    """
+    folders = [("trainer.default_root_dir", trainer.default_root_dir)]
+    for index, logger in enumerate(trainer.loggers):
+        where = "trainer.logger" if len(trainer.loggers) == 1 else f"trainer.logger[{index}]"
+        folders.append((f"{where}.init_args.save_dir", getattr(logger, "save_dir", None)))
+    for key, folder in folders:
+        if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
+            raise OutputError(f"{key}: {folder} is a file, not a folder")
 
 
 class FindLightningCLI(LightningCLI):
@@ -265,6 +294,7 @@ class FindLightningCLI(LightningCLI):
         """
         if getattr(rank_zero_only, "rank", 0) != 0:  # set by Lightning at import (typed as a function)
             return
+        _refuse_file_as_folder(self.trainer)
         for callback in getattr(self.trainer, "callbacks", []):  # set by the Trainer at runtime
             if isinstance(callback, SaveAndLogConfigCallback):
                 callback.refuse_earlier_run(callback.early_config_path(self.trainer))

@@ -28,7 +28,7 @@ from findlit.data.formats import (
 )
 from findlit.data.records import Dataset
 from findlit.data.transforms import TransformConfig, build_feature_transforms, build_transforms
-from findlit.errors import ConfigError
+from findlit.errors import ConfigError, DataError
 
 FormatName = Literal[
     "coco_panoptic", "coco_instances", "coco_captions", "karpathy", "refcoco", "refcoco_absent", "find_entity"
@@ -158,7 +158,13 @@ def read_records(
             raise ConfigError(f"{key}.paths.{name} is required for format {config.format!r}")
         arguments.append(_resolve(value, root))
     keys = {f.name: f"{key}.paths.{f.name}" for f in fields(DatasetPaths)}
-    return fmt.reader(*arguments, bad_records=bad_records, keys=keys, **fmt.extra)
+    data: Dataset = fmt.reader(*arguments, bad_records=bad_records, keys=keys, **fmt.extra)
+    if not data.records:
+        split = getattr(config.paths, "split", None)
+        which = f" of split {split!r}" if split is not None else ""
+        # an empty dataset is a wrong path or split: training or scoring nothing would hide it
+        raise DataError(f"no usable records{which} in this file", data.source, key=key)
+    return data
 
 
 def feature_cache(

@@ -52,11 +52,44 @@ def read_rgb(
             # load() forces the full decode, so a truncated file fails here and not later.
             image.load()
             shown = ImageOps.exif_transpose(image) if upright else image
-            return np.array(shown.convert("RGB"))
+            return _to_rgb(shown, path, record, key)
     except FileNotFoundError:
         raise DataError("image file not found", path, record, key) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not an image file", path, record, key) from None
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image is larger than {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS): "
+            "refused as a possible decompression bomb",
+            path,
+            record,
+            key,
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"corrupt or truncated image: {error}", path, record, key) from None
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+"""PIL modes of 16-bit greyscale files (PNG, TIFF): scaled to 8 bits, since ``convert("RGB")`` would
+clip every value above 255 to white."""
+
+
+def _to_rgb(image: Image.Image, path: str | Path, record: str | None, key: str | None) -> np.ndarray:
+    """uint8[H,W,3] of an opened image of any 8- or 16-bit mode; 32-bit modes are refused."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.uint16)
+        scaled = ((grey.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(scaled[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        # 32-bit integer or float pixels have no agreed range to map onto 0..255
+        raise DataError(
+            f"{'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels (PIL mode {image.mode}) "
+            "have no 8-bit meaning; save the image as 8-bit RGB or 16-bit greyscale",
+            path,
+            record,
+            key,
+        )
+    return np.array(image.convert("RGB"))
 
 
 def panoptic_id_map(record: PanopticRecord, key: str | None = None) -> np.ndarray:

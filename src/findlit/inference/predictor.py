@@ -123,6 +123,8 @@ def check_files(images: Sequence[str | Path], out: str | Path, overwrite: bool =
     shared = sorted(shared_stems(images))
     if shared:
         raise PredictError(f"images share file stems {shared}: their outputs in {out} would collide")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PredictError(f"output folder {out} is a file")
     if not overwrite:
         refuse_existing([path for image in images for path in output_paths(image, out)])
 

@@ -37,6 +37,8 @@ def read_coco_captions(
                         f"image_id {image_id} is not among the file's images", json_path, ann_name
                     )
                 text = field(entry, "caption", json_path, ann_name, str).strip()
+                if not text:
+                    raise DataError("caption is empty", json_path, ann_name)
             except DataError as error:
                 raise error.with_key(key) from None
             captions.setdefault(image_id, []).append(text)
@@ -90,8 +92,11 @@ def _karpathy_record(entry: object, file: Path, image_root: Path) -> CaptionsRec
     filename = field(entry, "filename", file, name, str)
     filepath = field(entry, "filepath", file, name, str)
     split = field(entry, "split", file, name, str)
-    texts = []
+    texts: list[str] = []
     for sentence in field(entry, "sentences", file, name, list):
-        texts.append(field(sentence, "raw", file, name, str).strip())
+        text = field(sentence, "raw", file, name, str).strip()
+        if not text:
+            raise DataError(f"sentence {len(texts)} is empty", file, name)
+        texts.append(text)
     image = ImageInfo(id=image_id, path=image_root / filepath / filename, height=None, width=None)
     return CaptionsRecord(image=image, captions=tuple(texts), split=split)

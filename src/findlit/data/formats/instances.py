@@ -45,12 +45,19 @@ def read_coco_instances(
     images = read_images(document, json_path, images_root, key)
 
     per_image: dict[int, list[InstanceAnnotation]] = {image_id: [] for image_id in images}
+    seen: set[int] = set()
     for entry in top_level_list(document, "annotations", json_path, key):
         with bad_records.guard():
             try:
                 image_id, annotation = _annotation(entry, json_path, images, categories)
+                if annotation.id in seen:
+                    # refs point at annotations by id: a repeated id makes them ambiguous
+                    raise DataError(
+                        f"annotation id {annotation.id} is listed twice", json_path, f"ann_id={annotation.id}"
+                    )
             except DataError as error:
                 raise error.with_key(key) from None
+            seen.add(annotation.id)
             per_image[image_id].append(annotation)
     records = tuple(InstancesRecord(images[i], tuple(anns)) for i, anns in per_image.items())
     files = {"instances_json": json_path, "image_root": images_root}

@@ -76,9 +76,15 @@ def read_categories(document: Any, file: Path, key: str | None) -> dict[int, Cat
         name = f"category_id={entry.get('id') if isinstance(entry, Mapping) else '?'}"
         try:
             category_id = field(entry, "id", file, name, int)
+            if category_id in categories:
+                raise DataError(f"category id {category_id} is listed twice", file, name)
+            category_name = field(entry, "name", file, name, str)
+            if not category_name.strip():
+                # the name is the class prompt: an empty one would be an empty text query
+                raise DataError("category name is empty", file, name)
             categories[category_id] = Category(
                 id=category_id,
-                name=field(entry, "name", file, name, str),
+                name=category_name,
                 isthing=bool(entry.get("isthing", 1)),
                 supercategory=str(entry.get("supercategory", "")),
             )
@@ -94,12 +100,16 @@ def read_images(document: Any, file: Path, image_root: Path, key: str | None) ->
         name = f"image_id={entry.get('id') if isinstance(entry, Mapping) else '?'}"
         try:
             image_id = field(entry, "id", file, name, int)
-            images[image_id] = ImageInfo(
-                id=image_id,
-                path=image_root / field(entry, "file_name", file, name, str),
-                height=field(entry, "height", file, name, int),
-                width=field(entry, "width", file, name, int),
-            )
+            if image_id in images:
+                raise DataError(f"image id {image_id} is listed twice", file, name)
+            file_name = field(entry, "file_name", file, name, str)
+            if not file_name.strip():
+                raise DataError("file_name is empty", file, name)
+            height = field(entry, "height", file, name, int)
+            width = field(entry, "width", file, name, int)
+            if height <= 0 or width <= 0:
+                raise DataError(f"image size {height}x{width} is not positive", file, name)
+            images[image_id] = ImageInfo(id=image_id, path=image_root / file_name, height=height, width=width)
         except DataError as error:
             raise error.with_key(key) from None
     return images
@@ -121,6 +131,8 @@ def bbox(value: Any, file: Path, record_name: str) -> tuple[float, float, float,
         isinstance(value, list | tuple) and len(value) == 4 and all(isinstance(v, int | float) for v in value)
     ):
         raise DataError(f"bbox should be [x, y, w, h], got {value!r}", file, record_name)
+    if value[2] < 0 or value[3] < 0:
+        raise DataError(f"bbox {list(value)} has a negative width or height", file, record_name)
     return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
 
 

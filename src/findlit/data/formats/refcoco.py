@@ -142,11 +142,13 @@ def _ref(
         owner, annotation = annotations[ann_id]
         if owner.image.id != image_id:
             raise DataError(f"ann_id {ann_id} belongs to image {owner.image.id}, not {image_id}", file, name)
-    sentences = []
+    sentences: list[str] = []
     for sentence in field(entry, "sentences", file, name, list):
         text = sentence.get("raw", sentence.get("sent")) if isinstance(sentence, Mapping) else None
         if not isinstance(text, str):
             raise DataError("a sentence needs a 'raw' or 'sent' string", file, name)
+        if not text.strip():
+            raise DataError(f"sentence {len(sentences)} is empty", file, name)
         sentences.append(text.strip())
     if not sentences:
         raise DataError("ref has no sentences", file, name)

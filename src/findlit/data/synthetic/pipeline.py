@@ -32,7 +32,8 @@ def _run_jobs(jobs: Sequence[ImageJob], workers: int) -> Iterator[ImageResult]:
         yield from pool.map(build_image, jobs, chunksize=chunk)
 
 
-def _validate(counts: dict[str, int], size: int, seed: int, workers: int) -> None:
+def check_arguments(counts: dict[str, int], size: int, seed: int, workers: int) -> None:
+    """Raise ValueError for image counts, size, seed or workers the generator cannot use."""
     if min(counts.values()) < 0 or sum(counts.values()) == 0:
         raise ValueError(f"need at least one image: {', '.join(f'{s}={n}' for s, n in counts.items())}")
     if max(counts.values()) >= VAL_ID_OFFSET:
@@ -62,7 +63,7 @@ def generate(
 
     """
     counts = {"train": train, "val": val, "test": test}
-    _validate(counts, size, seed, workers)
+    check_arguments(counts, size, seed, workers)
     start = time.perf_counter()
     out = Path(out)
     params = {
