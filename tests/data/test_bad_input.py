@@ -745,10 +745,10 @@ def test_skip_drops_the_bad_record_with_one_warning(tmp_path: Path) -> None:
 def test_skip_warns_once_for_several_bad_records(tmp_path: Path) -> None:
     root = copy_sample(tmp_path)
     edit_json(root, PANOPTIC_JSON, _bad_category_in(IMAGE_A, IMAGE_B))
-    with pytest.warns(UserWarning, match="skipped 2 bad record") as caught:
-        dataset = build(root, "coco_panoptic", on_bad_record="skip")
-    assert len(dataset) == 0
-    assert len(user_warnings(caught.list)) == 1
+    # every record bad: no dataset of nothing, but one error that counts them and shows the first
+    expected = r"no usable records in this file \(all 2 were bad records; the first: "
+    with pytest.raises(DataError, match=expected):
+        build(root, "coco_panoptic", on_bad_record="skip")
 
 
 @pytest.mark.parametrize(

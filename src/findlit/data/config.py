@@ -162,8 +162,10 @@ def read_records(
     if not data.records:
         split = getattr(config.paths, "split", None)
         which = f" of split {split!r}" if split is not None else ""
+        problems = bad_records.problems if bad_records is not None else []
+        why = f" (all {len(problems)} were bad records; the first: {problems[0]})" if problems else ""
         # an empty dataset is a wrong path or split: training or scoring nothing would hide it
-        raise DataError(f"no usable records{which} in this file", data.source, key=key)
+        raise DataError(f"no usable records{which} in this file{why}", data.source, key=key)
     return data
 
 
