@@ -229,7 +229,7 @@ def _refuse_file_as_folder(trainer: Trainer) -> None:
 
     The loggers would otherwise fail with a traceback when they list or create their run folder.
     """
-    folders = [("trainer.default_root_dir", trainer.default_root_dir)]
+    folders: list[tuple[str, str | None]] = [("trainer.default_root_dir", trainer.default_root_dir)]
     for index, logger in enumerate(trainer.loggers):
         where = "trainer.logger" if len(trainer.loggers) == 1 else f"trainer.logger[{index}]"
         folders.append((f"{where}.init_args.save_dir", getattr(logger, "save_dir", None)))
