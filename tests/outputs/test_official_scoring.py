@@ -27,14 +27,13 @@ import torch
 import yaml
 from PIL import Image
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from findlit.cli.train import FindLightningCLI
 from findlit.data.collate import image_origin
 from findlit.tasks.grounding import GroundingTask
 from findlit.tasks.segmentation import SegmentationTask
 from tests.cli.test_train import tiny_config
-from tests.outputs.test_test_results import _decode, _test_datasets
+from tests.outputs.test_test_results import _decode, _test_datasets, things_cocoeval
 
 TOLERANCE = 1e-6
 """Both sides count the same pixels; only float summation order may differ."""
@@ -230,14 +229,7 @@ def test_mask_ap_equals_cocoeval_on_the_written_instances(scored_run: dict[str, 
     data, folder = scored_run["data"], scored_run["predictions"] / "demo_panoptic"
     truth = COCO(str(data / "annotations" / "instances_val.json"))
     results = truth.loadRes(str(folder / "instances_results.json"))
-    evaluation = COCOeval(truth, results, iouType="segm")
-    evaluation.params.imgIds = sorted(truth.getImgIds())
-    # the generated instances file also holds the stuff; instance predictions are things only
-    panoptic = json.loads((data / "annotations" / "panoptic_val.json").read_text())
-    evaluation.params.catIds = [c["id"] for c in panoptic["categories"] if c["isthing"]]
-    evaluation.evaluate()
-    evaluation.accumulate()
-    evaluation.summarize()
+    evaluation = things_cocoeval(data, truth, results, sorted(truth.getImgIds()))
     assert 0.1 < evaluation.stats[0] < 0.95
     for name, value in zip(("AP", "AP50", "AP75"), evaluation.stats[:3], strict=True):
         assert scored_run["metrics"][f"test/demo_panoptic/{name}"] == pytest.approx(value, abs=TOLERANCE), (

@@ -58,6 +58,21 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+def things_cocoeval(data: Path, truth: COCO, results: COCO, image_ids: list[int]) -> COCOeval:
+    """COCOeval (segm) of ``results`` on ``image_ids``, run, over the thing categories only.
+
+    The generated instances file also holds the stuff; instance predictions are things only.
+    """
+    evaluation = COCOeval(truth, results, iouType="segm")
+    evaluation.params.imgIds = image_ids
+    panoptic = json.loads((data / "annotations" / "panoptic_val.json").read_text())
+    evaluation.params.catIds = [c["id"] for c in panoptic["categories"] if c["isthing"]]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return evaluation
+
+
 def _test_datasets(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The val datasets, resized to TEST_SIZE, without interleave (it has no standard format)."""
     out = []
@@ -274,14 +289,7 @@ def test_ground_truth_instances_score_with_cocoeval(ground_truth_run: dict[str, 
     for annotation in results.anns.values():
         image = truth.imgs[annotation["image_id"]]
         assert tuple(annotation["segmentation"]["size"]) == (image["height"], image["width"])
-    evaluation = COCOeval(truth, results, iouType="segm")
-    evaluation.params.imgIds = sorted(results.getImgIds())
-    # the synthetic instances file also holds the stuff; instance predictions are things only
-    panoptic = json.loads((data / "annotations" / "panoptic_val.json").read_text())
-    evaluation.params.catIds = [c["id"] for c in panoptic["categories"] if c["isthing"]]
-    evaluation.evaluate()
-    evaluation.accumulate()
-    evaluation.summarize()
+    evaluation = things_cocoeval(data, truth, results, sorted(results.getImgIds()))
     assert evaluation.stats[1] > 0.95  # AP50 of the ground truth, resized there and back
 
 
