@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -816,6 +817,29 @@ def wandb_records(path: Path) -> Iterator[Any]:
             payload = b""
 
 
+def completed_wandb_records(path: Path, timeout: float = 60.0) -> list[Any]:
+    """The records of an offline run file once W&B has written all of it (its last record, ``exit``).
+
+    ``Run.finish()`` returns when wandb-core's stream has shut down, but its writer puts the file's
+    buffered tail on disk a moment later: under load, a run file read right after ``finish()``
+    lacked its history and exit records, which were there when read again (stress run of
+    2026-12-06, round 3 under load). Records are written in order, so the exit record means the
+    whole file is there.
+    """
+    from google.protobuf.message import DecodeError  # installed with wandb, an optional extra
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(path))
+        except DecodeError:  # the tail of a record being written
+            records = []
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record {timeout:.0f} s after finish()"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_fit_with_the_wandb_config_offline_logs_metrics_and_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -853,7 +877,7 @@ def test_fit_with_the_wandb_config_offline_logs_metrics_and_config(
     [run_file] = list(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
     metrics: set[str] = set()
     logged: dict[str, Any] = {}
-    for record in wandb_records(run_file):
+    for record in completed_wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             metrics |= {item.key or "/".join(item.nested_key) for item in record.history.item}
