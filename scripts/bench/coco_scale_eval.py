@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import finish, machine_load, paired_ratios, spread, summary
+from _common import finish, machine_load, paired_ratios, panoptic_png_ids, spread, summary
 from PIL import Image
 
 HEIGHT, WIDTH = 480, 640
@@ -214,11 +214,6 @@ def generate(folder: Path, images: int) -> None:
 # -- the two scorers, each run in a process of its own ----------------------------------------------
 
 
-def _read_ids(path: Path) -> np.ndarray:
-    rgb = np.asarray(Image.open(path), dtype=np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
 def _peak_memory_mib() -> float:
     """This process's peak resident memory (VmHWM), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -302,7 +297,7 @@ def score_findlit(folder: Path) -> dict[str, Any]:
 
     def panoptic_map(side: str, entry: dict[str, Any]) -> torch.Tensor:
         """int64[1,H,W,2] (category, segment id) from a panoptic PNG and its segments."""
-        ids = _read_ids(folder / side / "panoptic" / entry["file_name"])
+        ids = panoptic_png_ids(folder / side / "panoptic" / entry["file_name"])
         category = np.full(int(ids.max()) + 1, VOID_CATEGORY, dtype=np.int64)
         for segment in entry["segments_info"]:
             category[segment["id"]] = segment["category_id"]

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import alternate, finish, paired_ratios, spread, summary
+from _common import alternate, finish, paired_ratios, panoptic_png_ids, spread, summary
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -209,11 +209,6 @@ def panopticapi_pq(files: dict[str, Any]) -> float:
         return float(stat.pq_average(files["categories"], isthing=None)[0]["pq"])
 
 
-def _read_ids(path: Path) -> torch.Tensor:
-    rgb = np.asarray(Image.open(path), dtype=np.uint32)
-    return torch.from_numpy((rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]).astype(np.int64))
-
-
 def findlit_pq_from_files(files: dict[str, Any]) -> float:
     """findlit's PanopticQuality fed from the same PNGs and segment lists."""
     metric = PanopticQuality(things=THINGS, stuffs=STUFFS)
@@ -224,7 +219,7 @@ def findlit_pq_from_files(files: dict[str, Any]) -> float:
             segments = annotation["segments_info"]
             inputs.append(
                 PanopticSegments.of(
-                    _read_ids(folder / side / annotation["file_name"]),
+                    torch.from_numpy(panoptic_png_ids(folder / side / annotation["file_name"])),
                     [s["id"] for s in segments],
                     [s["category_id"] for s in segments],
                     [bool(s["iscrowd"]) for s in segments],

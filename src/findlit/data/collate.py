@@ -159,6 +159,27 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple if multiple > 1 else value
 
 
+def image_targets(batch: Batch, b: int) -> dict[str, Tensor]:
+    """Image ``b``'s targets to score its predictions against (those of the keys it has).
+
+    Its ``original`` ones (decoded, at the image's size on disk) when it has them, as evaluation
+    datasets give; else its padded ``masks`` and ``ignore_mask`` cropped to the image
+    (``image_sizes``, from the origin of its padding mask), with ``labels`` and ``iscrowd``.
+    """
+    target = batch["targets"][b]
+    if "original" in target:
+        return dict(target["original"])
+    top, left = image_origin(batch["padding_mask"][b])
+    h, w = (int(n) for n in batch["image_sizes"][b])
+    cropped: dict[str, Tensor] = {
+        key: target[key][..., top : top + h, left : left + w]
+        for key in ("masks", "ignore_mask")
+        if key in target
+    }
+    cropped |= {key: target[key] for key in ("labels", "iscrowd") if key in target}
+    return cropped
+
+
 def image_origin(padding_mask: Tensor) -> tuple[int, int]:
     """(top, left) of an image in its padded frame, from its bool[H,W] padding mask (True = padding).
 

@@ -160,8 +160,7 @@ def read_records(
     keys = {f.name: f"{key}.paths.{f.name}" for f in fields(DatasetPaths)}
     data: Dataset = fmt.reader(*arguments, bad_records=bad_records, keys=keys, **fmt.extra)
     if not data.records:
-        split = getattr(config.paths, "split", None)
-        which = f" of split {split!r}" if split is not None else ""
+        which = f" of split {config.paths.split!r}" if config.paths.split is not None else ""
         problems = bad_records.problems if bad_records is not None else []
         why = f" (all {len(problems)} were bad records; the first: {problems[0]})" if problems else ""
         # an empty dataset is a wrong path or split: training or scoring nothing would hide it

@@ -54,7 +54,6 @@ __all__ = [
     "Predictor",
     "SegmentationMode",
     "check_files",
-    "check_prompts",
     "output_paths",
     "read_image",
     "training_resize",
@@ -102,13 +101,6 @@ def training_resize(checkpoint: Mapping[str, Any], path: Path) -> tuple[int | No
     if not isinstance(data, Mapping):
         return None, None
     return evaluation_resize(data)
-
-
-def check_prompts(prompts: Sequence[str], classes: Sequence[str], stuff: Sequence[str] = ()) -> None:
-    """Refuse an empty request, blank prompts or class names, and repeated class names."""
-    problem = request_problem(prompts, classes, stuff)
-    if problem is not None:
-        raise PredictError(problem[1])
 
 
 def check_files(images: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> None:
@@ -208,7 +200,8 @@ class Predictor:
         """The request of these prompts and names in this predictor's mode.
 
         Raises:
-            PredictError: a request this model cannot serve (see also :func:`check_prompts`).
+            PredictError: a request this model cannot serve
+                (:func:`~findlit.data.predict_config.request_problem`).
 
         """
         problem = request_problem(prompts, classes, stuff, self.mode)

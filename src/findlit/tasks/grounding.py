@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from findlit.data.collate import Batch, image_origin
+from findlit.data.collate import Batch, image_targets
 from findlit.data.predict_config import PredictRequest
 from findlit.interface.find import InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.interface.heads import class_logits
@@ -143,8 +143,7 @@ def update_grounding_metrics(
 
     Args:
         metrics: the grounding metrics of the dataset.
-        batch: supplies ``targets[b]`` (``masks`` padded, or ``original``), ``padding_mask`` and
-            ``orig_sizes``.
+        batch: supplies each image's targets (:func:`~findlit.data.collate.image_targets`).
         predictions: per image ``{"masks": bool[S,h,w], ...}``.
         targets: per image int64[S], the index in ``masks`` of each prediction's target.
 
@@ -153,16 +152,10 @@ def update_grounding_metrics(
         masks = prediction["masks"]
         if masks.shape[0] == 0:
             continue
-        target = batch["targets"][b]
-        if "original" in target:
-            disk = target["original"]["masks"]
-            truth = disk[index.to(disk.device)]
-            masks = resize_nearest(masks, truth.shape[-2:])
-        else:
-            top, left = image_origin(batch["padding_mask"][b])
-            h, w = masks.shape[-2:]
-            padded = target["masks"]
-            truth = padded[index.to(padded.device)][:, top : top + h, left : left + w]
+        scored = image_targets(batch, b)["masks"]
+        truth = scored[index.to(scored.device)]
+        # to the size on disk; nothing to do when the targets were cropped to the image instead
+        masks = resize_nearest(masks, truth.shape[-2:])
         metrics.update(masks, truth.to(masks.device))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from findlit.data.collate import Batch, image_origin
+from findlit.data.collate import Batch, image_targets
 from findlit.metrics import (
     SegmentationMetrics,
     instance_target,
@@ -92,7 +92,7 @@ def update_segmentation_metrics(
     ids = category_ids(vocabulary)
     parts = set(metrics.include)
     for b, prediction in enumerate(predictions):
-        truth = _image_targets(batch, b)
+        truth = image_targets(batch, b)
         size = truth["masks"].shape[-2:]
         masks, labels, ignore, crowd = (
             truth["masks"],
@@ -119,19 +119,3 @@ def update_segmentation_metrics(
             update["semantic_pred"] = semantic[None]
             update["semantic_target"] = semantic_map(masks, labels, ignore).to(semantic.device)[None]
         metrics.update(**update)
-
-
-def _image_targets(batch: Batch, b: int) -> dict[str, Tensor]:
-    """Image ``b``'s ``masks``, ``labels``, ``ignore_mask`` and ``iscrowd``: original, else cropped."""
-    target = batch["targets"][b]
-    if "original" in target:
-        return dict(target["original"])
-    padding = batch["padding_mask"][b]
-    h, w = (int(n) for n in batch["image_sizes"][b])
-    top, left = image_origin(padding)
-    cropped = {"masks": target["masks"][:, top : top + h, left : left + w], "labels": target["labels"]}
-    if "ignore_mask" in target:
-        cropped["ignore_mask"] = target["ignore_mask"][top : top + h, left : left + w]
-    if "iscrowd" in target:
-        cropped["iscrowd"] = target["iscrowd"]
-    return cropped
