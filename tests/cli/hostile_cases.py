@@ -206,10 +206,6 @@ def _append_copy(path: list[Any]) -> Callable[[Any], None]:
     return change
 
 
-def _config_edit(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    return change
-
-
 PHOTO_FILE = "{sample}/" + PHOTO
 CAPTIONS_KEY = "data.val[2].paths.image_root"
 PANOPTIC_KEY = "data.val[0].paths.panoptic_json"
