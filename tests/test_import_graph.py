@@ -10,7 +10,8 @@ Modules named only as strings (:mod:`findlit.moved_modules`) are not edges.
 
 The layering (higher may import lower, never the other way):
 
-    cli -> inference -> training -> tasks -> {interface, losses, metrics, outputs} -> {encoders, data}
+    cli -> inference -> training -> tasks -> {interface, losses, metrics, outputs}
+        -> {encoders, data, interactive}
         -> helpers (top-level modules: findlit.errors, findlit.moved_modules, shared helpers such as
            an atomic file writer or a nearest resize), which import nothing of findlit but findlit.errors
 
@@ -44,6 +45,7 @@ LAYERS: dict[str, int] = {
     "outputs": 2,
     "encoders": 1,
     "data": 1,
+    "interactive": 1,
 }
 """Top-level packages by layer; top-level modules (helpers) are layer 0."""
 

@@ -1,6 +1,7 @@
 """Metrics torchmetrics lacks, per-task builders, and the per-image inputs of the segmentation metrics.
 
-Gallery retrieval recall, grounding cIoU/mIoU/P@t; panoptic maps and instance targets for PQ and mask AP.
+Gallery retrieval recall, grounding cIoU/mIoU/P@t, interactive NoC and IoU after k clicks; panoptic maps
+and instance targets for PQ and mask AP.
 
 May import encoders, data and the top-level helpers (errors); not interface, losses or outputs (same
 layer), nor anything above. It imports none of them today.
@@ -15,6 +16,7 @@ from findlit.metrics.collections import (
     segmentation_metrics,
 )
 from findlit.metrics.grounding import GroundingMetrics
+from findlit.metrics.interactive import InteractiveMetrics, clicks_to_reach
 from findlit.metrics.panoptic import (
     VOID_CATEGORY,
     instance_target,
@@ -27,9 +29,11 @@ from findlit.metrics.semantic_iou import SemanticIoU
 __all__ = [
     "VOID_CATEGORY",
     "GroundingMetrics",
+    "InteractiveMetrics",
     "RetrievalRecall",
     "SegmentationMetrics",
     "SemanticIoU",
+    "clicks_to_reach",
     "clone_for_stage",
     "grounding_metrics",
     "instance_target",
