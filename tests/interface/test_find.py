@@ -370,3 +370,40 @@ def test_sentence_rows_must_match_prompts() -> None:
     )
     with pytest.raises(ValueError, match="2 rows for 3 prompts"):
         _interface()(_features(1), prompts)
+
+
+def test_every_output_carries_mask_embeddings_and_proposal_masks_come_from_them() -> None:
+    interface = _interface().eval()
+    with torch.no_grad():
+        out = interface(_features(2), _segmentation())
+        mask_features = interface.pixel_decoder(_features(2)).mask_features
+    for name, entry in out.last.items():
+        assert entry["mask_embeddings"].shape[:2] == entry["embeddings"].shape[:2], name
+    objects = out.last[OBJECT]
+    expected = torch.einsum("bqc,bchw->bqhw", objects["mask_embeddings"], mask_features)
+    assert torch.allclose(objects["mask_logits"], expected, atol=1e-5)
+
+
+MEMORY = "memories.vision.spatial"
+
+
+def test_memory_rows_read_only_inside_their_images_previous_mask() -> None:
+    interface = _interface().eval()
+    captured: list[tuple[Tensor, ...]] = []
+    interface.layers[0].cross_attention.register_forward_pre_hook(lambda module, args: captured.append(args))
+    previous = torch.full((2, H // 4, W // 4), -5.0)
+    previous[0, : H // 8, : W // 8] = 5.0  # image 0: its top-left quarter; image 1: nothing
+    prompts = _segmentation()
+    prompts.learned[MEMORY] = 4
+    prompts.memory_masks[MEMORY] = previous
+    with torch.no_grad():
+        out = interface(_features(2), prompts)
+    attend = captured[0][2]
+    level_size = (H // 32, W // 32)  # layer 0 reads res5
+    hw = level_size[0] * level_size[1]
+    inside = attention_mask_from_logits(previous[:, None], level_size)[:, 0]
+    memories = out.compiled.slices[MEMORY]
+    assert inside[0].any() and not inside[0].all()
+    assert torch.equal(attend[0, memories, :hw], inside[0].expand(4, hw))
+    assert attend[1, memories, :hw].all()  # an empty mask reads every position
+    assert out.last[MEMORY]["embeddings"].shape == (2, 4, EMBED)

@@ -682,3 +682,81 @@ def test_from_yaml_names_file_and_key(tmp_path: Path) -> None:
 def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"prototype\.queries\.vision\.image: an output type"):
         Prototype({IMAGE: TypeRule(self_attend=(IMAGE,), output=True)})
+
+
+# ---------------------------------------------------------------- conditional attention (FIND)
+
+
+def test_default_prototype_has_finds_conditional_swap_of_the_segment_proposals() -> None:
+    (swap,) = default_prototype().types[SEGMENT].conditional
+    assert (swap.replace, swap.by, swap.p) == ("tokens.vision.spatial", "queries.vision.spatial", 0.3)
+
+
+SPATIAL_TYPES = (SEGMENT, "tokens.vision.spatial", "queries.vision.spatial", "memories.vision.spatial")
+
+
+def test_a_drawn_swap_replaces_the_entry_and_compiles() -> None:
+    prototype = default_prototype()
+    always = Prototype.from_dict(
+        {
+            name: {
+                "self_attend": list(rule.self_attend),
+                "cross_attend": list(rule.cross_attend),
+                "cross_masked": rule.cross_masked,
+                "output": rule.output,
+                "init_from": rule.init_from,
+                "conditional": [{"replace": s.replace, "by": s.by, "p": 1.0} for s in rule.conditional],
+            }
+            for name, rule in prototype.types.items()
+        }
+    )
+    swapped = always.conditioned(set(SPATIAL_TYPES), torch.Generator().manual_seed(0))
+    assert swapped.types[SEGMENT].self_attend == (
+        SEGMENT,
+        "queries.vision.spatial",
+        "memories.vision.spatial",
+    )
+    compiled = swapped.compile({SEGMENT: 3, "queries.vision.spatial": 1, "tokens.vision.spatial": 4}, 1)
+    rows, spatial_q, spatial_t = (
+        compiled.slices[n] for n in (SEGMENT, "queries.vision.spatial", "tokens.vision.spatial")
+    )
+    assert compiled.self_mask[0, rows, spatial_q].all() and not compiled.self_mask[0, rows, spatial_t].any()
+    # the unswapped prototype: the other way round
+    plain = always.compile({SEGMENT: 3, "queries.vision.spatial": 1, "tokens.vision.spatial": 4}, 1)
+    assert plain.self_mask[0, rows, spatial_t].all() and not plain.self_mask[0, rows, spatial_q].any()
+
+
+def test_no_draw_when_the_swapped_types_are_absent() -> None:
+    generator = torch.Generator().manual_seed(5)
+    state = generator.get_state()
+    prototype = default_prototype()
+    assert prototype.conditioned({OBJECT, IMAGE, "queries.language.class"}, generator) is prototype
+    assert torch.equal(generator.get_state(), state)  # other tasks' random streams are untouched
+    draws = [prototype.conditioned(set(SPATIAL_TYPES), generator) is not prototype for _ in range(400)]
+    assert 0.2 < sum(draws) / len(draws) < 0.4  # p = 0.3
+
+
+@pytest.mark.parametrize(
+    ("conditional", "key"),
+    [
+        (
+            [{"replace": "tokens.vision.spatial", "by": "queries.vision.spatial", "p": 1.5}],
+            "conditional[0].p",
+        ),
+        (
+            [{"replace": "queries.vision.image", "by": "queries.vision.spatial", "p": 0.3}],
+            "conditional[0].replace",
+        ),
+        ([{"replace": "tokens.vision.spatial", "by": "queries.nowhere.x", "p": 0.3}], "conditional[0].by"),
+        ([{"replace": "tokens.vision.spatial", "p": 0.3}], "conditional[0]"),
+        ("tokens.vision.spatial", "conditional"),
+    ],
+)
+def test_bad_conditional_is_named(conditional: Any, key: str) -> None:
+    text = (ROOT / "configs" / "prototypes" / "find_default.yaml").read_text()
+    mapping = yaml.safe_load(text)
+    mapping[SEGMENT]["conditional"] = conditional
+    with pytest.raises(
+        ConfigError, match=f"prototype.{SEGMENT}.{key}".replace(".", r"\.").replace("[", r"\[")
+    ):
+        Prototype.from_dict(mapping)

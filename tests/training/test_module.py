@@ -209,8 +209,19 @@ def test_parameter_groups_by_type_and_name() -> None:
     ]
 
 
+def test_the_default_tasks_follow_the_interfaces_visual_prompts() -> None:
+    with_visual = tiny_module(interface={**INTERFACE, "visual_prompts": True})
+    assert list(with_visual.tasks) == ["segmentation", "grounding", "retrieval", "interleave", "interactive"]
+    with pytest.raises(
+        ConfigError,
+        match=r"model.tasks: \['interactive'\] read visual prompts; set model.interface.visual_prompts: true",
+    ):
+        tiny_module(tasks=["segmentation", "interactive"], task_options={})
+
+
 def test_construction_groups_and_hparams() -> None:
     module = tiny_module()
+    # without visual prompts, the default leaves out the interactive task
     assert list(module.tasks) == ["segmentation", "grounding", "retrieval", "interleave"]
     assert module.hparams["vision_encoder"] == {
         "name": "timm",

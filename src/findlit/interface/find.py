@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,8 +62,9 @@ from findlit.interface.visual_prompts import VisualPromptEncoder, VisualPrompts,
 IMAGE_QUERY = "queries.vision.image"
 
 LayerOutput = dict[str, dict[str, Tensor]]
-"""One prediction: ``{output type: {"embeddings": float[B,n,E], "valid": bool[B,n]}}``; proposal
-types also carry ``"mask_logits": float[B,n,H/4,W/4]``."""
+"""One prediction: ``{output type: {"embeddings": float[B,n,E], "valid": bool[B,n], "mask_embeddings":
+float[B,n,D]}}``; proposal types also carry ``"mask_logits": float[B,n,H/4,W/4]`` (their mask
+embeddings against the mask features)."""
 
 
 @dataclass
@@ -121,7 +123,14 @@ class InterfacePrompts:
             (:meth:`FINDInterface.encode_visual_prompts`); e.g. ``{"tokens.vision.spatial": ...}`` with
             ``per_prompt={"queries.vision.spatial": "tokens.vision.spatial"}``. Needs an interface
             built with ``visual_prompts=True``.
-        generator: draws the visual prompts' points; None = torch's global generator.
+        memory_masks: ``{memory type: float[B,h,w]}``, mask logits of each image's previous
+            interaction round (any resolution of the batch's frame, e.g. the stride-4 mask logits): the
+            type's rows read the image features only where ``sigmoid >= 0.5`` at each layer's level
+            (resized bilinearly), and everywhere when that is nowhere. FIND masks
+            ``memories.vision.spatial`` this way (``cross_attn_mask`` in its
+            ``attention_data_struct_ging.py``). A memory type without a mask reads all features.
+        generator: draws the visual prompts' points and, in training, the prototype's conditional
+            swaps; None = torch's global generator.
 
     """
 
@@ -129,6 +138,7 @@ class InterfacePrompts:
     tokens: dict[str, PromptTokens] = field(default_factory=dict)
     per_prompt: dict[str, str] = field(default_factory=dict)
     visual: dict[str, VisualPrompts] = field(default_factory=dict)
+    memory_masks: dict[str, Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
 
 
@@ -141,12 +151,15 @@ class InterfaceOutput:
             last is the final one), each a :data:`LayerOutput`.
         logit_scale: float scalar, the learned temperature of cosine logits.
         compiled: the batch's compiled prototype (layout and masks).
+        extras: what a task's run adds beside the interface's predictions (e.g. the interactive
+            task's IoU per click in evaluation); empty from the interface itself.
 
     """
 
     layers: list[LayerOutput]
     logit_scale: Tensor
     compiled: CompiledPrototype
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last(self) -> LayerOutput:
@@ -222,6 +235,14 @@ def _check_padding_mask(padding_mask: Tensor, features: Mapping[str, Tensor]) ->
         )
     if batch is not None and int(padding_mask.shape[0]) != batch:
         raise ValueError(f"padding_mask has {padding_mask.shape[0]} images, the features {batch}")
+
+
+def _effective_padding(padding_mask: Tensor | None, features: Mapping[str, Tensor]) -> Tensor | None:
+    """``padding_mask`` checked; None when it pads nothing (the unmasked path, exactly and at its cost)."""
+    if padding_mask is None:
+        return None
+    _check_padding_mask(padding_mask, features)
+    return padding_mask if bool(padding_mask.any()) else None
 
 
 def _rank_within(owner: Tensor, batch: int) -> tuple[Tensor, Tensor]:
@@ -492,7 +513,9 @@ class FINDInterface(nn.Module):
             groups[name] = torch.arange(width, device=device).unsqueeze(0).expand(batch, -1)
             if prompt.sentence is not None:
                 sentences[name] = self._sentences(prompt, batch, width)
-        compiled = self.prototype.compile(sizes, batch, device, groups)
+        # FIND's conditional attention: swaps drawn per training forward (the prototype's `conditional`)
+        prototype = self.prototype.conditioned(sizes, prompts.generator) if self.training else self.prototype
+        compiled = prototype.compile(sizes, batch, device, groups)
 
         contents, positions = [], []
         for name in compiled.order:
@@ -532,7 +555,9 @@ class FINDInterface(nn.Module):
         """
         y = self.decoder_norm(x)
         embeddings = self.semantic(y)
-        logits = self.mask_head(y[:, :num_proposal_rows], mask_features)[1] if num_proposal_rows else None
+        proposal_embeddings, logits = (
+            self.mask_head(y[:, :num_proposal_rows], mask_features) if num_proposal_rows else (None, None)
+        )
         if self.mask_pooling is not None and logits is not None:
             # [B,P,E], the proposal rows come first
             pooled = self.mask_pooling(logits, mask_features, mask_padding)
@@ -543,8 +568,12 @@ class FINDInterface(nn.Module):
         for name in compiled.outputs:
             span = compiled.slices[name]
             entry = {"embeddings": embeddings[:, span], "valid": compiled.valid[:, span]}
-            if logits is not None and kind_of(name) == "proposals":
+            if logits is not None and proposal_embeddings is not None and kind_of(name) == "proposals":
                 entry["mask_logits"] = logits[:, span]
+                entry["mask_embeddings"] = proposal_embeddings[:, span]
+            else:
+                # FIND compares spatial queries with segment proposals in this space (raw dot product)
+                entry["mask_embeddings"] = self.mask_head.embed(y[:, span])
             output[name] = entry
         attend = None
         if logits is not None and target_size is not None:
@@ -567,16 +596,30 @@ class FINDInterface(nn.Module):
 
     @staticmethod
     def _feature_mask(
-        compiled: CompiledPrototype, previous: Tensor | None, num_keys: int, valid: Tensor | None = None
+        compiled: CompiledPrototype,
+        previous: Tensor | None,
+        num_keys: int,
+        valid: Tensor | None = None,
+        memories: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         """bool[B,S,h*w]: who reads which feature position (masked proposal rows: inside ``previous``).
 
         ``valid``: bool[B,h*w], each image's own positions (nobody reads padding), or None (all).
+        ``memories``: ``{memory type: bool[B,h*w]}``, where each memory type's rows may read (an
+        image's rows read all of it when that is nowhere on the image).
         """
         batch, length = compiled.batch_size, compiled.length
         reads = compiled.reads_features[None, :, None].expand(batch, length, num_keys)
         if valid is not None:
             reads = reads & valid[:, None]
+        for name, allowed in (memories or {}).items():
+            if name not in compiled.slices:
+                continue
+            inside = allowed if valid is None else allowed & valid
+            inside = inside | ~inside.any(dim=-1, keepdim=True)  # an empty mask reads everything
+            span = compiled.slices[name]
+            memory_reads = reads[:, span] & inside[:, None]
+            reads = torch.cat([reads[:, : span.start], memory_reads, reads[:, span.stop :]], dim=1)
         if previous is None:
             return reads
         rows = previous.shape[1]
@@ -590,8 +633,22 @@ class FINDInterface(nn.Module):
         proposals = reads[:, :rows] & (~masked | previous)
         return torch.cat([proposals, reads[:, rows:]], dim=1)
 
+    def decode_pixels(
+        self, features: Mapping[str, Tensor], padding_mask: Tensor | None = None
+    ) -> PixelDecoderOutput:
+        """The pixel decoder's output for ``features`` (as :meth:`forward` computes it first).
+
+        Give it to :meth:`forward` as ``pixel`` to run several prompt rounds on one image's features
+        without decoding them again (the interactive task's clicks).
+        """
+        return self.pixel_decoder(features, _effective_padding(padding_mask, features))
+
     def forward(
-        self, features: Mapping[str, Tensor], prompts: InterfacePrompts, padding_mask: Tensor | None = None
+        self,
+        features: Mapping[str, Tensor],
+        prompts: InterfacePrompts,
+        padding_mask: Tensor | None = None,
+        pixel: PixelDecoderOutput | None = None,
     ) -> InterfaceOutput:
         """Run the interface.
 
@@ -602,17 +659,17 @@ class FINDInterface(nn.Module):
             padding_mask: bool[B,H,W] at input resolution, True on padded pixels (a batch's
                 ``padding_mask``); a feature cell is padding when it is entirely padding. None, or a
                 mask without padding, runs the unmasked interface.
+            pixel: :meth:`decode_pixels` of these ``features`` and ``padding_mask``, computed once
+                for several forwards; None decodes them here.
 
         Returns:
             :class:`InterfaceOutput` with ``num_layers + 1`` predictions; mask logits on padded cells
             are computed but mean nothing.
 
         """
-        if padding_mask is not None:
-            _check_padding_mask(padding_mask, features)
-            if not bool(padding_mask.any()):
-                padding_mask = None  # nothing padded: the unmasked path, exactly and at its cost
-        pixel: PixelDecoderOutput = self.pixel_decoder(features, padding_mask)
+        padding_mask = _effective_padding(padding_mask, features)
+        if pixel is None:
+            pixel = self.pixel_decoder(features, padding_mask)
         mask_features = pixel.mask_features
         batch = int(mask_features.shape[0])
         visual = (
@@ -655,7 +712,11 @@ class FINDInterface(nn.Module):
             memory = torch.cat([keys, compiled.tokens(x).to(keys.dtype)], dim=1)
             memory_pos = torch.cat([key_pos, compiled.tokens(pos).to(key_pos.dtype)], dim=1)
             valid = None if valid_keys is None else valid_keys[level]
-            feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid)
+            memories = {
+                name: attention_mask_from_logits(logits[:, None], sizes[level])[:, 0]
+                for name, logits in prompts.memory_masks.items()
+            }
+            feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid, memories)
             cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
             x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
             target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None

@@ -165,6 +165,17 @@ class PixelDecoderOutput:
         keys = self.levels[index].flatten(2).transpose(1, 2) + self.level_embeddings[index]
         return keys, self.positions[index].flatten(2).transpose(1, 2)
 
+    def select(self, index: Tensor) -> PixelDecoderOutput:
+        """The output of the images ``index`` (long[R], repeats allowed), e.g. one row per prompted object."""
+        return PixelDecoderOutput(
+            self.mask_features[index],
+            [level[index] for level in self.levels],
+            [position[index] for position in self.positions],
+            self.level_embeddings,
+            None if self.padding is None else [padding[index] for padding in self.padding],
+            None if self.mask_padding is None else self.mask_padding[index],
+        )
+
     def valid_keys(self) -> list[Tensor] | None:
         """Per level bool[B,h*w], True on keys of an image's own cells (in :meth:`memory`'s order).
 

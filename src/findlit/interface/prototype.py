@@ -15,8 +15,8 @@ returned by :func:`default_prototype`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import InitVar, dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import InitVar, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ FEATURES = "features"
 """The ``cross_attend`` entry that reads the image features."""
 
 _PART = re.compile(r"^[A-Za-z0-9_]+$")
-_RULE_KEYS = ("self_attend", "cross_attend", "cross_masked", "output", "init_from")
+_RULE_KEYS = ("self_attend", "cross_attend", "cross_masked", "output", "init_from", "conditional")
 _DEFAULT_RESOURCE = "prototypes/find_default.yaml"
 
 
@@ -68,6 +68,20 @@ def kind_of(type_name: str) -> str:
 
 
 @dataclass(frozen=True)
+class ConditionalSwap:
+    """In training, with probability ``p``, a type attends to ``by`` instead of ``replace`` (FIND).
+
+    FIND's ``CONDITIONAL_ATTENTION`` (UX-Decoder/FIND ``configs/find/focalt_unicl_lang.yaml``,
+    applied in ``modeling/interface/prototype/attention_data_struct_ging.py``, ``reset``): the segment
+    proposals read the spatial queries instead of the spatial tokens in 30 % of training forwards.
+    """
+
+    replace: str
+    by: str
+    p: float
+
+
+@dataclass(frozen=True)
 class TypeRule:
     """What one embedding type does in the interface.
 
@@ -79,6 +93,7 @@ class TypeRule:
         init_from: the type whose learnable embeddings this type starts as a copy of, or None.
         cross_masked: whether the previous layer's predicted masks restrict the read of image
             features (Mask2Former-style masked attention); only meaningful with ``"features"``.
+        conditional: swaps of ``self_attend`` entries drawn in training (:class:`ConditionalSwap`).
 
     """
 
@@ -87,6 +102,7 @@ class TypeRule:
     output: bool = False
     init_from: str | None = None
     cross_masked: bool = False
+    conditional: tuple[ConditionalSwap, ...] = ()
 
     @property
     def reads_features(self) -> bool:
@@ -242,6 +258,32 @@ class Prototype:
         """``{type: source}`` for every type that starts as a copy of another type."""
         return {name: rule.init_from for name, rule in self.types.items() if rule.init_from is not None}
 
+    def conditioned(self, present: Collection[str], generator: torch.Generator | None = None) -> Prototype:
+        """This prototype with its conditional swaps drawn, for one training forward.
+
+        A swap is drawn (one uniform number, from ``generator`` or torch's global generator) only
+        when its type and both the replaced and the replacing type are ``present`` in the batch, so
+        batches of other tasks draw nothing (their random streams do not change).
+
+        Returns:
+            ``self`` when no swap was drawn or happened, else a prototype whose swapped types attend to
+            ``by`` in place of ``replace``.
+
+        """
+        changed: dict[str, TypeRule] = {}
+        for name, rule in self.types.items():
+            attend = list(rule.self_attend)
+            for swap in rule.conditional:
+                if name not in present or swap.replace not in present or swap.by not in present:
+                    continue
+                if float(torch.rand((), generator=generator)) < swap.p and swap.replace in attend:
+                    attend[attend.index(swap.replace)] = swap.by
+            if tuple(attend) != rule.self_attend:
+                changed[name] = replace(rule, self_attend=tuple(dict.fromkeys(attend)), conditional=())
+        if not changed:
+            return self
+        return Prototype({name: changed.get(name, rule) for name, rule in self.types.items()})
+
     def compile(
         self,
         sizes: Mapping[str, int | Tensor],
@@ -395,7 +437,26 @@ def _parse_rule(raw: object, key: str) -> TypeRule:
         output=flag("output"),
         init_from=init_from,
         cross_masked=flag("cross_masked"),
+        conditional=_parse_conditional(raw.get("conditional", []), f"{key}.conditional"),
     )
+
+
+def _parse_conditional(raw: object, key: str) -> tuple[ConditionalSwap, ...]:
+    """``[{replace: type, by: type, p: probability}, ...]`` -> swaps (types are checked by _validate)."""
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(f"{key}: expected a list of {{replace, by, p}}, got {raw!r}")
+    swaps = []
+    for i, entry in enumerate(raw):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, Mapping) or set(entry) != {"replace", "by", "p"}:
+            raise ConfigError(f"{where}: expected a mapping of exactly replace, by and p; got {entry!r}")
+        p = entry["p"]
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise ConfigError(f"{where}.p: expected a probability in 0..1, got {p!r}")
+        if not isinstance(entry["replace"], str) or not isinstance(entry["by"], str):
+            raise ConfigError(f"{where}: replace and by must be type names, got {entry!r}")
+        swaps.append(ConditionalSwap(entry["replace"], entry["by"], float(p)))
+    return tuple(swaps)
 
 
 def _validate(types: Mapping[str, TypeRule], key: str) -> None:
@@ -417,6 +478,12 @@ def _validate(types: Mapping[str, TypeRule], key: str) -> None:
                 raise ConfigError(
                     f"{where}.cross_attend[{i}]: cross-attention reads {FEATURES!r} or token types, "
                     f"got {other!r}"
+                )
+        for i, swap in enumerate(rule.conditional):
+            _check_reference(swap.by, types, f"{where}.conditional[{i}].by")
+            if swap.replace not in rule.self_attend or swap.replace == name:
+                raise ConfigError(
+                    f"{where}.conditional[{i}].replace: {swap.replace!r} must be another entry of self_attend"
                 )
         if rule.cross_masked and not rule.reads_features:
             raise ConfigError(f"{where}.cross_masked: true, but the type does not read {FEATURES!r}")

@@ -58,6 +58,9 @@ class LossWeights:
         grounding_dice: grounding mask Dice.
         retrieval: symmetric InfoNCE image-query vs caption-query.
         interleave_retrieval: symmetric InfoNCE legend-query vs image-query.
+        spatial_ce: interactive (spatial) cross-entropy over proposals (FIND's ``SCLASS_WEIGHT``).
+        spatial_bce: interactive mask BCE (``SMASK_WEIGHT``).
+        spatial_dice: interactive mask Dice (``SDICE_WEIGHT``).
 
     """
 
@@ -70,6 +73,9 @@ class LossWeights:
     grounding_dice: float = 1.0
     retrieval: float = 8.0
     interleave_retrieval: float = 8.0
+    spatial_ce: float = 0.4
+    spatial_bce: float = 1.0
+    spatial_dice: float = 1.0
 
     def segmentation(self) -> dict[str, float]:
         """Per-term weights for ``deep_supervision`` of segmentation losses."""
@@ -78,6 +84,10 @@ class LossWeights:
     def grounding(self) -> dict[str, float]:
         """Per-term weights for ``deep_supervision`` of grounding losses."""
         return {"ce": self.grounding_ce, "bce": self.grounding_bce, "dice": self.grounding_dice}
+
+    def spatial(self) -> dict[str, float]:
+        """Per-term weights of the interactive task's losses (the grounding losses' terms)."""
+        return {"ce": self.spatial_ce, "bce": self.spatial_bce, "dice": self.spatial_dice}
 
 
 def _training_world_size() -> int:
@@ -388,6 +398,7 @@ def grounding_losses(
     sampling: PointSampling = PointSampling(),  # noqa: B008 (a frozen dataclass)
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | None = None,
+    term_weights: Mapping[str, float] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Grounding CE (over proposals) + BCE + Dice on every layer, matched by ``match_by_similarity``.
 
@@ -401,6 +412,8 @@ def grounding_losses(
         sampling: points of the mask losses.
         generator: one generator for the points of the whole batch (all layers).
         seeds: per image a seed; see ``segmentation_losses``.
+        term_weights: ``{"ce", "bce", "dice"}`` weights; None = ``weights.grounding()`` (the
+            interactive task passes ``weights.spatial()``: FIND's spatial losses are these terms).
 
     Returns:
         (total, logs) as ``deep_supervision``.
@@ -422,7 +435,8 @@ def grounding_losses(
         ce = grounding_classification_loss(sim, matches, sentence_valid, num_sentences)
         return {"ce": ce, "bce": bce, "dice": dice}
 
-    return deep_supervision(_per_layer(layer, similarity, mask_logits), weights.grounding())
+    terms = weights.grounding() if term_weights is None else dict(term_weights)
+    return deep_supervision(_per_layer(layer, similarity, mask_logits), terms)
 
 
 def _layer_generators(

@@ -131,12 +131,23 @@ class Task(nn.Module):
     """Dataset formats (``data.*[i].format``) whose datasets this task trains and evaluates on."""
     serves: ClassVar[tuple[str, ...]] = ()
     """:class:`~findlit.data.predict_config.PredictRequest` fields (lists) this task answers."""
+    needs_visual_prompts: ClassVar[bool] = False
+    """Whether the task's prompts are visual (the interface must be built with ``visual_prompts``)."""
 
     # -- training ----------------------------------------------------------------------------------
 
     def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
         """The embedding types and prompt tokens this batch instantiates."""
         raise NotImplementedError
+
+    def run(self, batch: Batch, features: dict[str, Tensor], context: TaskContext) -> InterfaceOutput:
+        """Run the interface on ``batch``'s frozen ``features``: by default once, on :meth:`prompts`.
+
+        A task that needs several forwards of one batch (the interactive task's click rounds) overrides
+        it; the features are computed once by the caller. What the rounds find out beside the last
+        forward's predictions goes to the returned output's ``extras``.
+        """
+        return context.interface(features, self.prompts(batch, context), batch["padding_mask"])
 
     def losses(
         self, output: InterfaceOutput, batch: Batch, context: TaskContext

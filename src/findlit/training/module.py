@@ -121,7 +121,8 @@ class FINDModule(L.LightningModule):
             :data:`~findlit.training.model_options.InterfaceOptions`); a dict of some of them is
             accepted too (checkpoint hyperparameters).
         tasks: the names of the tasks to build (:mod:`findlit.tasks.registry`; default: every
-            registered task, i.e. findlit's four unless more were registered).
+            registered task the interface can run: a task that reads visual prompts (the
+            interactive one) only with ``interface.visual_prompts``).
         task_options: task name -> keyword arguments of its task class, checked against its
             signature (``weights`` as a dict of LossWeights fields); ``num_proposals`` defaults to
             the interface's.
@@ -153,14 +154,22 @@ class FINDModule(L.LightningModule):
         vision_config = _encoder_config(vision_encoder)
         text_config = _encoder_config(text_encoder)
         known = task_classes()
-        tasks = list(known) if tasks is None else list(tasks)
+        interface_options = interface_kwargs(interface)
+        visual = bool(interface_options.get("visual_prompts", False))
+        if tasks is None:
+            tasks = [name for name, cls in known.items() if visual or not cls.needs_visual_prompts]
+        tasks = list(tasks)
         unknown = sorted(set(tasks) - set(known))
         if unknown:
             raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {list(known)}")
+        blind = [name for name in tasks if known[name].needs_visual_prompts and not visual]
+        if blind:
+            raise ConfigError(
+                f"model.tasks: {blind} read visual prompts; set model.interface.visual_prompts: true"
+            )
         extra = sorted(set(task_options or {}) - set(tasks))
         if extra:
             raise ConfigError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
-        interface_options = interface_kwargs(interface)
         # hyperparameters are plain data (checkpoints load with weights_only=True)
         self.save_hyperparameters(ignore=["vision_encoder", "text_encoder", "tasks", "interface"])
         self.hparams["vision_encoder"] = asdict(vision_config)
@@ -268,8 +277,7 @@ class FINDModule(L.LightningModule):
 
     def forward(self, batch: Batch) -> Any:
         """Run the interface on a batch: its task's prompts over the batch's features and padding."""
-        prompts = self.task(batch).prompts(batch, self.context)
-        return self.interface(self.features(batch), prompts, batch["padding_mask"])
+        return self.task(batch).run(batch, self.features(batch), self.context)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Loss of the batch's task; logs ``train/<task>/<term>`` and ``train/loss``."""

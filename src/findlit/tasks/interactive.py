@@ -1,0 +1,506 @@
+"""Interactive segmentation (FIND's spatial task): a stroke or clicks on an object -> its mask.
+
+Prompts (UX-Decoder/FIND ``modeling/interface/find.py`` and ``attention_data_struct_ging.py``): the
+stroke's positive (and negative) pixels become ``tokens.vision.spatial`` read from the pixel decoder's
+levels (the interface's visual-prompt hook), one ``queries.vision.spatial`` query per prompt reads
+them; ``proposals.vision.segment`` proposals (copies of the object proposals) attend to the spatial
+tokens and, from the second interaction round on, to ``memories.vision.spatial`` (32 learned
+memories) whose read of the image is masked by the previous round's predicted mask. The prototype's
+conditional rule (FIND's ``CONDITIONAL_ATTENTION``) lets the segment proposals read the spatial
+queries instead of the tokens in 30 % of training forwards.
+
+Matching and losses (FIND ``modeling/modules/criterion.py`` ``loss_spatials``, ``matcher.py``
+``spatial_forward``, weights from ``configs/find/focalt_unicl_lang.yaml``): a proposal's logit for a
+prompt is the raw dot product of their mask embeddings (``similarity="mask_embeddings"``; or the
+scaled cosine of their semantic embeddings, ``"semantic"``); a Hungarian matcher with costs class 5
+(minus the softmax over proposals), mask BCE 2 and Dice 2 picks one proposal per prompt; the losses
+are CE over proposals 0.4, BCE 1 and Dice 1 on every prediction.
+
+Training rounds (FIND ``find_model.py`` ``forward_seg``): one object per image gets a stroke drawn
+from its mask (:mod:`findlit.interactive.strokes`); then 0 to ``max_rounds`` (FIND: ``SPATIAL.MAX_ITER``
+= 1) extra rounds run without gradient, each adding one click simulated from the previous
+prediction's errors (:func:`~findlit.interactive.clicks.next_click`) and passing its mask to the
+memories; the last forward, with gradient, is the one the losses see. FIND keeps one previous mask
+per image for the memories, so one object per image is prompted (its code indexes one mask per
+image there).
+
+Evaluation: per image up to ``eval_objects`` objects of its original-size targets (largest first;
+not crowd regions, not under 10 pixels); each is clicked on ``max_clicks`` times at most (RITM's
+protocol: the first click at the object's innermost pixel, the next ones from the errors, stopping
+once the IoU has reached 0.9 after at least 5 clicks), and prompted once by its bounding box alone.
+The IoUs are scored at the image's size on disk. Metrics: NoC@50/80/85/90, mIoU after 1, 3 and 5
+clicks, box mIoU (:class:`~findlit.metrics.InteractiveMetrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+from torchmetrics import MetricCollection
+
+from findlit.data.collate import Batch, image_targets
+from findlit.interactive.clicks import Click, click_masks, next_click
+from findlit.interactive.strokes import MIN_AREA, StrokeSampling, draw_stroke
+from findlit.interface.find import InterfaceOutput, InterfacePrompts
+from findlit.interface.heads import class_logits
+from findlit.interface.pixel_decoder import PixelDecoderOutput
+from findlit.interface.visual_prompts import VisualPrompts
+from findlit.losses import HungarianMatcher, LossWeights, PointSampling, grounding_losses
+from findlit.losses.points import DEFAULT_NUM_POINTS
+from findlit.metrics import InteractiveMetrics
+from findlit.metrics.interactive import IOU_AFTER_CLICKS, MAX_CLICKS, NOC_THRESHOLDS
+from findlit.nearest_resize import resize_nearest
+from findlit.tasks.base import EvaluatedDataset, Task, TaskContext, TaskMetrics
+from findlit.tasks.registry import register_task
+
+SEGMENT = "proposals.vision.segment"
+SPATIAL_TOKENS = "tokens.vision.spatial"
+SPATIAL_QUERIES = "queries.vision.spatial"
+MEMORIES = "memories.vision.spatial"
+SIMILARITIES: tuple[str, ...] = ("mask_embeddings", "semantic")
+TARGETS = "interactive_targets"
+"""``InterfaceOutput.extras`` key: per image the prompted object's mask bool[S,H,W] (S = 0 or 1)."""
+CURVES = "interactive_curves"
+"""``InterfaceOutput.extras`` key (evaluation): per image (IoU per click float[n,K], box IoU float[n])."""
+
+
+@dataclass
+class RoundState:
+    """The prompts of one interaction round for R rows (a row: one prompted object of one image).
+
+    positive, negative: bool[R,H,W] over the frame; previous: float[R,H/4,W/4] the last round's
+    chosen mask logits, or None before the second round; prompted: bool[R], rows with a prompt.
+    """
+
+    positive: Tensor
+    negative: Tensor
+    previous: Tensor | None
+    prompted: Tensor
+
+
+@register_task
+class InteractiveTask(Task):
+    """FIND's spatial task (module docstring).
+
+    Args:
+        num_proposals: segment proposals per image (at most the interface's ``num_proposals``).
+        weights: loss weights; the ``spatial_*`` ones are used (FIND: CE 0.4, BCE 1, Dice 1).
+        num_points: points of the matching costs and of the mask losses.
+        strokes: the training strokes (kinds, counts).
+        max_rounds: the most extra click rounds without gradient in training (FIND: 1).
+        num_memories: learned spatial memories (FIND's ``SPATIAL_MEMORIES``: 32).
+        similarity: ``"mask_embeddings"`` (FIND) or ``"semantic"`` (scaled cosine in the joint space).
+        max_clicks: clicks per evaluated object at most (NoC's cap: 20).
+        click_radius: a click's half-width in pixels at the network's input size (FIND: 1, a 3x3 dot).
+        eval_objects: objects evaluated per image, largest first; None = all.
+        cost_class, cost_mask, cost_dice: the spatial matcher's weights (FIND's ``COST_SPATIAL``).
+
+    """
+
+    name: ClassVar[str] = "interactive"
+    formats: ClassVar[tuple[str, ...]] = ("coco_panoptic", "coco_instances")
+    needs_visual_prompts: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        num_proposals: int = 100,
+        weights: LossWeights = LossWeights(),  # noqa: B008 (a frozen dataclass)
+        num_points: int = DEFAULT_NUM_POINTS,
+        strokes: StrokeSampling = StrokeSampling(),  # noqa: B008 (a frozen dataclass)
+        max_rounds: int = 1,
+        num_memories: int = 32,
+        similarity: str = "mask_embeddings",
+        max_clicks: int = MAX_CLICKS,
+        click_radius: int = 1,
+        eval_objects: int | None = None,
+        cost_class: float = 5.0,
+        cost_mask: float = 2.0,
+        cost_dice: float = 2.0,
+    ):
+        super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {list(SIMILARITIES)}, got {similarity!r}")
+        if max_rounds < 0 or num_memories < 0 or click_radius < 0:
+            raise ValueError("max_rounds, num_memories and click_radius must not be negative")
+        if max_clicks < max(IOU_AFTER_CLICKS):
+            raise ValueError(f"max_clicks must be at least {max(IOU_AFTER_CLICKS)}, got {max_clicks}")
+        if eval_objects is not None and eval_objects < 1:
+            raise ValueError(f"eval_objects must be at least 1 (or null for all), got {eval_objects}")
+        self.num_proposals = num_proposals
+        self.weights = weights
+        self.strokes = strokes
+        self.max_rounds = max_rounds
+        self.num_memories = num_memories
+        self.similarity = similarity
+        self.max_clicks = max_clicks
+        self.click_radius = click_radius
+        self.eval_objects = eval_objects
+        self.matcher = HungarianMatcher(cost_class, cost_mask, cost_dice, num_points=num_points)
+        self.sampling = PointSampling(num_points=num_points)
+
+    # -- the rounds ---------------------------------------------------------------------------------
+
+    def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
+        """One stroke per image on one of its objects (seeded by the image's sample seed)."""
+        state, _ = self._stroke_round(batch)
+        return self._interface_prompts(state, _points_generator(batch, 0))
+
+    def run(self, batch: Batch, features: dict[str, Tensor], context: TaskContext) -> InterfaceOutput:
+        """The stroke round, extra click rounds in training, and in evaluation the click simulation."""
+        interface = context.interface
+        padding = batch["padding_mask"]
+        pixel = interface.decode_pixels(features, padding)
+        state, targets = self._stroke_round(batch)
+        if self.training and self.max_rounds > 0:
+            rounds = int(_batch_rng(batch).integers(0, self.max_rounds + 1))
+            truth = [t[0] if t.shape[0] else None for t in targets]
+            # padding is neither object nor background; nor are the dataset's void pixels
+            ignore = [
+                padding[b] | target["ignore_mask"] if "ignore_mask" in target else padding[b]
+                for b, target in enumerate(batch["targets"])
+            ]
+            with torch.no_grad():
+                for round_index in range(rounds):
+                    prompts = self._interface_prompts(state, _points_generator(batch, round_index))
+                    out = interface(features, prompts, padding, pixel=pixel)
+                    state = self._click_round(state, out, batch, truth, ignore)
+        prompts = self._interface_prompts(state, _points_generator(batch, self.max_rounds + 1))
+        output = interface(features, prompts, padding, pixel=pixel)
+        output.extras[TARGETS] = targets
+        if not self.training and not torch.is_grad_enabled():
+            output.extras[CURVES] = self._simulate_clicks(batch, features, pixel, context)
+        return output
+
+    def _stroke_round(self, batch: Batch) -> tuple[RoundState, list[Tensor]]:
+        """Each image's stroke on one object, and that object's mask bool[S,H,W] (S = 1, or 0 if none)."""
+        masks = [target["masks"] for target in batch["targets"]]
+        frame = tuple(int(s) for s in batch["padding_mask"].shape[-2:])
+        device = batch["padding_mask"].device
+        seeds = batch.get("sample_seeds") or [int(i) for i in batch["image_ids"]]
+        positive = torch.zeros(len(masks), *frame, dtype=torch.bool, device=device)
+        targets = []
+        for b, (image_masks, seed) in enumerate(zip(masks, seeds, strict=True)):
+            rng = np.random.default_rng(int(seed))
+            array = image_masks.cpu().numpy().astype(bool)
+            candidates = np.nonzero(array.reshape(len(array), -1).sum(axis=1) >= MIN_AREA)[0]
+            if candidates.size == 0:
+                targets.append(image_masks[:0])
+                continue
+            chosen = int(rng.choice(candidates))
+            stroke = draw_stroke(array[chosen], self.strokes.choose(rng), rng, self.strokes)
+            positive[b] = torch.from_numpy(stroke).to(device)
+            targets.append(image_masks[chosen : chosen + 1])
+        prompted = positive.flatten(1).any(dim=1)
+        state = RoundState(positive, torch.zeros_like(positive), None, prompted)
+        return state, targets
+
+    def _interface_prompts(self, state: RoundState, generator: torch.Generator) -> InterfacePrompts:
+        """The round's interface prompts; ``generator`` draws the strokes' points (and conditional swaps)."""
+        rows = torch.nonzero(state.prompted).flatten()
+        visual = VisualPrompts(state.positive[rows], rows, state.negative[rows])
+        learned: dict[str, int | Tensor] = {SEGMENT: self.num_proposals}
+        memory_masks = {}
+        if state.previous is not None and self.num_memories:
+            learned[MEMORIES] = self.num_memories
+            memory_masks[MEMORIES] = state.previous
+        return InterfacePrompts(
+            learned=learned,
+            visual={SPATIAL_TOKENS: visual},
+            per_prompt={SPATIAL_QUERIES: SPATIAL_TOKENS},
+            memory_masks=memory_masks,
+            generator=generator,
+        )
+
+    def similarities(self, output: InterfaceOutput) -> list[Tensor]:
+        """Per prediction float[B,Q,S_max]: each segment proposal's logit for each prompt."""
+        if self.similarity == "semantic":
+            return [
+                class_logits(
+                    layer[SEGMENT]["embeddings"], layer[SPATIAL_QUERIES]["embeddings"], output.logit_scale
+                )
+                for layer in output.layers
+            ]
+        # FIND: pred_smaskembs @ pred_pspatials^T, no normalisation or temperature
+        return [
+            layer[SEGMENT]["mask_embeddings"] @ layer[SPATIAL_QUERIES]["mask_embeddings"].transpose(1, 2)
+            for layer in output.layers
+        ]
+
+    def _chosen(self, output: InterfaceOutput) -> Tensor:
+        """float[B,H/4,W/4]: per row the last prediction's best proposal's mask logits for its prompt."""
+        similarity = self.similarities(output)[-1][:, :, 0]  # one prompt per row: [B,Q]
+        top = similarity.argmax(dim=1)
+        logits = output.last[SEGMENT]["mask_logits"]
+        return logits[torch.arange(logits.shape[0], device=logits.device), top]
+
+    def _click_round(
+        self,
+        state: RoundState,
+        output: InterfaceOutput,
+        batch: Batch,
+        truth: Sequence[Tensor | None],
+        ignore: Sequence[Tensor],
+    ) -> RoundState:
+        """The next round's prompts: one click per prompted row from its errors at the input size."""
+        chosen = self._chosen_rows(state, output)
+        frame = (int(state.positive.shape[-2]), int(state.positive.shape[-1]))
+        predicted = F.interpolate(chosen[:, None].float(), size=frame, mode="bilinear", align_corners=False)
+        predicted = predicted[:, 0] > 0
+        positive, negative = state.positive.clone(), state.negative.clone()
+        for row, mask in enumerate(truth):
+            if mask is None or not bool(state.prompted[row]):
+                continue
+            clicked = (positive[row] | negative[row]).cpu().numpy()
+            skip = ignore[row].cpu().numpy()
+            click = next_click(predicted[row].cpu().numpy(), mask.cpu().numpy(), clicked, skip)
+            if click is None:
+                continue
+            add_positive, add_negative = click_masks([click], frame, self.click_radius)
+            positive[row] |= torch.from_numpy(add_positive).to(positive.device)
+            negative[row] |= torch.from_numpy(add_negative).to(negative.device)
+        return RoundState(positive, negative, chosen.detach(), state.prompted)
+
+    def _chosen_rows(self, state: RoundState, output: InterfaceOutput) -> Tensor:
+        """float[R,H/4,W/4] chosen mask logits of every row (very negative for rows without a prompt)."""
+        chosen = self._chosen(output)
+        return torch.where(state.prompted[:, None, None], chosen, torch.full_like(chosen, -20.0))
+
+    # -- losses and predictions ---------------------------------------------------------------------
+
+    def losses(
+        self, output: InterfaceOutput, batch: Batch, context: TaskContext
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Spatial CE + BCE + Dice on every prediction; the target of a prompt is its object's mask."""
+        targets = output.extras.get(TARGETS)
+        if targets is None:
+            raise ValueError("the interactive losses need the output of InteractiveTask.run")
+        if SPATIAL_QUERIES not in output.last:  # no object large enough for a stroke in the batch
+            zero = output.last[SEGMENT]["mask_logits"].sum() * 0.0
+            return zero, {"ce": zero.detach(), "bce": zero.detach(), "dice": zero.detach()}
+        return grounding_losses(
+            self.similarities(output),
+            [layer[SEGMENT]["mask_logits"] for layer in output.layers],
+            output.last[SPATIAL_QUERIES]["valid"],
+            [{"masks": masks} for masks in targets],
+            self.matcher,
+            self.weights,
+            self.sampling,
+            seeds=batch.get("sample_seeds"),
+            term_weights=self.weights.spatial(),
+        )
+
+    def predict(self, output: InterfaceOutput, batch: Batch, context: TaskContext) -> list[dict[str, Any]]:
+        """Per image ``{"masks": bool[S,h,w]}``: its stroke's object (S = 0 or 1).
+
+        In evaluation also ``"ious": float[n,K]`` (IoU after each click, NaN after stopping) and
+        ``"box_ious": float[n]`` of its evaluated objects.
+        """
+        frame = tuple(int(s) for s in batch["padding_mask"].shape[-2:])
+        predictions = []
+        prompted = torch.tensor([t.shape[0] > 0 for t in output.extras.get(TARGETS, [])], dtype=torch.bool)
+        chosen = self._chosen(output) if SPATIAL_QUERIES in output.last else None
+        curves = output.extras.get(CURVES)
+        for b, (h, w) in enumerate(batch["image_sizes"]):
+            if chosen is not None and bool(prompted[b]):
+                logits = F.interpolate(
+                    chosen[b][None, None].float(), size=frame, mode="bilinear", align_corners=False
+                )
+                masks = logits[0, :, :h, :w] > 0
+            else:
+                masks = torch.zeros(0, h, w, dtype=torch.bool)
+            entry: dict[str, Any] = {"masks": masks.cpu()}
+            if curves is not None:
+                entry["ious"], entry["box_ious"] = curves[b]
+            predictions.append(entry)
+        return predictions
+
+    # -- evaluation ----------------------------------------------------------------------------------
+
+    def build_metrics(self, dataset: EvaluatedDataset) -> TaskMetrics | None:
+        """NoC@50/80/85/90, mIoU after 1/3/5 clicks, box mIoU (in a collection: it clones with a prefix)."""
+        metric = InteractiveMetrics(self.max_clicks, NOC_THRESHOLDS, IOU_AFTER_CLICKS)
+        return MetricCollection({"interactive": metric}, compute_groups=False)
+
+    def update_metrics(
+        self, metrics: TaskMetrics, batch: Batch, predictions: list[dict[str, Any]], context: TaskContext
+    ) -> None:
+        """Each evaluated object's IoU curve and box IoU."""
+        interactive = cast(InteractiveMetrics, metrics["interactive"])  # type: ignore[index]
+        for prediction in predictions:
+            if "ious" in prediction:
+                interactive.update(prediction["ious"], box_ious=prediction["box_ious"])
+
+    def _simulate_clicks(
+        self, batch: Batch, features: dict[str, Tensor], pixel: PixelDecoderOutput, context: TaskContext
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per image (IoU after each click float[n,max_clicks], NaN after stopping; box IoU float[n])."""
+        objects = [
+            _evaluated_objects(image_targets(batch, b), self.eval_objects)
+            for b in range(len(batch["image_ids"]))
+        ]
+        rows = [(b, index) for b, indices in enumerate(objects) for index in indices]
+        curves = torch.full((len(rows), self.max_clicks), float("nan"), dtype=torch.float64)
+        box_ious = torch.zeros(len(rows), dtype=torch.float64)
+        if rows:
+            episode = ClickEpisode(self, batch, features, pixel, context, rows)
+            curves, box_ious = episode.run()
+        results = []
+        start = 0
+        for indices in objects:
+            stop = start + len(indices)
+            results.append((curves[start:stop], box_ious[start:stop]))
+            start = stop
+        return results
+
+
+def _batch_seeds(batch: Batch) -> list[int]:
+    """The images' sample seeds (their ids when the batch has none)."""
+    return [int(s) for s in (batch.get("sample_seeds") or batch["image_ids"])]
+
+
+def _batch_rng(batch: Batch) -> np.random.Generator:
+    """One generator for batch-level draws (the number of rounds), from the images' sample seeds."""
+    return np.random.default_rng(_batch_seeds(batch))
+
+
+def _points_generator(batch: Batch, round_index: int) -> torch.Generator:
+    """A CPU generator for one round's visual-prompt points, fixed by the batch's seeds and the round.
+
+    FIND draws them unseeded; seeding keeps evaluation repeatable (and training reproducible).
+    """
+    seed = int(np.random.SeedSequence([*_batch_seeds(batch), round_index]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _evaluated_objects(targets: dict[str, Tensor], limit: int | None) -> list[int]:
+    """Indices of the objects to click on: not crowd, at least MIN_AREA pixels, largest first."""
+    masks = targets.get("masks")
+    if masks is None or masks.shape[0] == 0:
+        return []
+    areas = masks.flatten(1).sum(dim=1)
+    crowd = targets.get("iscrowd")
+    keep = areas >= MIN_AREA
+    if crowd is not None:
+        keep &= crowd == 0
+    order = [int(i) for i in torch.argsort(-areas, stable=True) if bool(keep[i])]
+    return order if limit is None else order[:limit]
+
+
+class ClickEpisode:
+    """RITM's click-by-click evaluation of R objects (rows), all rows of a round in one forward."""
+
+    def __init__(
+        self,
+        task: InteractiveTask,
+        batch: Batch,
+        features: dict[str, Tensor],
+        pixel: PixelDecoderOutput,
+        context: TaskContext,
+        rows: list[tuple[int, int]],
+    ) -> None:
+        self.task = task
+        self.context = context
+        self.rows = rows
+        self.batch = batch
+        index = torch.tensor([b for b, _ in rows], dtype=torch.long, device=batch["padding_mask"].device)
+        self.index = index
+        self.features = {level: value[index] for level, value in features.items()}
+        self.pixel = pixel.select(index)
+        self.padding = batch["padding_mask"][index]
+        self.frame = (int(self.padding.shape[-2]), int(self.padding.shape[-1]))
+        self.sizes = [tuple(int(s) for s in batch["image_sizes"][b]) for b, _ in rows]
+        originals = [image_targets(batch, b) for b, _ in rows]
+        self.truth = [
+            target["masks"][i].cpu().numpy().astype(bool)
+            for target, (_, i) in zip(originals, rows, strict=True)
+        ]
+        self.ignore = [
+            None if "ignore_mask" not in target else target["ignore_mask"].cpu().numpy().astype(bool)
+            for target in originals
+        ]
+
+    def _to_input(self, row: int, click: Click) -> Click:
+        """A click at the original size -> the same place at the network's input size."""
+        height, width = self.truth[row].shape
+        h, w = self.sizes[row]
+        return Click(
+            min(int((click.row + 0.5) * h / height), h - 1),
+            min(int((click.col + 0.5) * w / width), w - 1),
+            click.positive,
+        )
+
+    def _predict(self, state: RoundState, round_index: int) -> tuple[Tensor, list[np.ndarray]]:
+        """Chosen logits float[R,H/4,W/4] and each row's mask at its original size."""
+        output = self.context.interface(
+            self.features,
+            self.task._interface_prompts(state, _points_generator(self.batch, round_index)),
+            self.padding,
+            pixel=self.pixel,
+        )
+        chosen = self.task._chosen(output)
+        frame_logits = F.interpolate(
+            chosen[:, None].float(), size=self.frame, mode="bilinear", align_corners=False
+        )
+        masks = []
+        for row, (h, w) in enumerate(self.sizes):
+            mask = frame_logits[row, :, :h, :w] > 0
+            masks.append(resize_nearest(mask, self.truth[row].shape)[0].cpu().numpy())
+        return chosen, masks
+
+    def _iou(self, row: int, mask: np.ndarray) -> float:
+        truth, ignore = self.truth[row], self.ignore[row]
+        counted = np.ones_like(truth) if ignore is None else ~ignore
+        union = ((mask | truth) & counted).sum()
+        return float(((mask & truth) & counted).sum() / union) if union else 1.0
+
+    def run(self) -> tuple[Tensor, Tensor]:
+        """(IoU after each click float64[R,max_clicks], NaN once a row stopped; box IoU float64[R])."""
+        count = len(self.rows)
+        curves = torch.full((count, self.task.max_clicks), float("nan"), dtype=torch.float64)
+        device = self.padding.device
+        clicks: list[list[Click]] = [[] for _ in range(count)]
+        clicked = [np.zeros_like(t) for t in self.truth]
+        predicted = [np.zeros_like(t) for t in self.truth]
+        previous: Tensor | None = None
+        active = list(range(count))
+        for k in range(self.task.max_clicks):
+            for row in active:
+                click = next_click(predicted[row], self.truth[row], clicked[row], self.ignore[row])
+                if click is not None:
+                    clicked[row][click.row, click.col] = True
+                    clicks[row].append(self._to_input(row, click))
+            positive = torch.zeros(count, *self.frame, dtype=torch.bool, device=device)
+            negative = torch.zeros_like(positive)
+            for row in range(count):
+                pos, neg = click_masks(clicks[row], self.frame, self.task.click_radius)
+                positive[row], negative[row] = torch.from_numpy(pos), torch.from_numpy(neg)
+            state = RoundState(positive, negative, previous, positive.flatten(1).any(dim=1))
+            chosen, masks = self._predict(state, k)
+            previous = chosen
+            for row in active:
+                predicted[row] = masks[row]
+                curves[row, k] = self._iou(row, masks[row])
+            # a row stops once every NoC is known and the IoUs after 1, 3 and 5 clicks are in
+            top = max(NOC_THRESHOLDS)
+            active = [row for row in active if not (k + 1 >= max(IOU_AFTER_CLICKS) and curves[row, k] >= top)]
+            if not active:
+                break
+        return curves, self._box_ious()
+
+    def _box_ious(self) -> Tensor:
+        """Each row prompted by its object's bounding box alone (at the input size)."""
+        positive = torch.zeros(len(self.rows), *self.frame, dtype=torch.bool, device=self.padding.device)
+        for row, truth in enumerate(self.truth):
+            rows, cols = np.nonzero(truth)
+            top = self._to_input(row, Click(int(rows.min()), int(cols.min()), True))
+            bottom = self._to_input(row, Click(int(rows.max()), int(cols.max()), True))
+            positive[row, top.row : bottom.row + 1, top.col : bottom.col + 1] = True
+        state = RoundState(positive, torch.zeros_like(positive), None, positive.flatten(1).any(dim=1))
+        _, masks = self._predict(state, self.task.max_clicks)
+        return torch.tensor([self._iou(row, mask) for row, mask in enumerate(masks)], dtype=torch.float64)
