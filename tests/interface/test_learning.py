@@ -29,22 +29,26 @@ sentences, ~19 s; ~50 s for the file with data generation and encoding.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from findlit.data.collate import Batch
 from findlit.data.decode import decode_instance, decode_panoptic, read_image
 from findlit.data.formats import read_coco_panoptic, read_refcoco
 from findlit.data.synthetic import generate
-from findlit.encoders import TextEncoder, VisionEncoder, build_encoder
+from findlit.encoders import TextEmbeddings, TextEncoder, VisionEncoder, build_encoder
 from findlit.interface.find import FINDInterface, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.interface.heads import class_logits
 from findlit.losses import HungarianMatcher, LossWeights, grounding_losses, segmentation_losses
 from findlit.losses.points import PointSampling
+from findlit.tasks.base import TaskContext
+from findlit.tasks.interactive import CURVES, InteractiveTask
 
 pytestmark = pytest.mark.slow
 
@@ -265,3 +269,92 @@ def test_grounding_learns(setup: Setup) -> None:
     _report("grounding", initial, final, ious, time.perf_counter() - start)
     assert final <= MIN_LOSS_RATIO * initial
     assert sum(ious) / len(ious) >= MIN_IOU
+
+
+INTERACTIVE_STEPS = 200
+INTERACTIVE_LOSS_RATIO = 0.6
+INTERACTIVE_IOU_GAIN = 0.1
+
+
+def _no_text(texts: Sequence[str]) -> TextEmbeddings:
+    raise AssertionError("the interactive task encodes no text")
+
+
+INTERACTIVE_LR = 5e-4  # the demo's: at FIND's 1e-4 the 1-click IoU barely moves in a few hundred steps
+
+
+def test_interactive_learns(setup: Setup) -> None:
+    """The interactive task alone: its loss falls and the 1-click IoU on the 4 images rises.
+
+    Every step draws a new stroke on one object per image (the batch's sample seeds change), with
+    0 or 1 extra click round; the 1-click IoU is the task's own click evaluation (RITM's first click
+    on every object of the 4 images, scored at 128 px), before and after training. Measured (2
+    cores, 2026-12-06): loss 10.03 -> 4.66, 1-click IoU 0.147 -> 0.321, 38 s. The IoU is still low
+    after 200 steps of this task alone: the segment proposals have to learn to segment and to
+    follow the prompt at once (in FIND and in the demo, segmentation trains the shared proposals).
+    """
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    interface = FINDInterface(
+        setup.channels,
+        setup.text_dim,
+        hidden_dim=HIDDEN,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        ffn_dim=FFN,
+        num_proposals=PROPOSALS,
+        embed_dim=EMBED,
+        visual_prompts=True,
+        max_visual_points=128,
+    )
+    task = InteractiveTask(num_proposals=PROPOSALS, num_points=1024, max_rounds=1, max_clicks=5)
+    context = TaskContext(interface=interface, encode_text=_no_text)
+
+    def batch(seed: int) -> Batch:
+        count = len(setup.segments)
+        return cast(
+            Batch,
+            {
+                "task": "interactive",
+                "dataset": "synth",
+                "padding_mask": torch.zeros(count, SIZE, SIZE, dtype=torch.bool),
+                "image_ids": list(range(count)),
+                "image_sizes": [(SIZE, SIZE)] * count,
+                "orig_sizes": [(SIZE, SIZE)] * count,
+                "targets": [dict(segments) for segments in setup.segments],
+                "sample_seeds": [seed * count + b for b in range(count)],
+            },
+        )
+
+    def one_click_iou() -> float:
+        interface.eval()
+        task.eval()
+        with torch.no_grad():
+            curves = task.run(batch(10**6), setup.features, context).extras[CURVES]
+        first = torch.cat([ious[:, 0] for ious, _ in curves])
+        return float(first.mean())
+
+    def loss_fn(step: int) -> Tensor:
+        interface.train()
+        task.train()
+        step_batch = batch(step)
+        output = task.run(step_batch, setup.features, context)
+        return task.losses(output, step_batch, context)[0]
+
+    before = one_click_iou()
+    optimizer = torch.optim.AdamW(interface.parameters(), lr=INTERACTIVE_LR, weight_decay=0.05)
+    history = []
+    for step in range(INTERACTIVE_STEPS):
+        loss = loss_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+    after = one_click_iou()
+    first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
+    print(
+        f"[interactive] loss {first:.3f} -> {last:.3f}; 1-click IoU {before:.3f} -> {after:.3f}; "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    assert last < INTERACTIVE_LOSS_RATIO * first
+    assert after >= before + INTERACTIVE_IOU_GAIN

@@ -3,7 +3,8 @@ r"""``findlit predict`` on image files: an overlay and RLE JSON per image (see t
 ::
 
     findlit predict --ckpt_path run.ckpt --images a.jpg b.jpg --prompts "the cat" "a red car" \
-        [--classes person,dog] [--stuff sky,grass] --out predictions/
+        [--classes person,dog] [--stuff sky,grass] [--points 120,80 200,90,0] [--boxes 10,10,90,120] \
+        --out predictions/
 
 writes ``predictions/a.png``, ``predictions/a.json``, ``predictions/b.png``, ``predictions/b.json``.
 Bad input (no prompt, a missing image, an existing output without ``--overwrite``, a checkpoint of
@@ -30,13 +31,29 @@ def _names(value: str | None) -> list[str]:
     return [] if value is None else [name.strip() for name in value.split(",")]
 
 
+def _numbers(values: Sequence[str], flag: str, shape: str, sizes: tuple[int, ...]) -> list[list[float]]:
+    """``x,y[,label]`` or ``x0,y0,x1,y1`` strings as lists of numbers; a malformed one is refused."""
+    from findlit.inference.predictor import PredictError
+
+    parsed = []
+    for value in values:
+        try:
+            numbers = [float(part) for part in value.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in sizes:
+            raise PredictError(f"{flag}: {value!r} is not {shape}")
+        parsed.append(numbers)
+    return parsed
+
+
 def parser() -> ArgumentParser:
     """The parser of ``findlit predict`` on images."""
     parser = ArgumentParser(
         prog="findlit predict",
-        description="Predict masks for free-text prompts (and class names) on image files; write an "
-        "overlay PNG and a JSON of COCO RLE masks per image. With --config, LightningCLI's predict runs "
-        "on the config's data.predict entries (e.g. --config EXP.yaml --config "
+        description="Predict masks for free-text prompts (and class names, clicks, boxes) on image files; "
+        "write an overlay PNG and a JSON of COCO RLE masks per image. With --config, LightningCLI's "
+        "predict runs on the config's data.predict entries (e.g. --config EXP.yaml --config "
         "configs/predict/coco_sample.yaml --ckpt_path CKPT) and writes <run folder>/predictions/<name>/.",
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="findlit checkpoint")
@@ -48,6 +65,16 @@ def parser() -> ArgumentParser:
     )
     parser.add_argument("--classes", type=str, default=None, help="comma-separated thing class names")
     parser.add_argument("--stuff", type=str, default=None, help="comma-separated stuff class names")
+    parser.add_argument(
+        "--points",
+        type=str,
+        nargs="*",
+        default=[],
+        help="clicks x,y[,label] in image pixels (label 1 on the object, 0 off it): one object together",
+    )
+    parser.add_argument(
+        "--boxes", type=str, nargs="*", default=[], help="boxes x0,y0,x1,y1 in image pixels, one object each"
+    )
     parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
@@ -104,8 +131,10 @@ def main(argv: Sequence[str]) -> int:
 
     args = parser().parse_args(list(argv))
     classes, stuff = _names(args.classes), _names(args.stuff)
+    points = _numbers(args.points, "--points", "x,y or x,y,label", (2, 3))
+    boxes = _numbers(args.boxes, "--boxes", "x0,y0,x1,y1", (4,))
     # the request and the files first: a bad one should not wait for the checkpoint to load
-    problem = request_problem(args.prompts, classes, stuff)
+    problem = request_problem(args.prompts, classes, stuff, "panoptic", points, boxes)
     if problem is not None:
         raise PredictError(f"--{problem[0]}: {problem[1]}")
     if args.image_size is not None and args.image_size < 1:
@@ -122,7 +151,9 @@ def main(argv: Sequence[str]) -> int:
         mode=args.mode,
         min_score=args.min_score,
     )
-    written = predictor.write(images, args.out, args.prompts, classes, stuff, args.overwrite)
+    written = predictor.write(
+        images, args.out, args.prompts, classes, stuff, args.overwrite, points=points, boxes=boxes
+    )
     for overlay, document in written:
         print(f"{overlay}\n{document}")
     return 0

@@ -13,6 +13,7 @@ The checks of a request (:func:`request_problem`) are shared with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ class PredictRequest:
         mode: what class names give: ``panoptic`` (non-overlapping segments) or ``instance``
             (overlapping detections of the thing classes).
         min_score: instance mode: detections below this score are dropped.
+        points: clicks ``[x, y]`` or ``[x, y, label]`` (label 1 on the object, 0 off it; default 1)
+            in the image's pixels on disk: together they prompt one object (interactive task), as
+            SAM's ``point_coords`` do.
+        boxes: ``[x0, y0, x1, y1]`` in the image's pixels; each prompts one object by itself.
 
     """
 
@@ -49,6 +54,8 @@ class PredictRequest:
     stuff: list[str] = field(default_factory=list)
     mode: SegmentationMode = "panoptic"
     min_score: float = 0.5
+    points: list[list[float]] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
 
 
 def request_problem(
@@ -56,17 +63,28 @@ def request_problem(
     classes: Sequence[str] = (),
     stuff: Sequence[str] = (),
     mode: str = "panoptic",
+    points: Sequence[Sequence[float]] = (),
+    boxes: Sequence[Sequence[float]] = (),
 ) -> tuple[str, str] | None:
     """What is wrong with a request, as (field, message), or None when it can run.
 
     Refused: one string where a list is expected, nothing to predict, a blank prompt or class name,
-    a class name given twice, an unknown mode, and instance mode without thing classes.
+    a class name given twice, an unknown mode, instance mode without thing classes, a click that is
+    not ``[x, y]`` or ``[x, y, 0 or 1]``, negative clicks without a positive one, and a box that is
+    not ``[x0, y0, x1, y1]`` with x1 > x0 and y1 > y0. (A click or box outside an image is refused
+    when that image's size is known.)
     """
     for name, texts in (("prompts", prompts), ("classes", classes), ("stuff", stuff)):
         if isinstance(texts, str):
             return name, "prompts, classes and stuff must be lists of strings, not one string"
-    if not prompts and not classes and not stuff:
-        return "prompts", "nothing to predict: the prompt list is empty and no class names are given"
+    if not prompts and not classes and not stuff and not points and not boxes:
+        return (
+            "prompts",
+            "nothing to predict: the prompt list is empty and no class names, clicks or boxes are given",
+        )
+    problem = visual_prompt_problem(points, boxes)
+    if problem is not None:
+        return problem
     kinds = (("prompts", "prompt", prompts), ("classes", "class name", classes))
     for name, kind, texts in (*kinds, ("stuff", "stuff class name", stuff)):
         for index, text in enumerate(texts):
@@ -80,6 +98,38 @@ def request_problem(
         return "mode", f"mode must be 'panoptic' or 'instance', got {mode!r}"
     if mode == "instance" and stuff and not classes:
         return "classes", "instance mode needs thing class names: only stuff names are given"
+    return None
+
+
+def _numbers(value: object) -> list[float] | None:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def visual_prompt_problem(
+    points: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]]
+) -> tuple[str, str] | None:
+    """What is wrong with the clicks and boxes of a request, as (field, message), or None."""
+    for index, point in enumerate(points):
+        values = _numbers(point)
+        if values is None or len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0, 1)):
+            return "points", f"click {index} must be [x, y] or [x, y, label] with label 0 or 1, got {point!r}"
+        if min(values[:2]) < 0:
+            return "points", f"click {index} at {values[:2]} is outside the image (negative coordinate)"
+    if points and all(len(p) == 3 and float(p[2]) == 0 for p in points):
+        return "points", "negative clicks without a positive one: click the object at least once (label 1)"
+    for index, box in enumerate(boxes):
+        values = _numbers(box)
+        if values is None or len(values) != 4:
+            return "boxes", f"box {index} must be [x0, y0, x1, y1], got {box!r}"
+        x0, y0, x1, y1 = values
+        if x1 <= x0 or y1 <= y0:
+            return "boxes", f"box {index} {values} needs x1 > x0 and y1 > y0"
+        if min(values) < 0:
+            return "boxes", f"box {index} {values} is outside the image (negative coordinate)"
     return None
 
 
@@ -104,6 +154,8 @@ class PredictConfig:
             the evaluation resize of the first ``test``, then ``val``, then ``train`` dataset of the
             same ``data`` section (with its ``eval_shortest_edge``), else 1024.
         eval_shortest_edge: resize the shortest side to this instead (longest capped at image_size).
+        points: clicks on one object ``[x, y]`` or ``[x, y, label]`` (interactive task).
+        boxes: ``[x0, y0, x1, y1]``, one object each (interactive task).
         batch_size: images per batch and per process.
         pad_to_square: pad every image to ``image_size`` x ``image_size`` (as large-scale jitter's
             training crops are), so that its masks do not depend on the other images of its batch
@@ -125,11 +177,19 @@ class PredictConfig:
     batch_size: int = 2
     pad_to_square: bool = True
     root: str | None = None
+    points: list[list[float]] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
 
     def request(self) -> PredictRequest:
         """The request this entry makes of every one of its images."""
         return PredictRequest(
-            list(self.prompts), list(self.classes), list(self.stuff), self.mode, self.min_score
+            list(self.prompts),
+            list(self.classes),
+            list(self.stuff),
+            self.mode,
+            self.min_score,
+            [list(point) for point in self.points],
+            [list(box) for box in self.boxes],
         )
 
 
@@ -138,7 +198,9 @@ def check_predict_config(config: PredictConfig, key: str) -> None:
     name = config.name
     if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
         raise ConfigError(f"{key}.name: must be a plain folder name (no '/'), got {name!r}")
-    problem = request_problem(config.prompts, config.classes, config.stuff, config.mode)
+    problem = request_problem(
+        config.prompts, config.classes, config.stuff, config.mode, config.points, config.boxes
+    )
     if problem is not None:
         raise ConfigError(f"{key}.{problem[0]}: {problem[1]}")
     if isinstance(config.images, str):

@@ -1,11 +1,14 @@
-"""Inference on image files with free-text prompts and class names: :class:`Predictor`.
+"""Inference on image files with free-text prompts, class names, clicks and boxes: :class:`Predictor`.
 
 ``Predictor.from_checkpoint(path)`` rebuilds a :class:`~findlit.training.module.FINDModule` (refusing a
 checkpoint of other encoders) and predicts, for each image:
 
 - one mask per free-text prompt (a referring expression), with the grounding task's score;
 - optionally, segments of a vocabulary made on the fly from class names (thing classes, plus
-  ``stuff`` names), with the segmentation task's panoptic or instance inference.
+  ``stuff`` names), with the segmentation task's panoptic or instance inference;
+- one mask for a set of clicks (positive and negative, one object) and one per box, with the
+  interactive task. :meth:`Predictor.set_image` computes an image's features once; then any
+  number of :meth:`Predictor.predict` calls without an image reuse them (SAM's predictor's way).
 
 Images are resized as in evaluation (longest side ``image_size``, the training config's when the
 checkpoint tells it) and padded to a square; masks come back at the image's own size (after its
@@ -195,56 +198,103 @@ class Predictor:
     # -- checks ------------------------------------------------------------------------------
 
     def request(
-        self, prompts: Sequence[str], classes: Sequence[str] = (), stuff: Sequence[str] = ()
+        self,
+        prompts: Sequence[str],
+        classes: Sequence[str] = (),
+        stuff: Sequence[str] = (),
+        points: Sequence[Sequence[float]] = (),
+        boxes: Sequence[Sequence[float]] = (),
     ) -> PredictRequest:
-        """The request of these prompts and names in this predictor's mode.
+        """The request of these prompts, names, clicks and boxes in this predictor's mode.
 
         Raises:
             PredictError: a request this model cannot serve
                 (:func:`~findlit.data.predict_config.request_problem`).
 
         """
-        problem = request_problem(prompts, classes, stuff, self.mode)
+        problem = request_problem(prompts, classes, stuff, self.mode, points, boxes)
         if problem is None:
-            request = PredictRequest(list(prompts), list(classes), list(stuff), self.mode, self.min_score)
+            request = PredictRequest(
+                list(prompts),
+                list(classes),
+                list(stuff),
+                self.mode,
+                self.min_score,
+                [list(point) for point in points],
+                [list(box) for box in boxes],
+            )
             problem = capability_problem(self.module, request)
         if problem is not None:
-            raise PredictError(problem[1])
+            raise PredictError(f"{problem[0]}: {problem[1]}")
         return request
 
-    def check(self, prompts: Sequence[str], classes: Sequence[str] = (), stuff: Sequence[str] = ()) -> None:
+    def check(
+        self,
+        prompts: Sequence[str],
+        classes: Sequence[str] = (),
+        stuff: Sequence[str] = (),
+        points: Sequence[Sequence[float]] = (),
+        boxes: Sequence[Sequence[float]] = (),
+    ) -> None:
         """Refuse a request this model cannot serve (:meth:`request`, result unused)."""
-        self.request(prompts, classes, stuff)
+        self.request(prompts, classes, stuff, points, boxes)
 
     # -- inference ---------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def predict(
-        self,
-        image: str | Path,
-        prompts: Sequence[str] = (),
-        classes: Sequence[str] = (),
-        stuff: Sequence[str] = (),
-    ) -> Prediction:
-        """Predict on one image file (:func:`~findlit.tasks.requests.predict_batch`, one image).
+    def set_image(self, image: str | Path) -> None:
+        """Read ``image`` and compute its frozen features once, as SAM's predictor does.
 
-        Args:
-            image: the image file.
-            prompts: free-text referring expressions, one mask each.
-            classes: thing class names for panoptic or instance segmentation.
-            stuff: stuff class names (panoptic mode), added to the vocabulary after ``classes``.
-
-        Returns:
-            the :class:`Prediction` at the image's size.
-
+        Later :meth:`predict` calls without an image reuse them: a prompt then costs only the
+        interface (the encoder, most of the time of a prediction, is not run again).
         """
-        request = self.request(prompts, classes, stuff)
         pixels = read_image(image)
         sample = prediction_sample(pixels, image, _DATASET, 0, self.resize, self.pad_to_square)
         batch = collate_samples([sample], self.size_divisibility)
         batch["images"] = batch["images"].to(self.device)
         batch["padding_mask"] = batch["padding_mask"].to(self.device)
-        return predict_batch(self.module, batch, request)[0]
+        batch["features"] = self.module.features(batch)
+        del batch["images"]
+        self._image = batch
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: str | Path | None = None,
+        prompts: Sequence[str] = (),
+        classes: Sequence[str] = (),
+        stuff: Sequence[str] = (),
+        points: Sequence[Sequence[float]] = (),
+        boxes: Sequence[Sequence[float]] = (),
+    ) -> Prediction:
+        """Predict on one image file (:func:`~findlit.tasks.requests.predict_batch`, one image).
+
+        Args:
+            image: the image file; None = the image of the last :meth:`set_image`.
+            prompts: free-text referring expressions, one mask each.
+            classes: thing class names for panoptic or instance segmentation.
+            stuff: stuff class names (panoptic mode), added to the vocabulary after ``classes``.
+            points: clicks ``[x, y]`` or ``[x, y, label]`` (1 on, 0 off the object) in the image's
+                pixels, together one object (interactive task).
+            boxes: ``[x0, y0, x1, y1]`` in the image's pixels, one object each.
+
+        Returns:
+            the :class:`Prediction` at the image's size.
+
+        Raises:
+            PredictError: a bad request, no image given or set, a click or box outside the image.
+
+        """
+        request = self.request(prompts, classes, stuff, points, boxes)
+        if image is not None:
+            self.set_image(image)
+        batch = getattr(self, "_image", None)
+        if batch is None:
+            raise PredictError("no image: give one, or call set_image first")
+        try:
+            return predict_batch(self.module, batch, request)[0]
+        except ConfigError as error:
+            raise PredictError(str(error)) from None
 
     # -- files -------------------------------------------------------------------------------
 
@@ -256,6 +306,8 @@ class Predictor:
         classes: Sequence[str] = (),
         stuff: Sequence[str] = (),
         overwrite: bool = False,
+        points: Sequence[Sequence[float]] = (),
+        boxes: Sequence[Sequence[float]] = (),
     ) -> list[tuple[Path, Path]]:
         """Predict on every image and save its overlay and JSON in ``out`` (see :meth:`Prediction.save`).
 
@@ -267,10 +319,10 @@ class Predictor:
             per image, the (overlay, JSON) paths written.
 
         """
-        self.check(prompts, classes, stuff)
+        self.check(prompts, classes, stuff, points, boxes)
         check_files(images, out, overwrite)
         written = []
         for image in images:
-            prediction = self.predict(image, prompts, classes, stuff)
+            prediction = self.predict(image, prompts, classes, stuff, points, boxes)
             written.append(prediction.save(out, overwrite=True))
         return written

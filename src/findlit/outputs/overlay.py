@@ -89,14 +89,23 @@ def _caption(label: str, score: float | None) -> str:
     return label if score is None else f"{label} {score:.2f}"
 
 
+POSITIVE_CLICK, NEGATIVE_CLICK, BOX = (40, 220, 40), (230, 40, 40), (250, 220, 0)
+"""Colours of the visual prompts drawn on an overlay."""
+
+
 def draw_overlay(
     image: Tensor | np.ndarray,
     masks: Tensor | np.ndarray,
     labels: Sequence[str],
     scores: Sequence[float] | None = None,
     alpha: float = 0.5,
+    points: Sequence[Sequence[float]] = (),
+    boxes: Sequence[Sequence[float]] = (),
 ) -> Image.Image:
     """Tint each mask with its colour, outline it, and write its label (and score) at its centroid.
+
+    Clicks (``[x, y]`` or ``[x, y, label]``, image pixels) are drawn as dots, green on the object
+    (label 1, the default) and red off it; boxes (``[x0, y0, x1, y1]``) as yellow rectangles.
 
     Args:
         image: uint8[3,H,W] or uint8[H,W,3].
@@ -104,6 +113,8 @@ def draw_overlay(
         labels: N names.
         scores: N confidences, written as ``name 0.87``; None writes the names only.
         alpha: opacity of the tint, 0 (none) to 1 (solid colour).
+        points: clicks ``[x, y]`` or ``[x, y, label]`` to mark.
+        boxes: boxes ``[x0, y0, x1, y1]`` to mark.
 
     Returns:
         An RGB image of size W x H. Pixels outside every mask and away from the labels are unchanged.
@@ -140,7 +151,30 @@ def draw_overlay(
         y = int(np.clip(rows.mean() - text_height / 2, 0, max(height - text_height, 0)))
         draw.rectangle((x - 1, y - 1, x + text_width + 1, y + text_height + 1), fill=(0, 0, 0))
         draw.text((x - left, y - top), text, fill=mask_colour(index), font=font)
+    _draw_prompts(draw, (height, width), points, boxes)
     return result
+
+
+def _draw_prompts(
+    draw: ImageDraw.ImageDraw,
+    size: tuple[int, int],
+    points: Sequence[Sequence[float]],
+    boxes: Sequence[Sequence[float]],
+) -> None:
+    """Boxes as rectangles, then clicks as dots with a black rim (sized to the image)."""
+    radius = max(3, min(size) // 80)
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) for v in box[:4])
+        draw.rectangle((x0, y0, x1, y1), outline=BOX, width=max(2, radius // 2))
+    for point in points:
+        x, y = float(point[0]), float(point[1])
+        positive = len(point) < 3 or float(point[2]) == 1
+        draw.ellipse(
+            (x - radius, y - radius, x + radius, y + radius),
+            fill=POSITIVE_CLICK if positive else NEGATIVE_CLICK,
+            outline=(0, 0, 0),
+            width=max(1, radius // 3),
+        )
 
 
 def save_overlay(
@@ -150,10 +184,12 @@ def save_overlay(
     labels: Sequence[str],
     scores: Sequence[float] | None = None,
     alpha: float = 0.5,
+    points: Sequence[Sequence[float]] = (),
+    boxes: Sequence[Sequence[float]] = (),
 ) -> Path:
     """Draw an overlay (see :func:`draw_overlay`) and save it atomically; the suffix picks the format."""
     target = Path(path)
-    overlay = draw_overlay(image, masks, labels, scores, alpha)
+    overlay = draw_overlay(image, masks, labels, scores, alpha, points, boxes)
     image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
     with atomic_write(target) as file:
         overlay.save(file, format=image_format)

@@ -44,7 +44,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 from torchmetrics import MetricCollection
 
-from findlit.data.collate import Batch, image_targets
+from findlit.data.collate import Batch, image_origin, image_targets
+from findlit.data.predict_config import PredictRequest
+from findlit.errors import ConfigError
 from findlit.interactive.clicks import Click, click_masks, next_click
 from findlit.interactive.strokes import MIN_AREA, StrokeSampling, draw_stroke
 from findlit.interface.find import InterfaceOutput, InterfacePrompts
@@ -56,7 +58,8 @@ from findlit.losses.points import DEFAULT_NUM_POINTS
 from findlit.metrics import InteractiveMetrics
 from findlit.metrics.interactive import IOU_AFTER_CLICKS, MAX_CLICKS, NOC_THRESHOLDS
 from findlit.nearest_resize import resize_nearest
-from findlit.tasks.base import EvaluatedDataset, Task, TaskContext, TaskMetrics
+from findlit.tasks.base import EvaluatedDataset, RequestAnswer, Task, TaskContext, TaskMetrics, TaskRun
+from findlit.tasks.grounding import best_proposal_predictions
 from findlit.tasks.registry import register_task
 
 SEGMENT = "proposals.vision.segment"
@@ -64,6 +67,8 @@ SPATIAL_TOKENS = "tokens.vision.spatial"
 SPATIAL_QUERIES = "queries.vision.spatial"
 MEMORIES = "memories.vision.spatial"
 SIMILARITIES: tuple[str, ...] = ("mask_embeddings", "semantic")
+PROMPT_POSITIVE, PROMPT_NEGATIVE = "prompt_positive", "prompt_negative"
+"""A predict batch's per-image prompts (:meth:`InteractiveTask.answer`), bool[P,H,W] each."""
 TARGETS = "interactive_targets"
 """``InterfaceOutput.extras`` key: per image the prompted object's mask bool[S,H,W] (S = 0 or 1)."""
 CURVES = "interactive_curves"
@@ -105,6 +110,7 @@ class InteractiveTask(Task):
 
     name: ClassVar[str] = "interactive"
     formats: ClassVar[tuple[str, ...]] = ("coco_panoptic", "coco_instances")
+    serves: ClassVar[tuple[str, ...]] = ("points", "boxes")
     needs_visual_prompts: ClassVar[bool] = True
 
     def __init__(
@@ -147,9 +153,31 @@ class InteractiveTask(Task):
     # -- the rounds ---------------------------------------------------------------------------------
 
     def prompts(self, batch: Batch, context: TaskContext) -> InterfacePrompts:
-        """One stroke per image on one of its objects (seeded by the image's sample seed)."""
+        """One stroke per image on one of its objects (seeded by the image's sample seed).
+
+        A ``predict`` batch instead gives each image's prompts in its targets (``prompt_positive``
+        and ``prompt_negative`` bool[P,H,W], see :meth:`answer`): P prompts of that image.
+        """
+        if batch["targets"] and PROMPT_POSITIVE in batch["targets"][0]:
+            return self._given_prompts(batch)
         state, _ = self._stroke_round(batch)
         return self._interface_prompts(state, _points_generator(batch, 0))
+
+    def _given_prompts(self, batch: Batch) -> InterfacePrompts:
+        positive = torch.cat([target[PROMPT_POSITIVE] for target in batch["targets"]])
+        negative = torch.cat([target[PROMPT_NEGATIVE] for target in batch["targets"]])
+        image = torch.cat(
+            [
+                torch.full((int(t[PROMPT_POSITIVE].shape[0]),), b, dtype=torch.long)
+                for b, t in enumerate(batch["targets"])
+            ]
+        ).to(positive.device)
+        return InterfacePrompts(
+            learned={SEGMENT: self.num_proposals},
+            visual={SPATIAL_TOKENS: VisualPrompts(positive, image, negative)},
+            per_prompt={SPATIAL_QUERIES: SPATIAL_TOKENS},
+            generator=_points_generator(batch, 0),
+        )
 
     def run(self, batch: Batch, features: dict[str, Tensor], context: TaskContext) -> InterfaceOutput:
         """The stroke round, extra click rounds in training, and in evaluation the click simulation."""
@@ -301,6 +329,14 @@ class InteractiveTask(Task):
         In evaluation also ``"ious": float[n,K]`` (IoU after each click, NaN after stopping) and
         ``"box_ious": float[n]`` of its evaluated objects.
         """
+        if batch["targets"] and PROMPT_POSITIVE in batch["targets"][0]:
+            per_image = best_proposal_predictions(
+                self.similarities(output)[-1],
+                output.last[SEGMENT]["mask_logits"],
+                output.last[SPATIAL_QUERIES]["valid"],
+                batch,
+            )
+            return [{"masks": masks, "scores": scores} for masks, scores in per_image]
         frame = tuple(int(s) for s in batch["padding_mask"].shape[-2:])
         predictions = []
         prompted = torch.tensor([t.shape[0] > 0 for t in output.extras.get(TARGETS, [])], dtype=torch.bool)
@@ -319,6 +355,72 @@ class InteractiveTask(Task):
                 entry["ious"], entry["box_ious"] = curves[b]
             predictions.append(entry)
         return predictions
+
+    # -- prediction requests ------------------------------------------------------------------------
+
+    def answer(self, request: PredictRequest, batch: Batch, run: TaskRun) -> list[RequestAnswer]:
+        """Per image one mask for its clicks (all together, one object) and one per box.
+
+        Clicks and boxes are in the image's pixels on disk; they are mapped to the network's input
+        size (a click becomes a ``2 click_radius + 1`` square there, a box its filled rectangle).
+
+        Raises:
+            ConfigError: a click or box outside an image, naming it and the image.
+
+        """
+        frame = (int(batch["padding_mask"].shape[-2]), int(batch["padding_mask"].shape[-1]))
+        targets = []
+        labels: list[str] = []
+        for b in range(len(batch["image_ids"])):
+            positive, negative, labels = self._request_masks(request, batch, b, frame)
+            targets.append({PROMPT_POSITIVE: positive, PROMPT_NEGATIVE: negative})
+        task_batch = cast(Batch, {**batch, "task": self.name, "targets": targets})
+        answers = []
+        for result in run(task_batch, {}):
+            scores = [float(s) for s in result["scores"].tolist()]
+            answers.append(RequestAnswer(result["masks"], list(labels), scores, "visual"))
+        return answers
+
+    def _request_masks(
+        self, request: PredictRequest, batch: Batch, b: int, frame: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, list[str]]:
+        """Image b's prompts bool[P,H,W] (positive, negative) over the frame, and their labels."""
+        height, width = (int(v) for v in batch["orig_sizes"][b])
+        h, w = (int(v) for v in batch["image_sizes"][b])
+        top, left = image_origin(batch["padding_mask"][b])
+        name = str(batch["targets"][b].get("file", f"image {b}"))
+
+        def to_input(x: float, y: float, what: str) -> tuple[int, int]:
+            if not (0 <= x < width and 0 <= y < height):
+                raise ConfigError(f"{what} at ({x:g}, {y:g}) lies outside {name} ({width}x{height})")
+            return top + min(int(y * h / height), h - 1), left + min(int(x * w / width), w - 1)
+
+        positives, negatives, labels = [], [], []
+        if request.points:
+            clicks = []
+            for index, point in enumerate(request.points):
+                row, col = to_input(point[0], point[1], f"points[{index}]")
+                clicks.append(Click(row, col, len(point) < 3 or point[2] == 1))
+            pos, neg = click_masks(clicks, frame, self.click_radius)
+            positives.append(pos)
+            negatives.append(neg)
+            count = sum(c.positive for c in clicks)
+            labels.append(f"clicks ({count}+, {len(clicks) - count}-)")
+        for index, box in enumerate(request.boxes):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            top_row, left_col = to_input(x0, y0, f"boxes[{index}]")
+            bottom_row, right_col = to_input(min(x1, width - 1e-6), min(y1, height - 1e-6), f"boxes[{index}]")
+            mask = np.zeros(frame, dtype=bool)
+            mask[top_row : bottom_row + 1, left_col : right_col + 1] = True
+            positives.append(mask)
+            negatives.append(np.zeros(frame, dtype=bool))
+            labels.append(f"box {index}")
+        device = batch["padding_mask"].device
+        return (
+            torch.from_numpy(np.stack(positives)).to(device),
+            torch.from_numpy(np.stack(negatives)).to(device),
+            labels,
+        )
 
     # -- evaluation ----------------------------------------------------------------------------------
 

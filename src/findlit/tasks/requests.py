@@ -18,6 +18,7 @@ needs nothing of training.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +43,8 @@ REQUEST_FIELDS: dict[str, str] = {
     "classes": "class names",
     "stuff": "class names",
     "prompts": "free-text prompts",
+    "points": "clicks",
+    "boxes": "boxes",
 }
 """The :class:`PredictRequest` fields that ask for masks, in the order answers come, and what they hold."""
 
@@ -70,7 +73,9 @@ class Prediction:
         masks: bool[N,H,W]: first the class segments, then one mask per prompt.
         labels: N names (the class name, or the prompt text).
         scores: N confidences.
-        sources: N of ``"class"`` or ``"prompt"``.
+        sources: N of ``"class"``, ``"prompt"`` or ``"visual"`` (clicks, a box).
+        points: the request's clicks ``[x, y(, label)]`` in image pixels, drawn on the overlay.
+        boxes: the request's boxes ``[x0, y0, x1, y1]``, drawn on the overlay.
 
     """
 
@@ -80,6 +85,8 @@ class Prediction:
     labels: list[str]
     scores: list[float]
     sources: list[str]
+    points: list[list[float]] = dataclasses.field(default_factory=list)
+    boxes: list[list[float]] = dataclasses.field(default_factory=list)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -99,7 +106,9 @@ class Prediction:
         overlay, document = output_paths(self.image, out)
         if not overwrite:
             refuse_existing([overlay, document])
-        save_overlay(overlay, self.pixels, self.masks, self.labels, self.scores)
+        save_overlay(
+            overlay, self.pixels, self.masks, self.labels, self.scores, points=self.points, boxes=self.boxes
+        )
         write_json_atomic(document, self.to_json())
         return overlay, document
 
@@ -182,6 +191,8 @@ def predict_batch(model: PredictionModel, batch: Batch, request: PredictRequest)
                 [label for part in parts for label in part.labels],
                 [score for part in parts for score in part.scores],
                 [part.source for part in parts for _ in part.labels],
+                [list(point) for point in request.points],
+                [list(box) for box in request.boxes],
             )
         )
     return predictions
