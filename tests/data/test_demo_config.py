@@ -38,6 +38,7 @@ def test_data_check_passes_on_generated_data(demo_config: Path, capsys: pytest.C
         "demo_entities",
         "demo_instances",
         "demo_refs_absent",
+        "demo_interactive",
     }
     # every configured dataset has images and the task's annotations
     for name, (task, images, segments, captions, refs, *_rest) in rows.items():

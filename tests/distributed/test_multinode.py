@@ -47,9 +47,18 @@ from tests.distributed.runs import (
     small_config,
     write_config,
 )
-from tests.distributed.test_ddp_validation import LOSS_TOLERANCE
-
 STEPS = 5
+LOSS_TOLERANCE = 1e-3
+"""Relative difference allowed between the validation losses of the two trained models.
+
+Not the 1e-4 of tests/distributed/test_ddp_validation.py, which evaluates the same weights: here the
+weights themselves differ by Adam-amplified rounding (the test's comments), and a loss is a sum of
+terms over thousands of weights. Measured on this machine (2026-12-06, deterministic: the same every
+run): the entity validation loss 6.037189 vs 6.038069, relative 1.46e-4 (the other losses < 1e-4).
+What the test exists to catch, measured with the same config: training on another draw of samples
+(data.seed 1 instead of 0, every step) moves the validation losses by 2.9e-2 (refs) to 0.59
+(captions) relatively; a mistake in one of the 5 steps only should move them by about a tenth of
+that, 2.9e-3 at the least. 1e-3 is 7 times the rounding and a third of that smallest mistake."""
 TASKS = ("segmentation", "grounding", "retrieval", "interleave")
 
 

@@ -212,11 +212,10 @@ def test_parameter_groups_by_type_and_name() -> None:
 def test_the_default_tasks_follow_the_interfaces_visual_prompts() -> None:
     with_visual = tiny_module(interface={**INTERFACE, "visual_prompts": True})
     assert list(with_visual.tasks) == ["segmentation", "grounding", "retrieval", "interleave", "interactive"]
-    with pytest.raises(
-        ConfigError,
-        match=r"model.tasks: \['interactive'\] read visual prompts; set model.interface.visual_prompts: true",
-    ):
-        tiny_module(tasks=["segmentation", "interactive"], task_options={})
+    # listing the interactive task builds the visual-prompt encoder, and the hyperparameters say so
+    listed = tiny_module(tasks=["segmentation", "interactive"], task_options={})
+    assert listed.interface.visual_prompt_encoder is not None
+    assert listed.hparams["interface"]["visual_prompts"] is True
 
 
 def test_construction_groups_and_hparams() -> None:

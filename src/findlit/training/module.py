@@ -121,8 +121,9 @@ class FINDModule(L.LightningModule):
             :data:`~findlit.training.model_options.InterfaceOptions`); a dict of some of them is
             accepted too (checkpoint hyperparameters).
         tasks: the names of the tasks to build (:mod:`findlit.tasks.registry`; default: every
-            registered task the interface can run: a task that reads visual prompts (the
-            interactive one) only with ``interface.visual_prompts``).
+            registered task, but a task that reads visual prompts (the interactive one) only with
+            ``interface.visual_prompts``; listing such a task builds the interface's visual-prompt
+            encoder whatever ``interface.visual_prompts`` says).
         task_options: task name -> keyword arguments of its task class, checked against its
             signature (``weights`` as a dict of LossWeights fields); ``num_proposals`` defaults to
             the interface's.
@@ -162,11 +163,10 @@ class FINDModule(L.LightningModule):
         unknown = sorted(set(tasks) - set(known))
         if unknown:
             raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {list(known)}")
-        blind = [name for name in tasks if known[name].needs_visual_prompts and not visual]
-        if blind:
-            raise ConfigError(
-                f"model.tasks: {blind} read visual prompts; set model.interface.visual_prompts: true"
-            )
+        if any(known[name].needs_visual_prompts for name in tasks):
+            # a task of visual prompts (the interactive one) needs the interface's visual-prompt
+            # encoder: listing the task is enough to build it (and the hyperparameters record it)
+            interface_options["visual_prompts"] = True
         extra = sorted(set(task_options or {}) - set(tasks))
         if extra:
             raise ConfigError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
