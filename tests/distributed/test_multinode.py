@@ -47,6 +47,7 @@ from tests.distributed.runs import (
     small_config,
     write_config,
 )
+
 STEPS = 5
 LOSS_TOLERANCE = 1e-3
 """Relative difference allowed between the validation losses of the two trained models.
