@@ -680,6 +680,13 @@ def _code_checkpoint(space: Workspace) -> Path:
     return path
 
 
+def _visual_checkpoint(space: Workspace) -> Path:
+    from tests.inference.test_predictor_clicks import save_visual_checkpoint
+
+    space.checkpoint = save_visual_checkpoint(space.root / "visual.ckpt")
+    return space.checkpoint
+
+
 def _predict(
     images: Callable[[Workspace], list[str]],
     extra: list[str] | Callable[[Workspace], list[str]] = (),
@@ -912,6 +919,41 @@ EXPERIMENT_CASES = [
         "predict with neither prompts nor classes",
         ("nothing to predict",),
         _predict(_photo),
+    ),
+    Case(
+        "predict-click-negative-only",
+        "CLI flags",
+        "predict --points 5,5,0 (a negative click and no positive one)",
+        ("--points: negative clicks without a positive one",),
+        _predict(_photo, ["--points", "5,5,0"]),
+    ),
+    Case(
+        "predict-click-malformed",
+        "CLI flags",
+        "predict --points 5 (one number)",
+        ("--points: '5' is not x,y or x,y,label",),
+        _predict(_photo, ["--points", "5"]),
+    ),
+    Case(
+        "predict-box-inverted",
+        "CLI flags",
+        "predict --boxes 50,10,20,40 (x1 < x0)",
+        ("--boxes: box 0", "needs x1 > x0"),
+        _predict(_photo, ["--boxes", "50,10,20,40"]),
+    ),
+    Case(
+        "predict-clicks-without-interactive",
+        "CLI flags",
+        "predict --points on a checkpoint without the interactive task",
+        ("clicks need the interactive task",),
+        _predict(_photo, ["--points", "5,5"]),
+    ),
+    Case(
+        "predict-click-outside-image",
+        "CLI flags",
+        "predict --points 100000,5 (beyond the image's width)",
+        ("points[0] at (100000, 5) lies outside", "photo.jpg"),
+        _predict(_photo, ["--points", "100000,5"], checkpoint=_visual_checkpoint),
     ),
     Case(
         "predict-blank-prompt",

@@ -20,9 +20,8 @@ from tests.inference.test_predictor import PHOTOS, image_size
 from tests.training.test_module import INTERFACE, TASK_OPTIONS
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained FINDModule with visual prompts (so with the interactive task), saved."""
+def save_visual_checkpoint(path: Path) -> Path:
+    """An untrained FINDModule with visual prompts (so with the interactive task), saved at ``path``."""
     torch.manual_seed(0)
     module = FINDModule(
         vision_encoder=EncoderConfig("tiny_test_vision"),
@@ -31,13 +30,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         task_options=TASK_OPTIONS,
     )
     assert "interactive" in module.tasks
-    path = tmp_path_factory.mktemp("ckpt") / "visual.ckpt"
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_visual_checkpoint(tmp_path_factory.mktemp("ckpt") / "visual.ckpt")
 
 
 @pytest.fixture(scope="module")
