@@ -31,13 +31,16 @@ PHOTOS = sorted((COCO_SAMPLE / "val2017").glob("*.jpg"))
 PROMPTS = ["the man jumping for the ball", "a tree on the left"]
 
 
-def save_checkpoint(path: Path) -> Path:
-    """An untrained FINDModule of the tiny test encoders saved as a Lightning checkpoint."""
+def save_checkpoint(path: Path, interface: dict[str, Any] | None = None) -> Path:
+    """An untrained FINDModule of the tiny test encoders saved as a Lightning checkpoint.
+
+    ``interface``: its options (default: the tiny ``INTERFACE`` of tests/training/test_module.py).
+    """
     torch.manual_seed(0)
     module = FINDModule(
         vision_encoder=EncoderConfig("tiny_test_vision"),
         text_encoder=EncoderConfig("tiny_test_text", {"dim": 8}),
-        interface=INTERFACE,
+        interface=INTERFACE if interface is None else interface,  # type: ignore[arg-type]
         task_options=TASK_OPTIONS,
     )
     trainer = L.Trainer(

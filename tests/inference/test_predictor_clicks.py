@@ -7,35 +7,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-import lightning as L  # noqa: N812
 import pytest
 import torch
 
 from findlit.cli.main import main as findlit_main
 from findlit.data.predict_config import request_problem
-from findlit.encoders import EncoderConfig
 from findlit.inference.predictor import PredictError, Predictor
-from findlit.training.module import FINDModule
-from tests.inference.test_predictor import PHOTOS, image_size
-from tests.training.test_module import INTERFACE, TASK_OPTIONS
+from tests.inference.test_predictor import PHOTOS, image_size, save_checkpoint
+from tests.training.test_module import INTERFACE
 
 
 def save_visual_checkpoint(path: Path) -> Path:
     """An untrained FINDModule with visual prompts (so with the interactive task), saved at ``path``."""
-    torch.manual_seed(0)
-    module = FINDModule(
-        vision_encoder=EncoderConfig("tiny_test_vision"),
-        text_encoder=EncoderConfig("tiny_test_text", {"dim": 8}),
-        interface={**INTERFACE, "visual_prompts": True},
-        task_options=TASK_OPTIONS,
-    )
-    assert "interactive" in module.tasks
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
+    return save_checkpoint(path, interface={**INTERFACE, "visual_prompts": True})
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +84,6 @@ def test_a_click_outside_the_image_names_it_and_the_image(predictor: Predictor) 
 
 
 def test_clicks_need_the_interactive_task(tmp_path: Path) -> None:
-    from tests.inference.test_predictor import save_checkpoint
-
     plain = Predictor.from_checkpoint(save_checkpoint(tmp_path / "plain.ckpt"), image_size=64, device="cpu")
     with pytest.raises(PredictError, match="clicks need the interactive task"):
         plain.predict(PHOTOS[0], points=[[3, 3]])

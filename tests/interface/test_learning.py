@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -131,7 +131,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     )
 
 
-def _interface(setup: Setup) -> FINDInterface:
+def _interface(setup: Setup, **options: Any) -> FINDInterface:
     torch.manual_seed(0)
     return FINDInterface(
         setup.channels,
@@ -142,6 +142,7 @@ def _interface(setup: Setup) -> FINDInterface:
         ffn_dim=FFN,
         num_proposals=PROPOSALS,
         embed_dim=EMBED,
+        **options,
     )
 
 
@@ -294,19 +295,7 @@ def test_interactive_learns(setup: Setup) -> None:
     follow the prompt at once (in FIND and in the demo, segmentation trains the shared proposals).
     """
     start = time.perf_counter()
-    torch.manual_seed(0)
-    interface = FINDInterface(
-        setup.channels,
-        setup.text_dim,
-        hidden_dim=HIDDEN,
-        num_layers=LAYERS,
-        num_heads=HEADS,
-        ffn_dim=FFN,
-        num_proposals=PROPOSALS,
-        embed_dim=EMBED,
-        visual_prompts=True,
-        max_visual_points=128,
-    )
+    interface = _interface(setup, visual_prompts=True, max_visual_points=128)
     task = InteractiveTask(num_proposals=PROPOSALS, num_points=1024, max_rounds=1, max_clicks=5)
     context = TaskContext(interface=interface, encode_text=_no_text)
 
