@@ -150,17 +150,29 @@ def _train(
     parameters: Iterable[torch.nn.Parameter], loss_fn: Callable[[int], Tensor], label: str
 ) -> tuple[float, float]:
     """150 AdamW steps on ``loss_fn(step)``; returns (loss at step 0, mean of the last 5 steps)."""
-    optimizer = torch.optim.AdamW(list(parameters), lr=LR, weight_decay=0.05)
+    history = _optimise(parameters, loss_fn, label, STEPS, LR)
+    return history[0], sum(history[-5:]) / 5
+
+
+def _optimise(
+    parameters: Iterable[torch.nn.Parameter],
+    loss_fn: Callable[[int], Tensor],
+    label: str,
+    steps: int,
+    lr: float,
+) -> list[float]:
+    """``steps`` AdamW steps (weight decay 0.05) on ``loss_fn(step)``; returns every step's loss."""
+    optimizer = torch.optim.AdamW(list(parameters), lr=lr, weight_decay=0.05)
     history = []
-    for step in range(STEPS):
+    for step in range(steps):
         loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))
-        if step % 25 == 0 or step == STEPS - 1:
+        if step % 25 == 0 or step == steps - 1:
             print(f"[{label}] step {step:3d} loss {history[-1]:.4f}")
-    return history[0], sum(history[-5:]) / 5
+    return history
 
 
 def _iou(mask_logits: Tensor, target: Tensor) -> float:
@@ -331,14 +343,7 @@ def test_interactive_learns(setup: Setup) -> None:
         return task.losses(output, step_batch, context)[0]
 
     before = one_click_iou()
-    optimizer = torch.optim.AdamW(interface.parameters(), lr=INTERACTIVE_LR, weight_decay=0.05)
-    history = []
-    for step in range(INTERACTIVE_STEPS):
-        loss = loss_fn(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
+    history = _optimise(interface.parameters(), loss_fn, "interactive", INTERACTIVE_STEPS, INTERACTIVE_LR)
     after = one_click_iou()
     first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
     print(

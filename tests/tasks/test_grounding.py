@@ -41,18 +41,18 @@ def fake_encode_text(texts: Sequence[str]) -> TextEmbeddings:
     return TextEmbeddings(tokens=tokens, mask=mask, sentence=sentence)
 
 
-def tiny_interface() -> FINDInterface:
+def tiny_interface(**options: Any) -> FINDInterface:
+    """A 2-layer, 32-wide interface over :data:`CHANNELS` (``options`` add or replace arguments)."""
     torch.manual_seed(0)
-    return FINDInterface(
-        CHANNELS,
-        TEXT_DIM,
-        hidden_dim=32,
-        num_layers=2,
-        num_heads=4,
-        ffn_dim=64,
-        num_proposals=8,
-        embed_dim=16,
-    )
+    defaults: dict[str, Any] = {
+        "hidden_dim": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "ffn_dim": 64,
+        "num_proposals": 8,
+        "embed_dim": 16,
+    }
+    return FINDInterface(CHANNELS, TEXT_DIM, **(defaults | options))
 
 
 def context(interface: FINDInterface) -> TaskContext:

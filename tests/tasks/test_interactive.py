@@ -16,21 +16,19 @@ from findlit.losses import LossWeights
 from findlit.metrics import InteractiveMetrics
 from findlit.tasks.base import TaskContext
 from findlit.tasks.interactive import CURVES, MEMORIES, SEGMENT, SPATIAL_QUERIES, TARGETS, InteractiveTask
-from tests.tasks.test_grounding import CHANNELS, FULL, SMALL, STRIDES, TEXT_DIM, fake_encode_text, make_batch
+from tests.tasks.test_grounding import (
+    CHANNELS,
+    FULL,
+    SMALL,
+    STRIDES,
+    fake_encode_text,
+    make_batch,
+    tiny_interface,
+)
 
 
 def interface(**kwargs: Any) -> FINDInterface:
-    torch.manual_seed(0)
-    options: dict[str, Any] = {
-        "hidden_dim": 32,
-        "num_layers": 2,
-        "num_heads": 4,
-        "ffn_dim": 64,
-        "num_proposals": 8,
-        "embed_dim": 16,
-    }
-    options.update(kwargs)
-    return FINDInterface(CHANNELS, TEXT_DIM, visual_prompts=True, max_visual_points=32, **options)
+    return tiny_interface(visual_prompts=True, max_visual_points=32, **kwargs)
 
 
 def context(model: FINDInterface) -> TaskContext:

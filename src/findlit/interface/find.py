@@ -691,6 +691,14 @@ class FINDInterface(nn.Module):
         sizes = pixel.sizes
 
         valid_keys = pixel.valid_keys()  # per level, once (not per layer)
+        # the memories' reads of each level: the previous round's masks resized once per level
+        memory_reads = [
+            {
+                name: attention_mask_from_logits(logits[:, None], size)[:, 0]
+                for name, logits in prompts.memory_masks.items()
+            }
+            for size in sizes
+        ]
         mask_padding = pixel.mask_padding
 
         # the whole-image pooling does not change across layers: computed once
@@ -712,11 +720,7 @@ class FINDInterface(nn.Module):
             memory = torch.cat([keys, compiled.tokens(x).to(keys.dtype)], dim=1)
             memory_pos = torch.cat([key_pos, compiled.tokens(pos).to(key_pos.dtype)], dim=1)
             valid = None if valid_keys is None else valid_keys[level]
-            memories = {
-                name: attention_mask_from_logits(logits[:, None], sizes[level])[:, 0]
-                for name, logits in prompts.memory_masks.items()
-            }
-            feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid, memories)
+            feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid, memory_reads[level])
             cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
             x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
             target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None

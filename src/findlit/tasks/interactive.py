@@ -158,7 +158,7 @@ class InteractiveTask(Task):
         A ``predict`` batch instead gives each image's prompts in its targets (``prompt_positive``
         and ``prompt_negative`` bool[P,H,W], see :meth:`answer`): P prompts of that image.
         """
-        if batch["targets"] and PROMPT_POSITIVE in batch["targets"][0]:
+        if _given(batch):
             return self._given_prompts(batch)
         state, _ = self._stroke_round(batch)
         return self._interface_prompts(state, _points_generator(batch, 0))
@@ -180,7 +180,12 @@ class InteractiveTask(Task):
         )
 
     def run(self, batch: Batch, features: dict[str, Tensor], context: TaskContext) -> InterfaceOutput:
-        """The stroke round, extra click rounds in training, and in evaluation the click simulation."""
+        """The stroke round, extra click rounds in training, and in evaluation the click simulation.
+
+        A ``predict`` batch (its prompts given, :meth:`answer`) runs once, as any task's.
+        """
+        if _given(batch):
+            return super().run(batch, features, context)
         interface = context.interface
         padding = batch["padding_mask"]
         pixel = interface.decode_pixels(features, padding)
@@ -210,10 +215,9 @@ class InteractiveTask(Task):
         masks = [target["masks"] for target in batch["targets"]]
         frame = tuple(int(s) for s in batch["padding_mask"].shape[-2:])
         device = batch["padding_mask"].device
-        seeds = batch.get("sample_seeds") or [int(i) for i in batch["image_ids"]]
         positive = torch.zeros(len(masks), *frame, dtype=torch.bool, device=device)
         targets = []
-        for b, (image_masks, seed) in enumerate(zip(masks, seeds, strict=True)):
+        for b, (image_masks, seed) in enumerate(zip(masks, _batch_seeds(batch), strict=True)):
             rng = np.random.default_rng(int(seed))
             array = image_masks.cpu().numpy().astype(bool)
             candidates = np.nonzero(array.reshape(len(array), -1).sum(axis=1) >= MIN_AREA)[0]
@@ -278,8 +282,7 @@ class InteractiveTask(Task):
         """The next round's prompts: one click per prompted row from its errors at the input size."""
         chosen = self._chosen_rows(state, output)
         frame = (int(state.positive.shape[-2]), int(state.positive.shape[-1]))
-        predicted = F.interpolate(chosen[:, None].float(), size=frame, mode="bilinear", align_corners=False)
-        predicted = predicted[:, 0] > 0
+        predicted = _to_frame(chosen, frame) > 0
         positive, negative = state.positive.clone(), state.negative.clone()
         for row, mask in enumerate(truth):
             if mask is None or not bool(state.prompted[row]):
@@ -329,7 +332,7 @@ class InteractiveTask(Task):
         In evaluation also ``"ious": float[n,K]`` (IoU after each click, NaN after stopping) and
         ``"box_ious": float[n]`` of its evaluated objects.
         """
-        if batch["targets"] and PROMPT_POSITIVE in batch["targets"][0]:
+        if _given(batch):
             per_image = best_proposal_predictions(
                 self.similarities(output)[-1],
                 output.last[SEGMENT]["mask_logits"],
@@ -337,17 +340,14 @@ class InteractiveTask(Task):
                 batch,
             )
             return [{"masks": masks, "scores": scores} for masks, scores in per_image]
-        frame = tuple(int(s) for s in batch["padding_mask"].shape[-2:])
+        frame = (int(batch["padding_mask"].shape[-2]), int(batch["padding_mask"].shape[-1]))
         predictions = []
         prompted = torch.tensor([t.shape[0] > 0 for t in output.extras.get(TARGETS, [])], dtype=torch.bool)
-        chosen = self._chosen(output) if SPATIAL_QUERIES in output.last else None
+        chosen = _to_frame(self._chosen(output), frame) if SPATIAL_QUERIES in output.last else None
         curves = output.extras.get(CURVES)
         for b, (h, w) in enumerate(batch["image_sizes"]):
             if chosen is not None and bool(prompted[b]):
-                logits = F.interpolate(
-                    chosen[b][None, None].float(), size=frame, mode="bilinear", align_corners=False
-                )
-                masks = logits[0, :, :h, :w] > 0
+                masks = chosen[b : b + 1, :h, :w] > 0
             else:
                 masks = torch.zeros(0, h, w, dtype=torch.bool)
             entry: dict[str, Any] = {"masks": masks.cpu()}
@@ -461,6 +461,16 @@ class InteractiveTask(Task):
         return results
 
 
+def _given(batch: Batch) -> bool:
+    """Whether ``batch`` is a ``predict`` batch whose images carry their prompts (see ``answer``)."""
+    return bool(batch["targets"]) and PROMPT_POSITIVE in batch["targets"][0]
+
+
+def _to_frame(logits: Tensor, frame: tuple[int, int]) -> Tensor:
+    """float[R,h,w] stride-4 mask logits -> float[R,H,W] over the padded frame (bilinear, as every task)."""
+    return F.interpolate(logits[:, None].float(), size=frame, mode="bilinear", align_corners=False)[:, 0]
+
+
 def _batch_seeds(batch: Batch) -> list[int]:
     """The images' sample seeds (their ids when the batch has none)."""
     return [int(s) for s in (batch.get("sample_seeds") or batch["image_ids"])]
@@ -511,7 +521,6 @@ class ClickEpisode:
         self.rows = rows
         self.batch = batch
         index = torch.tensor([b for b, _ in rows], dtype=torch.long, device=batch["padding_mask"].device)
-        self.index = index
         self.features = {level: value[index] for level, value in features.items()}
         self.pixel = pixel.select(index)
         self.padding = batch["padding_mask"][index]
@@ -546,12 +555,10 @@ class ClickEpisode:
             pixel=self.pixel,
         )
         chosen = self.task._chosen(output)
-        frame_logits = F.interpolate(
-            chosen[:, None].float(), size=self.frame, mode="bilinear", align_corners=False
-        )
+        frame_logits = _to_frame(chosen, self.frame)
         masks = []
         for row, (h, w) in enumerate(self.sizes):
-            mask = frame_logits[row, :, :h, :w] > 0
+            mask = frame_logits[row : row + 1, :h, :w] > 0
             masks.append(resize_nearest(mask, self.truth[row].shape)[0].cpu().numpy())
         return chosen, masks
 

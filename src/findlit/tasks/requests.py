@@ -208,5 +208,5 @@ def _run(
     """``task`` on precomputed features: per image its prediction dict at ``image_sizes``."""
     # a context of its own: an on-the-fly vocabulary must not leak into the model's
     context = TaskContext(model.interface, model.prompt_cache, vocabularies, model.prompt_cache.sentences)
-    output = model.interface(features, task.prompts(batch, context), batch["padding_mask"])
+    output = task.run(batch, features, context)
     return task.predict(output, batch, context)
