@@ -547,6 +547,19 @@ def test_corrupt_image(tmp_path: Path, fmt: str, corruption: str) -> None:
     assert dataset[1]["image_id"] == IMAGE_B
 
 
+def test_corrupt_reference_image_leaves_the_referring_record_whole(tmp_path: Path) -> None:
+    """Image B's "the grass" refers to a segment of image A: A's corrupt JPEG costs B only that reference."""
+    root = copy_sample(tmp_path)
+    _random_bytes(root / "val2017" / JPEG_A)
+    dataset = build(root, "find_entity")
+    with pytest.warns(UserWarning, match="a reference skipped") as caught:
+        sample = dataset[1]
+    message = str(caught[0].message)
+    assert_names(message, "corrupt or truncated image", JPEG_A, f"image_id={IMAGE_A}", KEY)
+    assert sample["image_id"] == IMAGE_B
+    assert [ref is None for ref in sample["reference_images"]] == [True, True, True]
+
+
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 @pytest.mark.parametrize("fmt", ["coco_panoptic", "find_entity"])
 def test_corrupt_panoptic_png(tmp_path: Path, fmt: str, corruption: str) -> None:

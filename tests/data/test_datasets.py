@@ -124,6 +124,22 @@ def test_interleave_entities(coco_sample: Path) -> None:
     assert names[0] == "sports ball" and names[3] == "sky-other-merged"
 
 
+def test_interleave_reference_images_in_evaluation(coco_sample: Path) -> None:
+    dataset = build("entities", coco_sample, image_size=320)
+    sample = dataset[0]
+    references = sample["reference_images"]
+    assert len(references) == 4  # one per phrase, in phrase order
+    assert [ref is None for ref in references] == [True, False, True, True]
+    grass = references[1]
+    assert grass is not None
+    # image 439180 (640 x 360 on disk) resized as the sample's own image (longest edge 320)
+    assert grass["image"].dtype == torch.uint8 and tuple(grass["image"].shape) == (3, 180, 320)
+    assert grass["mask"].shape == (180, 320) and grass["mask"].dtype == torch.bool
+    assert 0.05 < grass["mask"].float().mean() < 0.95  # the grass of the other image, not all of it
+    # training samples carry none: training draws visual entities on their own segments (FIND)
+    assert "reference_images" not in build("entities", coco_sample, train=True, image_size=320)[(0, 3)]
+
+
 def test_training_sample_is_deterministic_per_seed(coco_sample: Path) -> None:
     dataset = build("panoptic", coco_sample, train=True, image_size=256)
     a, b, c = dataset[(0, 7)], dataset[(0, 7)], dataset[(0, 8)]

@@ -32,6 +32,7 @@ from tests.interface.test_find import (
     _features,
     _interface,
     _mixed,
+    _text,
 )
 from tests.interface.test_find_padding import ALONE, FRAME, _origin, _own_features, _padded_batch
 
@@ -268,3 +269,101 @@ def test_points_are_drawn_by_the_given_generator_and_bf16_autocast_runs() -> Non
     assert torch.equal(_spatial(first), _spatial(again))
     assert not torch.equal(_spatial(first), _spatial(other))  # 512 of 2400 pixels: other points
     assert torch.isfinite(_spatial(low).float()).all()
+
+
+def test_a_prompt_with_nothing_to_read_skips_cross_attention() -> None:
+    """An empty stroke's query reads nothing (it does not fall back to reading the whole image)."""
+    interface = _visual_interface()
+    strokes = torch.stack([_stroke(NEAR), torch.zeros(H, W, dtype=torch.bool)])
+    prompts = _prompts(VisualPrompts(strokes, torch.tensor([0, 0])))
+    with torch.no_grad():
+        out = interface(_features(1), prompts)
+        other = interface(_features(1, seed=5), prompts)
+    # the empty prompt's query (self-attending only itself) is the same whatever the image
+    torch.testing.assert_close(_spatial(out)[0, 1], _spatial(other)[0, 1])
+    assert not torch.allclose(_spatial(out)[0, 0], _spatial(other)[0, 0])
+
+
+LEGEND_T, ENTITY_Q, ENTITY_P = (
+    "tokens.interleave.legend",
+    "queries.interleave.entity",
+    "proposals.interleave.entity",
+)
+ENTITY_V = "tokens.vision.spatial_"
+
+
+def _entity_prompts(
+    strokes: Tensor, visual: list[bool], tokens: VisualTokens | None = None
+) -> InterfacePrompts:
+    """Three legend prompts of image 0, entity queries and proposals; prompt k's stroke ``strokes[k]``."""
+    legend = _text(3, image=torch.zeros(3, dtype=torch.long))
+    legend.stands_for_visual = torch.tensor(visual)
+    prompts = InterfacePrompts(
+        learned={ENTITY_P: PROPOSALS},
+        tokens={LEGEND_T: legend},
+        per_prompt={ENTITY_Q: LEGEND_T},
+        generator=torch.Generator().manual_seed(3),
+    )
+    if tokens is None:
+        prompts.visual = {ENTITY_V: VisualPrompts(strokes, torch.zeros(3, dtype=torch.long))}
+    else:
+        prompts.visual_tokens = {ENTITY_V: tokens}
+    return prompts
+
+
+def test_a_visual_entity_reads_its_own_stroke_and_text_entities_no_image() -> None:
+    interface = _visual_interface()
+    empty = torch.zeros(H, W, dtype=torch.bool)
+    strokes = torch.stack([empty, _stroke(NEAR), empty])
+    moved = torch.stack([empty, _stroke(FAR), empty])
+    with torch.no_grad():
+        out = interface(_features(1), _entity_prompts(strokes, [False, True, False]))
+        again = interface(_features(1), _entity_prompts(moved, [False, True, False]))
+        other_image = interface(_features(1, seed=4), _entity_prompts(strokes, [False, True, False]))
+        unflagged = interface(_features(1), _entity_prompts(strokes, [False, False, False]))
+    queries = out.last[ENTITY_Q]["embeddings"][0]
+    # the visual entity's query follows its stroke (and the image under it)
+    assert not torch.allclose(again.last[ENTITY_Q]["embeddings"][0, 1], queries[1])
+    assert not torch.allclose(other_image.last[ENTITY_Q]["embeddings"][0, 1], queries[1])
+    # the text entities read neither the stroke nor the image
+    for changed in (again, other_image):
+        torch.testing.assert_close(changed.last[ENTITY_Q]["embeddings"][0, [0, 2]], queries[[0, 2]])
+    # a visual entity's legend tokens carry the image query's learned content (FIND's placeholder)
+    assert not torch.allclose(unflagged.last[ENTITY_Q]["embeddings"][0, 1], queries[1])
+    torch.testing.assert_close(unflagged.last[ENTITY_Q]["embeddings"][0, [0, 2]], queries[[0, 2]])
+
+
+def test_visual_tokens_encoded_elsewhere_are_read_as_inline_ones() -> None:
+    """Tokens encoded on another image's pixel features (a reference), owned by the batch's image."""
+    interface = _visual_interface()
+    empty = torch.zeros(H, W, dtype=torch.bool)
+    strokes = torch.stack([empty, _stroke(NEAR), empty])
+    features = _features(1)
+    with torch.no_grad():
+        inline = interface(features, _entity_prompts(strokes, [False, True, False]))
+        pixel = interface.pixel_decoder(features)
+        encoded = interface.encode_visual_prompts(
+            pixel,
+            {ENTITY_V: VisualPrompts(strokes, torch.zeros(3, dtype=torch.long))},
+            None,
+            torch.Generator().manual_seed(3),
+        )[ENTITY_V]
+        given = interface(features, _entity_prompts(strokes, [False, True, False], tokens=encoded))
+        # the same tokens from a reference image (image 1 of another batch), owned by image 0
+        reference = interface.pixel_decoder(_features(2, seed=9))
+        elsewhere = interface.encode_visual_prompts(
+            reference,
+            {ENTITY_V: VisualPrompts(strokes, torch.ones(3, dtype=torch.long))},
+            None,
+            torch.Generator().manual_seed(3),
+        )[ENTITY_V]
+        elsewhere.image = torch.zeros(3, dtype=torch.long)
+        from_reference = interface(features, _entity_prompts(strokes, [False, True, False], tokens=elsewhere))
+    torch.testing.assert_close(given.last[ENTITY_Q]["embeddings"], inline.last[ENTITY_Q]["embeddings"])
+    assert not torch.allclose(
+        from_reference.last[ENTITY_Q]["embeddings"][0, 1], inline.last[ENTITY_Q]["embeddings"][0, 1]
+    )
+    with pytest.raises(ValueError, match=r"both in prompts\.visual and prompts\.visual_tokens"):
+        prompts = _entity_prompts(strokes, [False, True, False], tokens=encoded)
+        prompts.visual = {ENTITY_V: VisualPrompts(strokes, torch.zeros(3, dtype=torch.long))}
+        interface(features, prompts)

@@ -152,6 +152,21 @@ def test_metrics_table_shows_headline_fractions_in_percent() -> None:
     assert metrics_table({"test/seg/loss": 1.0}) == ""
 
 
+def test_metrics_table_shows_clicks_as_counts() -> None:
+    """NoC@85 is a number of clicks: 1.0 click is 1.00, not 100 %."""
+    document = {
+        "test/clicks/mIoU@1": 0.755,
+        "test/clicks/NoC@85": 1.0,
+        "test/entities/cIoU": 0.9,
+        "test/entities/visual_cIoU": 0.85,
+    }
+    lines = metrics_table(document).splitlines()
+    assert lines[0] == "test metrics (%; NoC@85 in clicks):"
+    assert lines[1].split() == ["dataset", "cIoU", "visual_cIoU", "mIoU@1", "NoC@85"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows == {"clicks": ["-", "-", "75.5", "1.00"], "entities": ["90.0", "85.0", "-", "-"]}
+
+
 def test_shorten_cuts_long_sentences_at_a_word() -> None:
     assert shorten("  the  red\ncar ") == "the red car"
     short = shorten("the small dog sitting on the left of the wooden bench", limit=20)

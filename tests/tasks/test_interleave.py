@@ -7,13 +7,21 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
 
 from findlit.data.collate import Batch
-from findlit.tasks.interleave import InterleaveTask, phrases_of
+from findlit.data.sample import ReferenceImage
+from findlit.interface.find import FINDInterface
+from findlit.tasks.base import EvaluatedDataset, TaskContext, Vocabulary
+from findlit.tasks.interleave import VISUAL_LEGEND, InterleaveTask, phrases_of
 from tests.tasks.test_grounding import (
+    CHANNELS,
     FULL,
     SMALL,
+    STRIDES,
     context,
+    fake_encode_text,
     features,
     grads_reach,
     make_batch,
@@ -54,7 +62,7 @@ def test_phrases_of() -> None:
 
 def test_prompts_shapes() -> None:
     interface = tiny_interface()
-    task = InterleaveTask(num_proposals=8, num_points=64)
+    task = InterleaveTask(num_proposals=8, num_points=64, visual_prompt_p=0.0)
     batch = interleave_batch([2, 3])
     prompts = task.prompts(batch, context(interface))
     tokens = prompts.tokens["tokens.interleave.legend"]
@@ -79,7 +87,7 @@ def test_visual_prompt_p_validated() -> None:
 @pytest.mark.parametrize("retrieval", [True, False])
 def test_losses_finite_and_backpropagate(counts: list[int], retrieval: bool) -> None:
     interface = tiny_interface()
-    task = InterleaveTask(num_proposals=8, num_points=64, retrieval=retrieval)
+    task = InterleaveTask(num_proposals=8, num_points=64, retrieval=retrieval, visual_prompt_p=0.0)
     batch = interleave_batch(counts)
     ctx = context(interface)
     output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
@@ -95,7 +103,7 @@ def test_losses_finite_and_backpropagate(counts: list[int], retrieval: bool) -> 
 
 def test_predict_crops_to_image_sizes() -> None:
     interface = tiny_interface()
-    task = InterleaveTask(num_proposals=8, num_points=64)
+    task = InterleaveTask(num_proposals=8, num_points=64, visual_prompt_p=0.0)
     batch = interleave_batch([2, 3], sizes=[FULL, SMALL])
     ctx = context(interface)
     with torch.no_grad():
@@ -111,7 +119,7 @@ def test_predict_crops_to_image_sizes() -> None:
 @pytest.mark.parametrize("retrieval", [True, False])
 def test_predict_returns_retrieval_embeddings(retrieval: bool) -> None:
     interface = tiny_interface()
-    task = InterleaveTask(num_proposals=8, num_points=64, retrieval=retrieval)
+    task = InterleaveTask(num_proposals=8, num_points=64, retrieval=retrieval, visual_prompt_p=0.0)
     batch = interleave_batch([2, 1, 3])
     ctx = context(interface)
     with torch.no_grad():
@@ -133,3 +141,178 @@ def test_predict_returns_retrieval_embeddings(retrieval: bool) -> None:
         images, torch.nn.functional.normalize(output.last["queries.vision.image"]["embeddings"][:, 0])
     )
     assert not torch.allclose(legends[0], legends[2])  # one legend per image, not a shared query
+
+
+# -- visual entities -----------------------------------------------------------------------------------
+
+LEGEND = "tokens.interleave.legend"
+ENTITY_VISUAL = "tokens.vision.spatial_"
+
+
+def visual_task(p: float = 1.0, retrieval: bool = True) -> InterleaveTask:
+    return InterleaveTask(num_proposals=8, num_points=64, visual_prompt_p=p, retrieval=retrieval)
+
+
+def image_features(batch: Batch) -> dict[str, Tensor]:
+    """Features computed from a batch's pixels (a fixed random 1x1 projection of pooled RGB)."""
+    images = batch["images"].float() / 255
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for level, channels in CHANNELS.items():
+        projection = torch.randn(channels, 3, generator=generator)
+        pooled = F.avg_pool2d(images, STRIDES[level])
+        out[level] = torch.einsum("cd,bdhw->bchw", projection, pooled)
+    return out
+
+
+def test_visual_entities_are_the_placeholder_plus_strokes_on_their_own_segments() -> None:
+    interface = tiny_interface(visual_prompts=True)
+    task = visual_task(p=1.0)
+    batch = interleave_batch([2, 3])
+    ctx = context(interface)
+    prompts = task.prompts(batch, ctx)
+    tokens = prompts.tokens[LEGEND]
+    assert tokens.stands_for_visual is not None and tokens.stands_for_visual.tolist() == [True] * 5
+    # every legend prompt is FIND's placeholder text, encoded as any phrase
+    placeholder = ctx.encode_text(["[INTERACTIVE]"])
+    torch.testing.assert_close(
+        tokens.tokens[:, : placeholder.tokens.shape[1]], placeholder.tokens.expand(5, -1, -1)
+    )
+    visual = prompts.visual[ENTITY_VISUAL]
+    assert visual.image.tolist() == tokens.image.tolist() == [0, 0, 1, 1, 1]  # type: ignore[union-attr]
+    for n, (b, k) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]):
+        segment = batch["targets"][b]["masks"][k]
+        stroke = visual.positive[n]
+        assert stroke.any() and not (stroke & ~segment).any()  # the rectangles' strokes stay inside
+    # the strokes are drawn again the same for the same batch (seeded per phrase)
+    again = task.prompts(batch, ctx).visual[ENTITY_VISUAL]
+    assert torch.equal(again.positive, visual.positive)
+
+
+def test_visual_entities_train_the_visual_prompt_encoder() -> None:
+    interface = tiny_interface(visual_prompts=True)
+    task = visual_task(p=1.0)
+    batch = interleave_batch([2, 3])
+    ctx = context(interface)
+    output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
+    total, _ = task.losses(output, batch, ctx)
+    assert torch.isfinite(total)
+    total.backward()
+    encoder = interface.visual_prompt_encoder
+    assert encoder is not None
+    grads = {name: p.grad for name, p in encoder.named_parameters()}
+    # the positive indicator row (an entity's stroke has positive points only) and the projections of
+    # the levels that the 2 layers read (levels 0 and 1)
+    assert grads["indicator.weight"] is not None and bool(grads["indicator.weight"][0].abs().sum() > 0)
+    for name in ("projections.0", "projections.1"):
+        grad = grads[name]
+        assert grad is not None and bool(grad.abs().sum() > 0), name
+    # the placeholder's content is the image query's: it gets gradient from the legend tokens
+    assert interface.embeddings["queries__vision__image"].grad is not None
+
+
+def test_evaluation_splits_text_and_visual_phrases() -> None:
+    interface = tiny_interface(visual_prompts=True).eval()
+    task = visual_task(p=0.5).eval()
+    batch = interleave_batch([4, 4, 4])
+    flags = [[s is not None for s in image] for image in task.own_strokes(batch)]
+    assert any(any(f) for f in flags) and not all(all(f) for f in flags)  # a mix, at these seeds
+    ctx = context(interface)
+    with torch.no_grad():
+        output = task.run(batch, features(batch), ctx)
+        predictions = task.predict(output, batch, ctx)
+    assert [p["visual"].tolist() for p in predictions] == flags
+    metrics = task.build_metrics(EvaluatedDataset("fake", Vocabulary([], [])))
+    assert metrics is not None
+    task.update_metrics(metrics, batch, predictions, ctx)
+    values = metrics.compute()
+    assert {"cIoU", "P@0.5", "visual_cIoU", "visual_P@0.5", "IR@5", "IR@10"} <= set(values)
+    text_count = int(metrics["grounding"].count)  # type: ignore[index]
+    visual_count = int(metrics["visual_grounding"].count)  # type: ignore[index]
+    assert (text_count, visual_count) == (
+        sum(not f for i in flags for f in i),
+        sum(f for i in flags for f in i),
+    )
+
+
+def test_evaluation_legends_do_not_see_their_image() -> None:
+    """In evaluation the legend query reads the phrases as text: its image's features cannot reach it.
+
+    Own-segment strokes in the legend would let the legend query read the image it must retrieve.
+    """
+    interface = tiny_interface(visual_prompts=True).eval()
+    task = visual_task(p=0.5).eval()
+    batch = interleave_batch([4, 4])
+    ctx = context(interface)
+    other = {level: torch.randn_like(value) for level, value in features(batch).items()}
+    with torch.no_grad():
+        first = task.run(batch, features(batch), ctx)
+        second = task.run(batch, other, ctx)
+    legend = "queries.interleave.legend"
+    torch.testing.assert_close(first.last[legend]["embeddings"], second.last[legend]["embeddings"])
+    image = "queries.vision.image"
+    assert not torch.allclose(first.last[image]["embeddings"], second.last[image]["embeddings"])
+
+
+def with_references(batch: Batch, seed: int = 0) -> Batch:
+    """Give image 0's phrases a reference each (a random 48 x 64 image, a rectangle); image 1 none."""
+    generator = torch.Generator().manual_seed(seed)
+    for b, target in enumerate(batch["targets"]):
+        count = len(phrases_of(target)[1])
+        references: list[ReferenceImage | None] = []
+        for k in range(count):
+            if b != 0:
+                references.append(None)
+                continue
+            mask = torch.zeros(48, 64, dtype=torch.bool)
+            mask[8 + 4 * k : 30 + 4 * k, 10:40] = True
+            image = torch.randint(0, 256, (3, 48, 64), generator=generator, dtype=torch.uint8)
+            references.append(ReferenceImage(image=image, mask=mask))
+        target["reference_images"] = references
+    return batch
+
+
+def reference_context(interface: FINDInterface) -> TaskContext:
+    return TaskContext(interface=interface, encode_text=fake_encode_text, features=image_features)
+
+
+def test_visual_retrieval_reads_the_references() -> None:
+    interface = tiny_interface(visual_prompts=True).eval()
+    task = visual_task(p=1.0).eval()
+    batch = with_references(interleave_batch([2, 3]))
+    ctx = reference_context(interface)
+    with torch.no_grad():
+        output = task.run(batch, features(batch), ctx)
+        predictions = task.predict(output, batch, ctx)
+        changed = task.run(with_references(interleave_batch([2, 3]), seed=1), features(batch), ctx)
+        own_changed = task.run(batch, {k: torch.randn_like(v) for k, v in features(batch).items()}, ctx)
+    embeddings, has_visual = output.extras[VISUAL_LEGEND]
+    assert has_visual.tolist() == [True, False]
+    assert "visual_legend_embedding" in predictions[0] and "visual_legend_embedding" not in predictions[1]
+    # image 1 has no reference: its row of the visual forward reads its phrases as text, as the text legend
+    torch.testing.assert_close(embeddings[1], output.last["queries.interleave.legend"]["embeddings"][1, 0])
+    assert not torch.allclose(embeddings[0], output.last["queries.interleave.legend"]["embeddings"][0, 0])
+    # the visual legend follows the reference image's pixels, not its own image's features
+    assert not torch.allclose(changed.extras[VISUAL_LEGEND][0][0], embeddings[0])
+    torch.testing.assert_close(own_changed.extras[VISUAL_LEGEND][0], embeddings)
+    metrics = task.build_metrics(EvaluatedDataset("fake", Vocabulary([], [])))
+    assert metrics is not None
+    task.update_metrics(metrics, batch, predictions, ctx)
+    values = metrics.compute()
+    assert {"visual_IR@1", "visual_IR@5", "visual_IR@10", "IR@5"} <= set(values)
+    # one visual legend (image 0) against a gallery of 2 images
+    assert int(metrics["visual_retrieval"].text_embeddings[0].shape[0]) == 1  # type: ignore[index]
+
+
+def test_training_is_one_forward_with_own_strokes() -> None:
+    interface = tiny_interface(visual_prompts=True)
+    task = visual_task(p=1.0)
+    batch = with_references(interleave_batch([2, 3]))
+    ctx = reference_context(interface)
+    output = task.run(batch, features(batch), ctx)
+    assert VISUAL_LEGEND not in output.extras  # references are for evaluation
+    direct = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
+    torch.testing.assert_close(
+        output.last["queries.interleave.legend"]["embeddings"],
+        direct.last["queries.interleave.legend"]["embeddings"],
+    )

@@ -220,8 +220,10 @@ def test_the_default_tasks_follow_the_interfaces_visual_prompts() -> None:
 
 def test_construction_groups_and_hparams() -> None:
     module = tiny_module()
-    # without visual prompts, the default leaves out the interactive task
+    # without visual prompts, the default leaves out the interactive task; the interleave task's
+    # visual entities (FIND's VISUAL_PROB 0.5 by default) build the visual-prompt encoder
     assert list(module.tasks) == ["segmentation", "grounding", "retrieval", "interleave"]
+    assert module.interface.visual_prompt_encoder is not None
     assert module.hparams["vision_encoder"] == {
         "name": "timm",
         "options": {"model": "test_resnet", "weights": None},
@@ -236,7 +238,15 @@ def test_construction_groups_and_hparams() -> None:
     for name in no_decay["names"]:
         assert name.endswith(("bias", "norm.weight")) or any(
             part in name
-            for part in ("embeddings", "positions", "level_embed", "logit_scale", "no_object", ".1.")
+            for part in (
+                "embeddings",
+                "positions",
+                "level_embed",
+                "logit_scale",
+                "no_object",
+                "indicator",
+                ".1.",
+            )
         ), name
     assert "interface.no_object.embedding" in no_decay["names"]
     assert "interface.decoder_norm.weight" in no_decay["names"]

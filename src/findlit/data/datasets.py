@@ -37,8 +37,9 @@ from findlit.data.records import (
     InstancesRecord,
     PanopticRecord,
     RefsRecord,
+    SegmentReference,
 )
-from findlit.data.sample import EntityPrompt, OriginalTargets, Sample
+from findlit.data.sample import EntityPrompt, OriginalTargets, ReferenceImage, Sample
 from findlit.errors import DataError
 
 Transform = Callable[[Sample, torch.Generator], Sample]
@@ -311,7 +312,45 @@ class InterleaveDataset(TaskDataset):
             [self.category_index[c] for c in panoptic.category_ids[rows].tolist()], dtype=torch.int64
         )
         sample["entities"] = entities
+        if not self.train and self.features is None:
+            sample["reference_images"] = [
+                self._reference_image(phrase.reference) if phrase.reference is not None else None
+                for sentence in record.sentences
+                for phrase in sentence.phrases
+                if phrase.segment_id not in crowd
+            ]
         return sample
+
+    def _reference_image(self, reference: SegmentReference) -> ReferenceImage | None:
+        """The referenced image and segment, resized as this dataset's images (evaluation only).
+
+        Interleave retrieval draws a visual entity's stroke on its reference, a segment of another
+        image (FIND's ``evaluate_retrieval_interleave``); None when the reader did not join its record,
+        the segment is a crowd region or the referenced image does not decode (with a warning).
+        """
+        if reference.record is None:
+            return None
+        try:
+            image = read_image(reference.record.image, self.path_key("image_root"))
+            panoptic = self._panoptic(reference.record)
+        except DataError as error:
+            # the referring record itself is fine: its phrase goes without its reference (its
+            # visual retrieval reads it as text), and the referenced image's own record, when it is
+            # one of this dataset's, is reported when it is decoded
+            warnings.warn(
+                f"dataset '{self.name}': a reference skipped, its image does not decode: "
+                f"{error.with_key(self.key)}",
+                stacklevel=2,
+            )
+            return None
+        segments = panoptic.segment_ids.tolist()
+        if reference.segment_id not in segments:  # a crowd region: no single-object mask
+            return None
+        row = segments.index(reference.segment_id)
+        resized: Sample = {"image": image, "masks": panoptic.masks[row : row + 1]}
+        if self.transforms is not None:
+            resized = self.transforms(resized, torch.Generator().manual_seed(0))
+        return ReferenceImage(image=resized["image"], mask=resized["masks"][0])
 
 
 def _choice(count: int, generator: torch.Generator) -> int:

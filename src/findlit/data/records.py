@@ -109,11 +109,16 @@ class RefsRecord:
 
 @dataclass(frozen=True)
 class SegmentReference:
-    """A segment in another image that shows the same thing as a phrase (interleave retrieval)."""
+    """A segment in another image that shows the same thing as a phrase (interleave retrieval).
+
+    ``record``: the other image's panoptic record (the reader joins it), from which evaluation draws
+    the phrase's visual prompt; None when it is not known.
+    """
 
     image_id: int
     segment_id: int
     prob: float = 1.0
+    record: PanopticRecord | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

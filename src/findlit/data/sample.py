@@ -9,7 +9,9 @@ documents the keys and shapes. Which keys are present depends on the task:
 - segmentation: ``masks``, ``labels``, ``is_thing``, ``ignore_mask``;
 - retrieval: ``captions``;
 - grounding: ``masks`` (one per referred object), ``sentences``, ``sentence_targets``;
-- interleave: ``masks`` (the segments the phrases point at), ``entities``;
+- interleave: ``masks`` (the segments the phrases point at), ``entities``; in evaluation from
+  images (not a feature cache) also ``reference_images``, per phrase (sentences, then spans) its
+  :class:`ReferenceImage` or None;
 - predict (image files, :mod:`findlit.data.predict_dataset`): ``file`` and ``pixels``;
 - evaluation (a dataset not in training) with masks: ``original``, the targets at ``orig_size``
   before any transform (:class:`OriginalTargets`), which the metrics score against, as the
@@ -36,6 +38,16 @@ class EntityPrompt(TypedDict):
     spans: list[tuple[int, int]]
     targets: list[int]
     references: list[tuple[int, int] | None]
+
+
+class ReferenceImage(TypedDict):
+    """The segment an interleave phrase refers to in another image, resized as the sample's image.
+
+    image: uint8[3,h,w]; mask: bool[h,w], the referenced segment.
+    """
+
+    image: Tensor
+    mask: Tensor
 
 
 class OriginalTargets(TypedDict, total=False):
@@ -93,6 +105,7 @@ class Sample(TypedDict, total=False):
     sentences: list[str]
     sentence_targets: Tensor
     entities: list[EntityPrompt]
+    reference_images: list[ReferenceImage | None]
     features: dict[str, Tensor]
     image_size: tuple[int, int]
     padding_mask: Tensor

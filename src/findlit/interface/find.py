@@ -87,6 +87,13 @@ class PromptTokens:
             such as "circle" and "square" barely separate).
         positions: optional float[N,L,D] (``projected`` tokens only), the tokens' positional
             encodings (visual prompts: where each point is); None = zero.
+        stands_for_visual: optional bool[N], prompts that stand for a visual reference (FIND's
+            "[INTERACTIVE]" entities of an interleaved prompt): the interface adds to each of their
+            tokens the learned content of ``queries.vision.image``, as FIND adds the image query's
+            initial feature to the legend tokens of visual entities (``interleave_visual_otokens``
+            in UX-Decoder/FIND ``modeling/interface/find.py``). What the reference shows reaches
+            them through cross-attention to the visual tokens of their prompt (the prototype's
+            ``tokens.interleave.legend`` reads ``tokens.vision.spatial_``). None = no such prompt.
 
     """
 
@@ -96,6 +103,7 @@ class PromptTokens:
     projected: bool = False
     sentence: Tensor | None = None
     positions: Tensor | None = None
+    stands_for_visual: Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -123,6 +131,11 @@ class InterfacePrompts:
             (:meth:`FINDInterface.encode_visual_prompts`); e.g. ``{"tokens.vision.spatial": ...}`` with
             ``per_prompt={"queries.vision.spatial": "tokens.vision.spatial"}``. Needs an interface
             built with ``visual_prompts=True``.
+        visual_tokens: ``{token type: VisualTokens}``, visual prompts already encoded, e.g. by
+            :meth:`FINDInterface.encode_visual_prompts` on the pixel features of *other* images
+            (FIND's interleave retrieval reads a visual entity from its reference in another
+            image, ``refint_tokens`` in ``modeling/interface/find.py``); their ``image`` names the
+            batch's image that owns each prompt. Laid out as ``visual``.
         memory_masks: ``{memory type: float[B,h,w]}``, mask logits of each image's previous
             interaction round (any resolution of the batch's frame, e.g. the stride-4 mask logits): the
             type's rows read the image features only where ``sigmoid >= 0.5`` at each layer's level
@@ -138,6 +151,7 @@ class InterfacePrompts:
     tokens: dict[str, PromptTokens] = field(default_factory=dict)
     per_prompt: dict[str, str] = field(default_factory=dict)
     visual: dict[str, VisualPrompts] = field(default_factory=dict)
+    visual_tokens: dict[str, VisualTokens] = field(default_factory=dict)
     memory_masks: dict[str, Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
 
@@ -420,6 +434,10 @@ class FINDInterface(nn.Module):
         values = prompt.tokens[mask]
         if not prompt.projected:
             values = self.language_projection.project(values)
+        if prompt.stands_for_visual is not None:
+            visual = prompt.stands_for_visual.to(device=mask.device, dtype=torch.bool)[prompt_index]
+            placeholder, _ = self._learned(IMAGE_QUERY, 1)  # [1,D]
+            values = values + visual[:, None].to(values.dtype) * placeholder.to(values.dtype)
         if prompt.positions is not None and not prompt.projected:
             raise ValueError("token positions are given at the interface width: projected tokens only")
         positions = None if prompt.positions is None else prompt.positions[mask]
@@ -677,6 +695,17 @@ class FINDInterface(nn.Module):
             if prompts.visual
             else {}
         )
+        for name, encoded in prompts.visual_tokens.items():
+            if name in visual:
+                raise ValueError(f"{name!r} is both in prompts.visual and prompts.visual_tokens")
+            if kind_of(name) != "tokens" or name not in self.prototype.types:
+                raise ValueError(f"prompts.visual_tokens names {name!r}, not a token type of the prototype")
+            if len(encoded.tokens) != len(pixel.levels):
+                raise ValueError(
+                    f"prompts.visual_tokens[{name!r}] has {len(encoded.tokens)} levels, the pixel decoder "
+                    f"{len(pixel.levels)}"
+                )
+            visual[name] = encoded
         compiled, x, pos = self._assemble(
             prompts, batch, mask_features.device, {name: _level_prompt(v, 0) for name, v in visual.items()}
         )
@@ -722,7 +751,10 @@ class FINDInterface(nn.Module):
             valid = None if valid_keys is None else valid_keys[level]
             feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid, memory_reads[level])
             cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
-            x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
+            # a row with nothing to read in this batch (a legend token of a text entity, whose prompt
+            # has no visual token) skips cross-attention: the layers' empty-row rule would open it to
+            # every key, image features included
+            x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows & cross.any(dim=-1))
             target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None
             prediction, previous = self._predict(
                 x, compiled, num_proposal_rows, mask_features, target, image_term, mask_padding

@@ -50,8 +50,8 @@ class VisualPrompts:
 
     A prompt keeps its rank among its image's prompts whatever its masks, so that prompt j of an
     image stays prompt j (its per-prompt query, a legend prompt it stands for). With both masks empty
-    it has no token; its per-prompt query then reads no token either, and the layers' empty-row rule
-    lets that row read all keys of its image.
+    it has no token; its per-prompt query (or the legend prompt it stands for) then reads no token
+    either and skips cross-attention (the interface leaves rows with nothing to read out of it).
 
     Args:
         positive: bool[N,H,W], what each of the N prompts points at, over the batch's padded frame

@@ -217,12 +217,23 @@ def grounding_metrics() -> MetricCollection:
     return MetricCollection({"grounding": GroundingMetrics()}, compute_groups=False)
 
 
-def interleave_metrics(chunk_size: int = 1024) -> MetricCollection:
-    """Grounding metrics on entities plus interleave retrieval recall; update the members separately."""
-    return MetricCollection(
-        {"grounding": GroundingMetrics(), "retrieval": RetrievalRecall(chunk_size=chunk_size)},
-        compute_groups=False,
-    )
+def interleave_metrics(
+    chunk_size: int = 1024, retrieval: bool = True, visual: bool = False
+) -> MetricCollection:
+    """Grounding metrics on entities, and interleave retrieval recall; update the members separately.
+
+    Members: ``grounding`` (text entities: ``cIoU``, ...) and ``retrieval`` (``IR@k``, ``TR@k``);
+    with ``visual`` also ``visual_grounding`` (visual entities: ``visual_cIoU``, ...) and, with
+    ``retrieval``, ``visual_retrieval`` (interleaved prompts with visual entities: ``visual_IR@k``).
+    """
+    members: dict[str, Metric | MetricCollection] = {"grounding": GroundingMetrics()}
+    if retrieval:
+        members["retrieval"] = RetrievalRecall(chunk_size=chunk_size)
+    if visual:
+        members["visual_grounding"] = GroundingMetrics(key_prefix="visual_")
+        if retrieval:
+            members["visual_retrieval"] = RetrievalRecall(chunk_size=chunk_size, key_prefix="visual_")
+    return MetricCollection(members, compute_groups=False)
 
 
 MetricsT = TypeVar("MetricsT", MetricCollection, SegmentationMetrics)

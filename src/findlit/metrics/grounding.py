@@ -27,6 +27,8 @@ class GroundingMetrics(Metric):
 
     Args:
         thresholds: IoU thresholds ``t`` for the ``P@t`` keys.
+        key_prefix: put before every key (e.g. ``"visual_"`` for the visual entities of an
+            interleaved prompt, beside the text entities' unprefixed keys).
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 
     """
@@ -41,9 +43,12 @@ class GroundingMetrics(Metric):
     count: Tensor
     hits: Tensor
 
-    def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, **kwargs: object) -> None:
+    def __init__(
+        self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, key_prefix: str = "", **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.key_prefix = key_prefix
         self.add_state("intersection", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("union", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("iou_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -81,4 +86,4 @@ class GroundingMetrics(Metric):
         }
         for t, hits in zip(self.thresholds, self.hits, strict=True):
             out[f"P@{t:g}"] = hits.double() / count
-        return {k: v.float() for k, v in out.items()}
+        return {f"{self.key_prefix}{k}": v.float() for k, v in out.items()}

@@ -39,6 +39,8 @@ class RetrievalRecall(Metric):
     Args:
         top_k: the ``k`` values to report.
         chunk_size: number of query rows whose similarities are computed at once.
+        key_prefix: put before every key (e.g. ``"visual_"`` for interleaved prompts with visual
+            entities, beside the text-only prompts' unprefixed keys).
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
 
     """
@@ -53,9 +55,14 @@ class RetrievalRecall(Metric):
     text_image_ids: list[Tensor]
 
     def __init__(
-        self, top_k: Sequence[int] = DEFAULT_TOP_K, chunk_size: int = 1024, **kwargs: object
+        self,
+        top_k: Sequence[int] = DEFAULT_TOP_K,
+        chunk_size: int = 1024,
+        key_prefix: str = "",
+        **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
+        self.key_prefix = key_prefix
         if not top_k or any(k < 1 for k in top_k):
             raise ValueError(f"top_k must be non-empty positive integers, got {tuple(top_k)}")
         if chunk_size < 1:
@@ -92,7 +99,7 @@ class RetrievalRecall(Metric):
 
     def _zeros(self) -> dict[str, Tensor]:
         zero = torch.zeros((), device=self.device)
-        return {f"{d}R@{k}": zero.clone() for d in ("I", "T") for k in self.top_k}
+        return {f"{self.key_prefix}{d}R@{k}": zero.clone() for d in ("I", "T") for k in self.top_k}
 
     def compute(self) -> dict[str, Tensor]:
         """Return ``{"IR@k": ..., "TR@k": ...}`` as fractions in ``[0, 1]``."""
@@ -121,9 +128,9 @@ class RetrievalRecall(Metric):
         tr_rank = self._image_to_text_ranks(images, texts, text_target)
         out: dict[str, Tensor] = {}
         for k in self.top_k:
-            out[f"IR@{k}"] = (ir_rank < k).float().mean()
+            out[f"{self.key_prefix}IR@{k}"] = (ir_rank < k).float().mean()
         for k in self.top_k:
-            out[f"TR@{k}"] = (
+            out[f"{self.key_prefix}TR@{k}"] = (
                 (tr_rank < k).float().mean() if tr_rank.numel() else torch.zeros((), device=self.device)
             )
         return out

@@ -285,14 +285,19 @@ def metrics_document(metrics: Mapping[str, Tensor | float]) -> dict[str, float |
     return document
 
 
-HEADLINE_METRICS = ("PQ", "AP", "mIoU", "cIoU", "IR@1", "TR@1")
+HEADLINE_METRICS = ("PQ", "AP", "mIoU", "cIoU", "visual_cIoU", "IR@1", "TR@1", "mIoU@1", "NoC@85")
 """Columns of :func:`metrics_table`, in order, where any dataset has them.
 
-Every one is a fraction in [0, 1] (``findlit.metrics``: PQ over categories, torchmetrics' mask mAP,
-semantic mIoU as a Jaccard index, grounding cIoU and per-sentence mean IoU, recall at 1), so the
-table shows percentages. ``mIoU`` is semantic segmentation's for a segmentation dataset and the
-mean over sentences (or phrases) for grounding and interleave datasets.
+All but :data:`COUNT_METRICS` are fractions in [0, 1] (``findlit.metrics``: PQ over categories,
+torchmetrics' mask mAP, semantic mIoU as a Jaccard index, grounding cIoU (of the text entities for an
+interleave dataset, ``visual_cIoU`` of its visual ones) and per-sentence mean IoU, recall at 1,
+interactive mIoU after one click), so the table shows percentages. ``mIoU`` is semantic
+segmentation's for a segmentation dataset and the mean over sentences (or phrases) for grounding and
+interleave datasets.
 """
+
+COUNT_METRICS = frozenset({"NoC@85"})
+"""Headline metrics that are counts (clicks to reach 85 % IoU), shown as they are, not in percent."""
 
 
 def metrics_table(document: Mapping[str, float | None], stage: str = "test") -> str:
@@ -305,7 +310,8 @@ def metrics_table(document: Mapping[str, float | None], stage: str = "test") -> 
     Returns:
         The table's lines (title, header, rows), or "" when no dataset has a headline metric. A
         value in [0, 1] shows as a percentage with one decimal; any other (torchmetrics' -1 for mAP
-        without ground truth) as it is; a missing metric as ``-``; a NaN (None) as ``nan``.
+        without ground truth) as it is; a count (:data:`COUNT_METRICS`) with two decimals; a
+        missing metric as ``-``; a NaN (None) as ``nan``.
 
     """
     rows: dict[str, dict[str, float | None]] = {}
@@ -317,9 +323,10 @@ def metrics_table(document: Mapping[str, float | None], stage: str = "test") -> 
     if not columns:
         return ""
     cells = [["dataset", *columns]]
-    cells += [[dataset, *(_percent(metrics, m) for m in columns)] for dataset, metrics in rows.items()]
+    cells += [[dataset, *(_cell(metrics, m) for m in columns)] for dataset, metrics in rows.items()]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = [f"{stage} metrics (%):"]
+    counts = [m for m in columns if m in COUNT_METRICS]
+    lines = [f"{stage} metrics (%" + "".join(f"; {m} in clicks" for m in counts) + "):"]
     for row in cells:
         first = row[0].ljust(widths[0])
         lines.append(
@@ -328,10 +335,12 @@ def metrics_table(document: Mapping[str, float | None], stage: str = "test") -> 
     return "\n".join(lines)
 
 
-def _percent(metrics: Mapping[str, float | None], name: str) -> str:
+def _cell(metrics: Mapping[str, float | None], name: str) -> str:
     if name not in metrics:
         return "-"
     value = metrics[name]
     if value is None:
         return "nan"
+    if name in COUNT_METRICS:
+        return f"{value:.2f}"
     return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else f"{value:g}"

@@ -48,6 +48,10 @@ class TaskContext:
         encode_sentences: strings -> their sentence vectors float[T,D] only (e.g.
             :meth:`~findlit.encoders.PromptCache.sentences`, which skips padding the tokens); None
             takes ``encode_text(texts).sentence``.
+        features: a batch of images (``images``, ``padding_mask``) -> its frozen pyramid, as the
+            module computes a batch's (e.g. :meth:`FINDModule.features
+            <findlit.training.module.FINDModule.features>`), for a task that reads other images than
+            its batch's (the interleave task's references); None = no such reading.
 
     """
 
@@ -55,6 +59,7 @@ class TaskContext:
     encode_text: Callable[[Sequence[str]], TextEmbeddings]
     vocabularies: Mapping[str, Vocabulary] = field(default_factory=dict)
     encode_sentences: Callable[[Sequence[str]], Tensor] | None = None
+    features: Callable[[Batch], dict[str, Tensor]] | None = None
 
     def sentences(self, texts: Sequence[str]) -> Tensor:
         """float[T,D] sentence vectors of ``texts`` (the frozen text encoder's pooled embeddings)."""
@@ -132,7 +137,13 @@ class Task(nn.Module):
     serves: ClassVar[tuple[str, ...]] = ()
     """:class:`~findlit.data.predict_config.PredictRequest` fields (lists) this task answers."""
     needs_visual_prompts: ClassVar[bool] = False
-    """Whether the task's prompts are visual (the interface must be built with ``visual_prompts``)."""
+    """Whether the task's prompts are visual whatever its options (the default task list leaves it
+    out of a model whose interface is built without ``visual_prompts``)."""
+
+    @property
+    def uses_visual_prompts(self) -> bool:
+        """Whether this task, as configured, gives visual prompts (the interface then needs them)."""
+        return self.needs_visual_prompts
 
     # -- training ----------------------------------------------------------------------------------
 

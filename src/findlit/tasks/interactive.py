@@ -61,6 +61,7 @@ from findlit.nearest_resize import resize_nearest
 from findlit.tasks.base import EvaluatedDataset, RequestAnswer, Task, TaskContext, TaskMetrics, TaskRun
 from findlit.tasks.grounding import best_proposal_predictions
 from findlit.tasks.registry import register_task
+from findlit.tasks.seeds import batch_rng, batch_seeds, points_generator
 
 SEGMENT = "proposals.vision.segment"
 SPATIAL_TOKENS = "tokens.vision.spatial"
@@ -161,7 +162,7 @@ class InteractiveTask(Task):
         if _given(batch):
             return self._given_prompts(batch)
         state, _ = self._stroke_round(batch)
-        return self._interface_prompts(state, _points_generator(batch, 0))
+        return self._interface_prompts(state, points_generator(batch, 0))
 
     def _given_prompts(self, batch: Batch) -> InterfacePrompts:
         positive = torch.cat([target[PROMPT_POSITIVE] for target in batch["targets"]])
@@ -176,7 +177,7 @@ class InteractiveTask(Task):
             learned={SEGMENT: self.num_proposals},
             visual={SPATIAL_TOKENS: VisualPrompts(positive, image, negative)},
             per_prompt={SPATIAL_QUERIES: SPATIAL_TOKENS},
-            generator=_points_generator(batch, 0),
+            generator=points_generator(batch, 0),
         )
 
     def run(self, batch: Batch, features: dict[str, Tensor], context: TaskContext) -> InterfaceOutput:
@@ -191,7 +192,7 @@ class InteractiveTask(Task):
         pixel = interface.decode_pixels(features, padding)
         state, targets = self._stroke_round(batch)
         if self.training and self.max_rounds > 0:
-            rounds = int(_batch_rng(batch).integers(0, self.max_rounds + 1))
+            rounds = int(batch_rng(batch).integers(0, self.max_rounds + 1))
             truth = [t[0] if t.shape[0] else None for t in targets]
             # padding is neither object nor background; nor are the dataset's void pixels
             ignore = [
@@ -200,10 +201,10 @@ class InteractiveTask(Task):
             ]
             with torch.no_grad():
                 for round_index in range(rounds):
-                    prompts = self._interface_prompts(state, _points_generator(batch, round_index))
+                    prompts = self._interface_prompts(state, points_generator(batch, round_index))
                     out = interface(features, prompts, padding, pixel=pixel)
                     state = self._click_round(state, out, batch, truth, ignore)
-        prompts = self._interface_prompts(state, _points_generator(batch, self.max_rounds + 1))
+        prompts = self._interface_prompts(state, points_generator(batch, self.max_rounds + 1))
         output = interface(features, prompts, padding, pixel=pixel)
         output.extras[TARGETS] = targets
         if not self.training and not torch.is_grad_enabled():
@@ -217,7 +218,7 @@ class InteractiveTask(Task):
         device = batch["padding_mask"].device
         positive = torch.zeros(len(masks), *frame, dtype=torch.bool, device=device)
         targets = []
-        for b, (image_masks, seed) in enumerate(zip(masks, _batch_seeds(batch), strict=True)):
+        for b, (image_masks, seed) in enumerate(zip(masks, batch_seeds(batch), strict=True)):
             rng = np.random.default_rng(int(seed))
             array = image_masks.cpu().numpy().astype(bool)
             candidates = np.nonzero(array.reshape(len(array), -1).sum(axis=1) >= MIN_AREA)[0]
@@ -471,25 +472,6 @@ def _to_frame(logits: Tensor, frame: tuple[int, int]) -> Tensor:
     return F.interpolate(logits[:, None].float(), size=frame, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _batch_seeds(batch: Batch) -> list[int]:
-    """The images' sample seeds (their ids when the batch has none)."""
-    return [int(s) for s in (batch.get("sample_seeds") or batch["image_ids"])]
-
-
-def _batch_rng(batch: Batch) -> np.random.Generator:
-    """One generator for batch-level draws (the number of rounds), from the images' sample seeds."""
-    return np.random.default_rng(_batch_seeds(batch))
-
-
-def _points_generator(batch: Batch, round_index: int) -> torch.Generator:
-    """A CPU generator for one round's visual-prompt points, fixed by the batch's seeds and the round.
-
-    FIND draws them unseeded; seeding keeps evaluation repeatable (and training reproducible).
-    """
-    seed = int(np.random.SeedSequence([*_batch_seeds(batch), round_index]).generate_state(1)[0])
-    return torch.Generator().manual_seed(seed)
-
-
 def _evaluated_objects(targets: dict[str, Tensor], limit: int | None) -> list[int]:
     """Indices of the objects to click on: not crowd, at least MIN_AREA pixels, largest first."""
     masks = targets.get("masks")
@@ -550,7 +532,7 @@ class ClickEpisode:
         """Chosen logits float[R,H/4,W/4] and each row's mask at its original size."""
         output = self.context.interface(
             self.features,
-            self.task._interface_prompts(state, _points_generator(self.batch, round_index)),
+            self.task._interface_prompts(state, points_generator(self.batch, round_index)),
             self.padding,
             pixel=self.pixel,
         )

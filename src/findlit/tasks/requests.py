@@ -207,6 +207,8 @@ def _run(
 ) -> list[dict[str, Any]]:
     """``task`` on precomputed features: per image its prediction dict at ``image_sizes``."""
     # a context of its own: an on-the-fly vocabulary must not leak into the model's
-    context = TaskContext(model.interface, model.prompt_cache, vocabularies, model.prompt_cache.sentences)
+    context = TaskContext(
+        model.interface, model.prompt_cache, vocabularies, model.prompt_cache.sentences, model.features
+    )
     output = task.run(batch, features, context)
     return task.predict(output, batch, context)

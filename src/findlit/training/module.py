@@ -163,13 +163,22 @@ class FINDModule(L.LightningModule):
         unknown = sorted(set(tasks) - set(known))
         if unknown:
             raise ConfigError(f"model.tasks: unknown task(s) {unknown}; choose from {list(known)}")
-        if any(known[name].needs_visual_prompts for name in tasks):
-            # a task of visual prompts (the interactive one) needs the interface's visual-prompt
-            # encoder: listing the task is enough to build it (and the hyperparameters record it)
-            interface_options["visual_prompts"] = True
         extra = sorted(set(task_options or {}) - set(tasks))
         if extra:
             raise ConfigError(f"model.task_options: options for task(s) {extra} that are not in model.tasks")
+        default_proposals = inspect.signature(FINDInterface).parameters["num_proposals"].default
+        num_proposals = int(interface_options.get("num_proposals", default_proposals))
+        # the tasks are built before the interface, which must know whether they give visual prompts
+        # (findlit's tasks draw no random parameter when built, so the interface's init is unchanged)
+        built = {
+            name: known[name](**_task_options(name, (task_options or {}).get(name), num_proposals))
+            for name in tasks
+        }
+        if any(task.uses_visual_prompts for task in built.values()):
+            # a task given visual prompts (the interactive one; the interleave one with visual entities)
+            # needs the interface's visual-prompt encoder: listing the task is enough to build it (and
+            # the hyperparameters record it)
+            interface_options["visual_prompts"] = True
         # hyperparameters are plain data (checkpoints load with weights_only=True)
         self.save_hyperparameters(ignore=["vision_encoder", "text_encoder", "tasks", "interface"])
         self.hparams["vision_encoder"] = asdict(vision_config)
@@ -190,17 +199,10 @@ class FINDModule(L.LightningModule):
         self.interface = FINDInterface(
             in_channels=dict(vision.channels), text_dim=text.dim, **interface_options
         )
-        self.tasks = nn.ModuleDict(
-            {
-                name: known[name](
-                    **_task_options(name, (task_options or {}).get(name), self.interface.num_proposals)
-                )
-                for name in tasks
-            }
-        )
+        self.tasks = nn.ModuleDict(built)
         self.vocabularies: dict[str, Vocabulary] = {}
         self.context = TaskContext(
-            self.interface, self.prompt_cache, self.vocabularies, self.prompt_cache.sentences
+            self.interface, self.prompt_cache, self.vocabularies, self.prompt_cache.sentences, self.features
         )
         # "<stage>/<dataset>" -> metrics; ModuleDict keys may not hold dots, hence the index
         self.metrics = nn.ModuleDict()

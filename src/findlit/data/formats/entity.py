@@ -118,4 +118,4 @@ def _reference(value: Any, file: Path, name: str, by_image: Mapping[int, Panopti
             f"reference annotation_id {segment_id} is not a segment of image {image_id}", file, name
         )
     prob = optional_number(value, "prob", 1.0, file, name)
-    return SegmentReference(image_id=image_id, segment_id=segment_id, prob=prob)
+    return SegmentReference(image_id=image_id, segment_id=segment_id, prob=prob, record=by_image[image_id])
