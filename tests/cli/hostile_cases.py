@@ -713,6 +713,24 @@ def _photo(space: Workspace) -> list[str]:
     return [str(target)]
 
 
+def _scribble_file(
+    height: int | None, width: int | None, marked: bool = True
+) -> Callable[[Workspace], list[str]]:
+    """``--scribbles FILE``: a black PNG of the photo's size (or the given one), one stroke on it."""
+
+    def extra(space: Workspace) -> list[str]:
+        with Image.open(COCO_SAMPLE / PHOTO) as photo:
+            size = (width or photo.width, height or photo.height)
+        canvas = np.zeros((size[1], size[0]), dtype=np.uint8)
+        if marked:
+            canvas[10:12, 10:60] = 255
+        path = space.root / "scribble.png"
+        Image.fromarray(canvas).save(path)
+        return ["--scribbles", str(path)]
+
+    return extra
+
+
 def _file_named(name: str, content: bytes) -> Callable[[Workspace], list[str]]:
     def images(space: Workspace) -> list[str]:
         path = space.root / name
@@ -954,6 +972,20 @@ EXPERIMENT_CASES = [
         "predict --points 100000,5 (beyond the image's width)",
         ("points[0] at (100000, 5) lies outside", "photo.jpg"),
         _predict(_photo, ["--points", "100000,5"], checkpoint=_visual_checkpoint),
+    ),
+    Case(
+        "predict-scribble-empty",
+        "CLI flags",
+        "predict --scribbles of an all-black image (a scribble that marks nothing)",
+        ("--scribbles: scribble 0 is empty",),
+        _predict(_photo, _scribble_file(None, None, marked=False), checkpoint=_visual_checkpoint),
+    ),
+    Case(
+        "predict-scribble-other-size",
+        "CLI flags",
+        "predict --scribbles of a 40 x 50 image on a larger photo",
+        ("scribbles[0] is 40x50", "photo.jpg"),
+        _predict(_photo, _scribble_file(40, 50), checkpoint=_visual_checkpoint),
     ),
     Case(
         "predict-blank-prompt",

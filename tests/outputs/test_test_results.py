@@ -540,6 +540,9 @@ def test_findlit_test_writes_metrics_and_predictions(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["findlit"])  # LightningCLI warns when given args and argv
+    # rich fits Lightning's results table to the terminal (80 columns when there is none) and cuts
+    # names such as test/demo_entities/visual_P@0.5 with an ellipsis: a terminal wide enough for them
+    monkeypatch.setenv("COLUMNS", "200")
     path = tiny_config(tmp_path)
     config = yaml.safe_load(path.read_text())
     config["model"]["vision_encoder"] = {"name": "tiny_test_vision", "options": {"seed": 0}}

@@ -4,6 +4,7 @@ r"""``findlit predict`` on image files: an overlay and RLE JSON per image (see t
 
     findlit predict --ckpt_path run.ckpt --images a.jpg b.jpg --prompts "the cat" "a red car" \
         [--classes person,dog] [--stuff sky,grass] [--points 120,80 200,90,0] [--boxes 10,10,90,120] \
+        [--scribbles scribble.png] \
         --out predictions/
 
 writes ``predictions/a.png``, ``predictions/a.json``, ``predictions/b.png``, ``predictions/b.json``.
@@ -22,8 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _names(value: str | None) -> list[str]:
@@ -75,6 +80,13 @@ def parser() -> ArgumentParser:
     parser.add_argument(
         "--boxes", type=str, nargs="*", default=[], help="boxes x0,y0,x1,y1 in image pixels, one object each"
     )
+    parser.add_argument(
+        "--scribbles",
+        type=str,
+        nargs="*",
+        default=[],
+        help="scribble image files at the images' size (non-zero on the scribble), one object each",
+    )
     parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
@@ -95,6 +107,18 @@ def parser() -> ArgumentParser:
         "--device", type=str, default=None, help="cpu, cuda, cuda:1... (default: cuda if any)"
     )
     return parser
+
+
+def _scribble(path: str, index: int) -> np.ndarray:
+    """``--scribbles`` file ``index`` as a mask; a missing or unreadable file is a one-line error."""
+    from findlit.data.predict_config import read_scribble
+    from findlit.errors import DataError
+    from findlit.inference.predictor import PredictError
+
+    try:
+        return read_scribble(path)
+    except DataError as error:
+        raise PredictError(f"--scribbles: cannot read scribble {index} ({path}): {error.message}") from None
 
 
 def expand_folders(images: Sequence[str]) -> list[str]:
@@ -133,8 +157,9 @@ def main(argv: Sequence[str]) -> int:
     classes, stuff = _names(args.classes), _names(args.stuff)
     points = _numbers(args.points, "--points", "x,y or x,y,label", (2, 3))
     boxes = _numbers(args.boxes, "--boxes", "x0,y0,x1,y1", (4,))
+    scribbles = [_scribble(path, index) for index, path in enumerate(args.scribbles)]
     # the request and the files first: a bad one should not wait for the checkpoint to load
-    problem = request_problem(args.prompts, classes, stuff, "panoptic", points, boxes)
+    problem = request_problem(args.prompts, classes, stuff, "panoptic", points, boxes, scribbles)
     if problem is not None:
         raise PredictError(f"--{problem[0]}: {problem[1]}")
     if args.image_size is not None and args.image_size < 1:
@@ -152,7 +177,15 @@ def main(argv: Sequence[str]) -> int:
         min_score=args.min_score,
     )
     written = predictor.write(
-        images, args.out, args.prompts, classes, stuff, args.overwrite, points=points, boxes=boxes
+        images,
+        args.out,
+        args.prompts,
+        classes,
+        stuff,
+        args.overwrite,
+        points=points,
+        boxes=boxes,
+        scribbles=scribbles,
     )
     for overlay, document in written:
         print(f"{overlay}\n{document}")

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
+from findlit.data.decode import read_rgb
 from findlit.errors import ConfigError
 
 SegmentationMode = Literal["panoptic", "instance"]
@@ -46,6 +49,9 @@ class PredictRequest:
             in the image's pixels on disk: together they prompt one object (interactive task), as
             SAM's ``point_coords`` do.
         boxes: ``[x0, y0, x1, y1]`` in the image's pixels; each prompts one object by itself.
+        scribbles: bool[H,W] masks at the image's size on disk (a scribble, a rough outline, a
+            painted region); each prompts one object by itself, as SAM's ``mask_input`` does
+            (:func:`read_scribble` reads them from image files).
 
     """
 
@@ -56,6 +62,7 @@ class PredictRequest:
     min_score: float = 0.5
     points: list[list[float]] = field(default_factory=list)
     boxes: list[list[float]] = field(default_factory=list)
+    scribbles: list[np.ndarray] = field(default_factory=list)
 
 
 def request_problem(
@@ -65,24 +72,29 @@ def request_problem(
     mode: str = "panoptic",
     points: Sequence[Sequence[float]] = (),
     boxes: Sequence[Sequence[float]] = (),
+    scribbles: Sequence[np.ndarray | str] = (),
 ) -> tuple[str, str] | None:
     """What is wrong with a request, as (field, message), or None when it can run.
 
+    ``scribbles`` may be file names not read yet (a ``data.predict`` entry's): they count as given.
+
     Refused: one string where a list is expected, nothing to predict, a blank prompt or class name,
     a class name given twice, an unknown mode, instance mode without thing classes, a click that is
-    not ``[x, y]`` or ``[x, y, 0 or 1]``, negative clicks without a positive one, and a box that is
-    not ``[x0, y0, x1, y1]`` with x1 > x0 and y1 > y0. (A click or box outside an image is refused
-    when that image's size is known.)
+    not ``[x, y]`` or ``[x, y, 0 or 1]``, negative clicks without a positive one, a box that is
+    not ``[x0, y0, x1, y1]`` with x1 > x0 and y1 > y0, and a scribble that is not a 2-D mask or is
+    empty. (A click, box or scribble that does not fit an image is refused when that image's size
+    is known.)
     """
     for name, texts in (("prompts", prompts), ("classes", classes), ("stuff", stuff)):
         if isinstance(texts, str):
             return name, "prompts, classes and stuff must be lists of strings, not one string"
-    if not prompts and not classes and not stuff and not points and not boxes:
+    if not prompts and not classes and not stuff and not points and not boxes and not len(scribbles):
         return (
             "prompts",
-            "nothing to predict: the prompt list is empty and no class names, clicks or boxes are given",
+            "nothing to predict: the prompt list is empty and no class names, clicks, boxes or "
+            "scribbles are given",
         )
-    problem = visual_prompt_problem(points, boxes)
+    problem = visual_prompt_problem(points, boxes, scribbles)
     if problem is not None:
         return problem
     kinds = (("prompts", "prompt", prompts), ("classes", "class name", classes))
@@ -110,9 +122,22 @@ def _numbers(value: object) -> list[float] | None:
 
 
 def visual_prompt_problem(
-    points: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]]
+    points: Sequence[Sequence[float]],
+    boxes: Sequence[Sequence[float]],
+    scribbles: Sequence[np.ndarray | str] = (),
 ) -> tuple[str, str] | None:
-    """What is wrong with the clicks and boxes of a request, as (field, message), or None."""
+    """What is wrong with the clicks, boxes and scribbles of a request, as (field, message), or None.
+
+    A scribble given as a file name (not read yet) is not looked at.
+    """
+    for index, scribble in enumerate(scribbles):
+        if isinstance(scribble, str):
+            continue
+        if not isinstance(scribble, np.ndarray) or scribble.ndim != 2:
+            shape = list(scribble.shape) if isinstance(scribble, np.ndarray) else type(scribble).__name__
+            return "scribbles", f"scribble {index} must be a mask [H, W] at the image's size, got {shape}"
+        if not scribble.any():
+            return "scribbles", f"scribble {index} is empty: it marks no pixel"
     for index, point in enumerate(points):
         values = _numbers(point)
         if values is None or len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0, 1)):
@@ -156,6 +181,9 @@ class PredictConfig:
         eval_shortest_edge: resize the shortest side to this instead (longest capped at image_size).
         points: clicks on one object ``[x, y]`` or ``[x, y, label]`` (interactive task).
         boxes: ``[x0, y0, x1, y1]``, one object each (interactive task).
+        scribbles: image files of scribbles, relative to ``root``, one object each (interactive
+            task): a pixel is on the scribble where any channel is non-zero (:func:`read_scribble`);
+            each at the size of the images.
         batch_size: images per batch and per process.
         pad_to_square: pad every image to ``image_size`` x ``image_size`` (as large-scale jitter's
             training crops are), so that its masks do not depend on the other images of its batch
@@ -179,9 +207,21 @@ class PredictConfig:
     root: str | None = None
     points: list[list[float]] = field(default_factory=list)
     boxes: list[list[float]] = field(default_factory=list)
+    scribbles: list[str] = field(default_factory=list)
 
-    def request(self) -> PredictRequest:
-        """The request this entry makes of every one of its images."""
+    def request(self, key: str | None = None, root: str | Path | None = None) -> PredictRequest:
+        """The request this entry makes of every one of its images (its scribble files read).
+
+        Args:
+            key: the entry's config key (errors name ``<key>.scribbles``).
+            root: ``data.root``; the entry's own ``root`` wins when set (as for ``images``).
+
+        Raises:
+            DataError: a scribble file that is missing or not an image, naming it and the key.
+
+        """
+        base = self.root if self.root is not None else root
+        field_key = f"{key}.scribbles" if key is not None else None
         return PredictRequest(
             list(self.prompts),
             list(self.classes),
@@ -190,7 +230,25 @@ class PredictConfig:
             self.min_score,
             [list(point) for point in self.points],
             [list(box) for box in self.boxes],
+            [read_scribble(_under(path, base), field_key) for path in self.scribbles],
         )
+
+
+def _under(entry: str | Path, base: str | Path | None) -> Path:
+    """``entry`` (``~`` expanded) under ``base`` unless it is absolute or there is no base."""
+    path = Path(entry).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base).expanduser() / path
+    return path
+
+
+def read_scribble(path: str | Path, key: str | None = None) -> np.ndarray:
+    """bool[H,W] of a scribble image file: True where any channel is non-zero.
+
+    Drawn as white (or any colour) on black, at the size of the image it prompts; turned upright by
+    its EXIF orientation, as the photos are. Errors name the file (and ``key``).
+    """
+    return np.asarray(read_rgb(path, "scribble", key, upright=True).any(axis=2))
 
 
 def check_predict_config(config: PredictConfig, key: str) -> None:
@@ -198,8 +256,16 @@ def check_predict_config(config: PredictConfig, key: str) -> None:
     name = config.name
     if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
         raise ConfigError(f"{key}.name: must be a plain folder name (no '/'), got {name!r}")
+    if isinstance(config.scribbles, str):
+        raise ConfigError(f"{key}.scribbles: must be a list of image files, not one string")
     problem = request_problem(
-        config.prompts, config.classes, config.stuff, config.mode, config.points, config.boxes
+        config.prompts,
+        config.classes,
+        config.stuff,
+        config.mode,
+        config.points,
+        config.boxes,
+        [str(path) for path in config.scribbles],
     )
     if problem is not None:
         raise ConfigError(f"{key}.{problem[0]}: {problem[1]}")
@@ -263,9 +329,7 @@ def find_images(
     files: list[Path] = []
     problems: list[str] = []
     for index, entry in enumerate(config.images):
-        path = Path(entry).expanduser()
-        if not path.is_absolute() and base is not None:
-            path = Path(base).expanduser() / path
+        path = _under(entry, base)
         if path.is_dir():
             found = folder_images(path)
             if not found:

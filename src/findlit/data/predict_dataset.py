@@ -155,4 +155,5 @@ def build_predict_dataset(
         size = default_resize[0] or DEFAULT_IMAGE_SIZE
         shortest = config.eval_shortest_edge if config.eval_shortest_edge is not None else default_resize[1]
     resize = Resize(shortest_edge=shortest, longest_edge=size)
-    return PredictDataset(config.name, files, config.request(), resize, config.pad_to_square, key)
+    request = config.request(key, root)
+    return PredictDataset(config.name, files, request, resize, config.pad_to_square, key)

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor
@@ -38,6 +39,7 @@ from findlit.data.predict_config import (
     PredictRequest,
     SegmentationMode,
     evaluation_resize,
+    read_scribble,
     request_problem,
     shared_stems,
 )
@@ -79,6 +81,24 @@ def read_image(path: str | Path) -> Tensor:
         return read_upright_image(path)
     except DataError as error:
         raise PredictError(f"cannot read image {path}: {error.message}") from None
+
+
+Scribble = np.ndarray | Tensor | str | Path
+"""A scribble: a mask bool[H,W] at the image's size, or an image file of one (non-zero on it)."""
+
+
+def _scribble_mask(scribble: Scribble, index: int) -> np.ndarray:
+    """A scribble as a mask (files read by :func:`~findlit.data.predict_config.read_scribble`)."""
+    if isinstance(scribble, np.ndarray):
+        return scribble.astype(bool, copy=False)
+    if isinstance(scribble, Tensor):
+        return scribble.detach().cpu().numpy().astype(bool, copy=False)
+    if not isinstance(scribble, str | Path):
+        return np.asarray(scribble)  # e.g. nested lists; request_problem checks the shape
+    try:
+        return read_scribble(scribble)
+    except DataError as error:
+        raise PredictError(f"scribbles[{index}]: cannot read {scribble}: {error.message}") from None
 
 
 def training_resize(checkpoint: Mapping[str, Any], path: Path) -> tuple[int | None, int | None]:
@@ -204,15 +224,18 @@ class Predictor:
         stuff: Sequence[str] = (),
         points: Sequence[Sequence[float]] = (),
         boxes: Sequence[Sequence[float]] = (),
+        scribbles: Sequence[Scribble] = (),
     ) -> PredictRequest:
-        """The request of these prompts, names, clicks and boxes in this predictor's mode.
+        """The request of these prompts, names, clicks, boxes and scribbles in this predictor's mode.
 
         Raises:
             PredictError: a request this model cannot serve
-                (:func:`~findlit.data.predict_config.request_problem`).
+                (:func:`~findlit.data.predict_config.request_problem`), a scribble file that cannot
+                be read.
 
         """
-        problem = request_problem(prompts, classes, stuff, self.mode, points, boxes)
+        masks = [_scribble_mask(scribble, index) for index, scribble in enumerate(scribbles)]
+        problem = request_problem(prompts, classes, stuff, self.mode, points, boxes, masks)
         if problem is None:
             request = PredictRequest(
                 list(prompts),
@@ -222,6 +245,7 @@ class Predictor:
                 self.min_score,
                 [list(point) for point in points],
                 [list(box) for box in boxes],
+                masks,
             )
             problem = capability_problem(self.module, request)
         if problem is not None:
@@ -235,9 +259,10 @@ class Predictor:
         stuff: Sequence[str] = (),
         points: Sequence[Sequence[float]] = (),
         boxes: Sequence[Sequence[float]] = (),
+        scribbles: Sequence[Scribble] = (),
     ) -> None:
         """Refuse a request this model cannot serve (:meth:`request`, result unused)."""
-        self.request(prompts, classes, stuff, points, boxes)
+        self.request(prompts, classes, stuff, points, boxes, scribbles)
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -266,6 +291,7 @@ class Predictor:
         stuff: Sequence[str] = (),
         points: Sequence[Sequence[float]] = (),
         boxes: Sequence[Sequence[float]] = (),
+        scribbles: Sequence[Scribble] = (),
     ) -> Prediction:
         """Predict on one image file (:func:`~findlit.tasks.requests.predict_batch`, one image).
 
@@ -277,15 +303,18 @@ class Predictor:
             points: clicks ``[x, y]`` or ``[x, y, label]`` (1 on, 0 off the object) in the image's
                 pixels, together one object (interactive task).
             boxes: ``[x0, y0, x1, y1]`` in the image's pixels, one object each.
+            scribbles: masks bool[H,W] at the image's size (or image files of them, non-zero on
+                the scribble), one object each, as SAM's ``mask_input``.
 
         Returns:
             the :class:`Prediction` at the image's size.
 
         Raises:
-            PredictError: a bad request, no image given or set, a click or box outside the image.
+            PredictError: a bad request, no image given or set, a click or box outside the image, a
+                scribble of another size than the image.
 
         """
-        request = self.request(prompts, classes, stuff, points, boxes)
+        request = self.request(prompts, classes, stuff, points, boxes, scribbles)
         if image is not None:
             self.set_image(image)
         batch = getattr(self, "_image", None)
@@ -308,6 +337,7 @@ class Predictor:
         overwrite: bool = False,
         points: Sequence[Sequence[float]] = (),
         boxes: Sequence[Sequence[float]] = (),
+        scribbles: Sequence[Scribble] = (),
     ) -> list[tuple[Path, Path]]:
         """Predict on every image and save its overlay and JSON in ``out`` (see :meth:`Prediction.save`).
 
@@ -319,10 +349,11 @@ class Predictor:
             per image, the (overlay, JSON) paths written.
 
         """
-        self.check(prompts, classes, stuff, points, boxes)
+        request = self.request(prompts, classes, stuff, points, boxes, scribbles)
         check_files(images, out, overwrite)
         written = []
         for image in images:
-            prediction = self.predict(image, prompts, classes, stuff, points, boxes)
+            # the scribbles as read once by the request (not again per image)
+            prediction = self.predict(image, prompts, classes, stuff, points, boxes, request.scribbles)
             written.append(prediction.save(out, overwrite=True))
         return written

@@ -111,7 +111,7 @@ class InteractiveTask(Task):
 
     name: ClassVar[str] = "interactive"
     formats: ClassVar[tuple[str, ...]] = ("coco_panoptic", "coco_instances")
-    serves: ClassVar[tuple[str, ...]] = ("points", "boxes")
+    serves: ClassVar[tuple[str, ...]] = ("points", "boxes", "scribbles")
     needs_visual_prompts: ClassVar[bool] = True
 
     def __init__(
@@ -360,13 +360,15 @@ class InteractiveTask(Task):
     # -- prediction requests ------------------------------------------------------------------------
 
     def answer(self, request: PredictRequest, batch: Batch, run: TaskRun) -> list[RequestAnswer]:
-        """Per image one mask for its clicks (all together, one object) and one per box.
+        """Per image one mask for its clicks (all together, one object), one per box, one per scribble.
 
-        Clicks and boxes are in the image's pixels on disk; they are mapped to the network's input
-        size (a click becomes a ``2 click_radius + 1`` square there, a box its filled rectangle).
+        Clicks, boxes and scribbles are in the image's pixels on disk; they are mapped to the
+        network's input size (a click becomes a ``2 click_radius + 1`` square there, a box its filled
+        rectangle, a scribble the input pixels it touches).
 
         Raises:
-            ConfigError: a click or box outside an image, naming it and the image.
+            ConfigError: a click or box outside an image, a scribble of another size than an image,
+                naming it and the image.
 
         """
         frame = (int(batch["padding_mask"].shape[-2]), int(batch["padding_mask"].shape[-1]))
@@ -416,6 +418,18 @@ class InteractiveTask(Task):
             positives.append(mask)
             negatives.append(np.zeros(frame, dtype=bool))
             labels.append(f"box {index}")
+        for index, scribble in enumerate(request.scribbles):
+            if tuple(scribble.shape) != (height, width):
+                shape = "x".join(str(n) for n in scribble.shape)
+                raise ConfigError(
+                    f"scribbles[{index}] is {shape} (height x width), {name} is {height}x{width}: "
+                    "a scribble is drawn at the size of its image"
+                )
+            mask = np.zeros(frame, dtype=bool)
+            mask[top : top + h, left : left + w] = _touched(scribble, (h, w))
+            positives.append(mask)
+            negatives.append(np.zeros(frame, dtype=bool))
+            labels.append(f"scribble {index}")
         device = batch["padding_mask"].device
         return (
             torch.from_numpy(np.stack(positives)).to(device),
@@ -460,6 +474,16 @@ class InteractiveTask(Task):
             results.append((curves[start:stop], box_ious[start:stop]))
             start = stop
         return results
+
+
+def _touched(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """bool[h,w]: the cells of an h x w grid over ``mask`` bool[H,W] that any of its pixels falls in.
+
+    A max-pool rather than a nearest resize: a one-pixel scribble on a large photo keeps every stroke
+    at the network's smaller input size instead of breaking into dots or vanishing.
+    """
+    pooled = F.adaptive_max_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], size)
+    return pooled[0, 0].numpy() > 0
 
 
 def _given(batch: Batch) -> bool:

@@ -45,6 +45,7 @@ REQUEST_FIELDS: dict[str, str] = {
     "prompts": "free-text prompts",
     "points": "clicks",
     "boxes": "boxes",
+    "scribbles": "scribbles",
 }
 """The :class:`PredictRequest` fields that ask for masks, in the order answers come, and what they hold."""
 
