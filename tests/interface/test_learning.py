@@ -43,12 +43,14 @@ from findlit.data.decode import decode_instance, decode_panoptic, read_image
 from findlit.data.formats import read_coco_panoptic, read_refcoco
 from findlit.data.synthetic import generate
 from findlit.encoders import TextEmbeddings, TextEncoder, VisionEncoder, build_encoder
+from findlit.interactive.entities import VISUAL_PLACEHOLDER
 from findlit.interface.find import FINDInterface, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.interface.heads import class_logits
 from findlit.losses import HungarianMatcher, LossWeights, grounding_losses, segmentation_losses
 from findlit.losses.points import PointSampling
 from findlit.tasks.base import TaskContext
 from findlit.tasks.interactive import CURVES, InteractiveTask
+from findlit.tasks.interleave import InterleaveTask
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +82,7 @@ class Setup:
     sentences: PromptTokens  # one sentence per ref, with its image
     sentence_texts: list[str]
     refs: list[dict[str, Tensor]]  # per image {"masks": bool[S,H,W]}, one per sentence in order
+    placeholder: TextEmbeddings  # FIND's "[INTERACTIVE]" (the text of a visual entity), encoded
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +131,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
         sentences=PromptTokens(sentences.tokens, sentences.mask, torch.tensor(owners)),
         sentence_texts=texts,
         refs=ref_masks,
+        placeholder=text([VISUAL_PLACEHOLDER]),
     )
 
 
@@ -352,3 +356,94 @@ def test_interactive_learns(setup: Setup) -> None:
     )
     assert last < INTERACTIVE_LOSS_RATIO * first
     assert after >= before + INTERACTIVE_IOU_GAIN
+
+
+VISUAL_STEPS = 150
+VISUAL_LOSS_RATIO = 0.4
+VISUAL_MIN_IOU = 0.6
+
+
+def test_visual_entities_learn(setup: Setup) -> None:
+    """Interleave grounding with every phrase a visual entity: the loss falls and the entities' IoU rises.
+
+    Each ref of the 4 images is one entity sentence whose one phrase (the whole sentence) is given
+    as FIND's "[INTERACTIVE]" visual prompt (``visual_prompt_p=1``): a stroke on its own segment,
+    drawn anew at every step (the sample seeds change); the IoU is the task's own prediction (the
+    best proposal's mask) against the referred mask, with the evaluation's seeded strokes. Measured (2
+    cores, 2026-12-06): loss 9.06 -> 1.71, IoU 0.014 -> 0.901, 37 s (the demo's lr, 5e-4).
+    """
+    start = time.perf_counter()
+    interface = _interface(setup, visual_prompts=True, max_visual_points=128)
+    task = InterleaveTask(num_proposals=PROPOSALS, num_points=1024, visual_prompt_p=1.0, retrieval=False)
+
+    def placeholder_only(texts: Sequence[str]) -> TextEmbeddings:
+        assert set(texts) == {VISUAL_PLACEHOLDER}, texts  # every phrase is visual
+        p = setup.placeholder
+        return TextEmbeddings(
+            p.tokens.expand(len(texts), -1, -1),
+            p.mask.expand(len(texts), -1),
+            p.sentence.expand(len(texts), -1),
+        )
+
+    context = TaskContext(interface=interface, encode_text=placeholder_only)
+    owners = setup.sentences.image
+    assert owners is not None
+    per_image = [
+        [t for t, o in zip(setup.sentence_texts, owners.tolist(), strict=True) if o == b] for b in range(4)
+    ]
+    targets = [
+        {
+            "masks": refs["masks"],
+            "entities": [
+                {"sentence": text, "spans": [(0, len(text))], "targets": [k], "references": [None]}
+                for k, text in enumerate(texts)
+            ],
+        }
+        for refs, texts in zip(setup.refs, per_image, strict=True)
+    ]
+
+    def batch(seed: int) -> Batch:
+        return cast(
+            Batch,
+            {
+                "task": "interleave",
+                "dataset": "synth",
+                "padding_mask": torch.zeros(4, SIZE, SIZE, dtype=torch.bool),
+                "image_ids": list(range(4)),
+                "image_sizes": [(SIZE, SIZE)] * 4,
+                "orig_sizes": [(SIZE, SIZE)] * 4,
+                "targets": targets,
+                "sample_seeds": [seed * 4 + b for b in range(4)],
+            },
+        )
+
+    def entity_iou() -> float:
+        interface.eval()
+        task.eval()
+        evaluated = batch(10**6)
+        with torch.no_grad():
+            predictions = task.predict(task.run(evaluated, setup.features, context), evaluated, context)
+        ious = []
+        for prediction, refs in zip(predictions, setup.refs, strict=True):
+            assert bool(prediction["visual"].all())
+            for mask, truth in zip(prediction["masks"], refs["masks"], strict=True):
+                union = (mask | truth).sum()
+                ious.append(float((mask & truth).sum() / union) if union else 1.0)
+        return sum(ious) / len(ious)
+
+    def loss_fn(step: int) -> Tensor:
+        interface.train()
+        task.train()
+        step_batch = batch(step)
+        return task.losses(task.run(step_batch, setup.features, context), step_batch, context)[0]
+
+    before = entity_iou()
+    history = _optimise(interface.parameters(), loss_fn, "visual entities", VISUAL_STEPS, INTERACTIVE_LR)
+    after = entity_iou()
+    first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
+    print(
+        f"[visual entities] loss {first:.3f} -> {last:.3f}; IoU {before:.3f} -> {after:.3f}; "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    assert last < VISUAL_LOSS_RATIO * first
+    assert before < 0.2 and after >= VISUAL_MIN_IOU

@@ -316,3 +316,32 @@ def test_training_is_one_forward_with_own_strokes() -> None:
         output.last["queries.interleave.legend"]["embeddings"],
         direct.last["queries.interleave.legend"]["embeddings"],
     )
+
+
+def test_visual_entities_score_proposals_by_mask_embeddings() -> None:
+    """FIND's loss_interleave: visual entities by the raw dot of mask embeddings, text ones by cosine."""
+    interface = tiny_interface(visual_prompts=True)
+    batch = interleave_batch([4, 4])
+    ctx = context(interface)
+    task = visual_task(p=0.5)
+    strokes = task.own_strokes(batch)
+    flags = [[s is not None for s in image] for image in strokes]
+    assert any(any(f) for f in flags) and not all(all(f) for f in flags)
+    with torch.no_grad():
+        output = interface(features(batch), task.prompts(batch, ctx), batch["padding_mask"])
+        mixed = task.similarities(output, strokes)
+        semantic = InterleaveTask(
+            num_proposals=8, num_points=64, visual_prompt_p=0.5, visual_similarity="semantic"
+        )
+        cosine = semantic.similarities(output, strokes)
+    last = output.last
+    dot = last["proposals.interleave.entity"]["mask_embeddings"] @ last["queries.interleave.entity"][
+        "mask_embeddings"
+    ].transpose(1, 2)
+    assert len(mixed) == len(output.layers)
+    for b, image_flags in enumerate(flags):
+        for k, is_visual in enumerate(image_flags):
+            expected = dot[b, :, k] if is_visual else cosine[-1][b, :, k]
+            torch.testing.assert_close(mixed[-1][b, :, k], expected)
+    with pytest.raises(ValueError, match="visual_similarity"):
+        InterleaveTask(visual_similarity="cosine")

@@ -20,7 +20,8 @@ an "[INTERACTIVE]" visual prompt instead (:mod:`findlit.interactive.entities`: d
 from the sample's seed, in training and in evaluation, so evaluation repeats). Its legend prompt is
 the encoded placeholder text plus the image query's learned content (``stands_for_visual``), and it
 reads, through cross-attention, the ``tokens.vision.spatial_`` tokens of a stroke drawn from its
-segment on the pixel decoder's features, as FIND's. For grounding the stroke is on the phrase's own
+segment on the pixel decoder's features, as FIND's; its query scores the proposals by the raw dot
+product of their mask embeddings, as FIND's (``visual_similarity``). For grounding the stroke is on the phrase's own
 segment. For interleave retrieval (UX-Decoder/FIND ``modeling/architectures/find_model.py``,
 ``evaluate_retrieval_interleave``) evaluation draws it on the phrase's ``reference``, a segment of
 the same kind in another image, whose features are computed with the batch (``TaskContext.features``):
@@ -61,7 +62,6 @@ from findlit.tasks.base import EvaluatedDataset, OverlayLayers, Task, TaskContex
 from findlit.tasks.grounding import (
     best_proposal_predictions,
     encode_per_image,
-    layer_similarities,
     text_overlay,
     update_grounding_metrics,
 )
@@ -78,6 +78,9 @@ ENTITY_VISUAL_TOKENS = "tokens.vision.spatial_"
 VISUAL_LEGEND = "visual_legend"
 """``InterfaceOutput.extras`` key: float[B,E] legend embeddings with visual entities drawn on their
 references, and bool[B] which images have such an entity (evaluation)."""
+
+VISUAL_SIMILARITIES = ("mask_embeddings", "semantic")
+"""How a visual entity's query scores the proposals (``InterleaveTask.visual_similarity``)."""
 
 Strokes = list[list[np.ndarray | None]]
 """Per image, per phrase: its stroke bool[H,W] (a visual entity) or None (text)."""
@@ -117,6 +120,11 @@ class InterleaveTask(Task):
             in training and evaluation; above 0 the interface is built with visual prompts.
         retrieval: add the legend and image queries and the InfoNCE term.
         strokes: the visual entities' strokes (FIND draws them with the interactive task's sampler).
+        visual_similarity: how a visual entity's query scores the proposals: ``"mask_embeddings"``
+            (FIND: the raw dot product of their mask embeddings, ``pred_imaskembs @
+            pred_entity_pixel`` in ``loss_interleave`` of UX-Decoder/FIND
+            ``modeling/modules/criterion.py``, the space in which spatial queries find their
+            segment) or ``"semantic"`` (the text entities' scaled cosine in the joint space).
 
     """
 
@@ -131,10 +139,16 @@ class InterleaveTask(Task):
         visual_prompt_p: float = 0.5,
         retrieval: bool = True,
         strokes: StrokeSampling = StrokeSampling(),  # noqa: B008 (a frozen dataclass)
+        visual_similarity: str = "mask_embeddings",
     ):
         super().__init__()
         if not 0.0 <= visual_prompt_p <= 1.0:
             raise ValueError(f"visual_prompt_p must be in [0, 1], got {visual_prompt_p}")
+        if visual_similarity not in VISUAL_SIMILARITIES:
+            raise ValueError(
+                f"visual_similarity must be one of {list(VISUAL_SIMILARITIES)}, got {visual_similarity!r}"
+            )
+        self.visual_similarity = visual_similarity
         self.num_proposals = num_proposals
         self.weights = weights
         self.visual_prompt_p = visual_prompt_p
@@ -341,6 +355,39 @@ class InterleaveTask(Task):
 
     # -- losses and predictions ---------------------------------------------------------------------
 
+    def similarities(
+        self, output: InterfaceOutput, strokes: Strokes, layers: Sequence[int] | None = None
+    ) -> list[Tensor]:
+        """Per prediction (all, or ``layers``) float[B,Q,S_max]: each entity proposal's logit per phrase.
+
+        Text phrases: the scaled cosine of the semantic embeddings. Visual phrases (``strokes``): with
+        ``visual_similarity="mask_embeddings"`` the raw dot product of the mask embeddings, as FIND.
+        """
+        chosen = [output.layers[i] for i in (layers if layers is not None else range(len(output.layers)))]
+        text = [
+            class_logits(
+                layer[ENTITY_PROPOSALS]["embeddings"], layer[ENTITY_QUERIES]["embeddings"], output.logit_scale
+            )
+            for layer in chosen
+        ]
+        if self.visual_similarity == "semantic" or not any(s is not None for image in strokes for s in image):
+            return text
+        width = int(chosen[0][ENTITY_QUERIES]["valid"].shape[1])
+        visual = torch.zeros(len(strokes), width, dtype=torch.bool)
+        for b, image in enumerate(strokes):
+            for k, stroke in enumerate(image):
+                visual[b, k] = stroke is not None
+        visual = visual.to(text[0].device)[:, None, :]  # [B,1,S_max]
+        return [
+            torch.where(
+                visual,
+                layer[ENTITY_PROPOSALS]["mask_embeddings"]
+                @ layer[ENTITY_QUERIES]["mask_embeddings"].transpose(1, 2),
+                cosine,
+            )
+            for layer, cosine in zip(chosen, text, strict=True)
+        ]
+
     def losses(
         self, output: InterfaceOutput, batch: Batch, context: TaskContext
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -351,7 +398,7 @@ class InterleaveTask(Task):
             indices = torch.tensor(phrases_of(target)[1], dtype=torch.long, device=masks.device)
             targets.append({"masks": masks[indices]})
         total, logs = grounding_losses(
-            layer_similarities(output, ENTITY_PROPOSALS, ENTITY_QUERIES),
+            self.similarities(output, self.own_strokes(batch)),
             [layer[ENTITY_PROPOSALS]["mask_logits"] for layer in output.layers],
             output.last[ENTITY_QUERIES]["valid"],
             targets,
@@ -381,13 +428,11 @@ class InterleaveTask(Task):
         ``"visual_legend_embedding": float[E]``.
         """
         last = output.last
-        similarity = class_logits(
-            last[ENTITY_PROPOSALS]["embeddings"], last[ENTITY_QUERIES]["embeddings"], output.logit_scale
-        )
+        strokes = self.own_strokes(batch)
+        similarity = self.similarities(output, strokes, layers=[len(output.layers) - 1])[0]
         per_image = best_proposal_predictions(
             similarity, last[ENTITY_PROPOSALS]["mask_logits"], last[ENTITY_QUERIES]["valid"], batch
         )
-        strokes = self.own_strokes(batch)
         results: list[dict[str, Any]] = [
             {
                 "masks": masks,
