@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from PIL import Image
+
+from findlit.data.decode import read_panoptic_ids
 
 RESULT_PREFIX = "BENCH_RESULT "
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -176,6 +177,6 @@ def profile(step: Callable[[], object], label: str, rows: int = 12) -> str:
 
 
 def panoptic_png_ids(path: Path) -> np.ndarray:
-    """int64[H,W] segment ids of a COCO panoptic PNG: R + 256 G + 256^2 B (0 = void)."""
-    rgb = np.asarray(Image.open(path), dtype=np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    """int64[H,W] segment ids of a COCO panoptic PNG: R + 256 G + 256^2 B (0 = void), read as
+    findlit's dataset readers read them (:func:`findlit.data.decode.read_panoptic_ids`)."""
+    return read_panoptic_ids(path)

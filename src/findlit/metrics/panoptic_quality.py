@@ -68,24 +68,35 @@ LOOKUP_LIMIT = 1 << 22
 larger ids (COCO's PNG ids reach 256^3) are looked up by binary search, which is slower."""
 
 
-def _dense_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
-    """int64[H*W]: 0 for void pixels, k + 1 for pixels of listed segment k, N + 1 for unlisted ids."""
+def _dense_index(ids: np.ndarray, segment_ids: np.ndarray, scale: int = 1) -> np.ndarray:
+    """int64[H*W]: 0 for void pixels, k + 1 for pixels of listed segment k, N + 1 for unlisted ids.
+
+    Each value is multiplied by ``scale`` (the row stride of a joint histogram), in the table when
+    there is one, so that it costs no pass over the pixels.
+    """
     count = len(segment_ids)
     if ids.size == 0:
-        return ids
-    largest = max(int(ids.max()), int(segment_ids.max()) if count else 0)
+        return np.zeros(0, dtype=np.int64)  # a fresh array: callers update it in place
+    largest = int(segment_ids.max()) if count else 0
     if largest < LOOKUP_LIMIT:
-        # one gather through a table indexed by id: linear in the pixels, no sort
-        table = np.full(largest + 1, count + 1, dtype=np.int64)
+        # one gather through a table indexed by id: linear in the pixels, no sort. The table ends
+        # with one "unlisted" entry past the largest listed id, and the gather clips every larger id
+        # to it, so the ids' maximum need not be found first (ids are non-negative)
+        table = np.full(largest + 2, count + 1, dtype=np.int64)
         table[segment_ids] = np.arange(1, count + 1)
         table[0] = 0
-        return table[ids]
+        if scale != 1:
+            table *= scale
+        return np.take(table, ids, mode="clip")
     order = np.argsort(segment_ids)
     sorted_ids = segment_ids[order]
     position = np.minimum(np.searchsorted(sorted_ids, ids), max(count - 1, 0))
     listed = sorted_ids[position] == ids if count else np.zeros(ids.shape, dtype=bool)
     index = np.where(listed, order[position] + 1 if count else 0, count + 1)
-    return np.where(ids == 0, 0, index)
+    index = np.where(ids == 0, 0, index)
+    if scale != 1:
+        index *= scale
+    return index
 
 
 @dataclass
@@ -110,15 +121,18 @@ def image_counts(pred: PanopticSegments, target: PanopticSegments, categories: n
     pred_segments = pred.segment_ids.detach().long().cpu().numpy()
     target_segments = target.segment_ids.detach().long().cpu().numpy()
     num_pred, num_target = len(pred_segments), len(target_segments)
+    # rows: void, the G target segments, then pixels of ids the target does not list (neither void
+    # nor a segment, as in panopticapi); columns: void, the P predicted segments, then pixels of ids
+    # the prediction does not list (an error, found in the same pass). In place: g is a fresh array.
+    columns = num_pred + 2
     p = _dense_index(pred_ids, pred_segments)
-    g = _dense_index(target_ids, target_segments)
-    if num_pred + 1 in p:
+    g = _dense_index(target_ids, target_segments, scale=columns)
+    g += p
+    joint = np.bincount(g, minlength=(num_target + 2) * columns).reshape(num_target + 2, columns)
+    if joint[:, -1].any():
         unlisted = sorted({int(i) for i in pred_ids[p == num_pred + 1][:1000]})[:5]
         raise ValueError(f"predicted map holds segment ids {unlisted} that its segment list lacks")
-    # rows: void, the G target segments, then pixels of ids the target does not list (neither void
-    # nor a segment, as in panopticapi); columns: void, the P predicted segments
-    joint = np.bincount(g * (num_pred + 1) + p, minlength=(num_target + 2) * (num_pred + 1))
-    inter = joint.reshape(num_target + 2, num_pred + 1).astype(np.float64)
+    inter = joint[:, :-1].astype(np.float64)
     pred_area = inter.sum(axis=0)[1:]
     target_area = inter.sum(axis=1)[1 : num_target + 1]
     on_void = inter[0, 1:]  # predicted pixels on void target pixels

@@ -21,8 +21,8 @@ from the sample's seed, in training and in evaluation, so evaluation repeats). I
 the encoded placeholder text plus the image query's learned content (``stands_for_visual``), and it
 reads, through cross-attention, the ``tokens.vision.spatial_`` tokens of a stroke drawn from its
 segment on the pixel decoder's features, as FIND's; its query scores the proposals by the raw dot
-product of their mask embeddings, as FIND's (``visual_similarity``). For grounding the stroke is on the phrase's own
-segment. For interleave retrieval (UX-Decoder/FIND ``modeling/architectures/find_model.py``,
+product of their mask embeddings, as FIND's (``visual_similarity``). For grounding the stroke is on
+the phrase's own segment. For interleave retrieval (UX-Decoder/FIND ``modeling/architectures/find_model.py``,
 ``evaluate_retrieval_interleave``) evaluation draws it on the phrase's ``reference``, a segment of
 the same kind in another image, whose features are computed with the batch (``TaskContext.features``):
 a stroke on the image itself would show the legend query the very image it must retrieve. Training
@@ -78,6 +78,9 @@ ENTITY_VISUAL_TOKENS = "tokens.vision.spatial_"
 VISUAL_LEGEND = "visual_legend"
 """``InterfaceOutput.extras`` key: float[B,E] legend embeddings with visual entities drawn on their
 references, and bool[B] which images have such an entity (evaluation)."""
+
+STROKES = "entity_strokes"
+"""``InterfaceOutput.extras`` key: the :data:`Strokes` a run drew (losses and predictions reuse them)."""
 
 VISUAL_SIMILARITIES = ("mask_embeddings", "semantic")
 """How a visual entity's query scores the proposals (``InterleaveTask.visual_similarity``)."""
@@ -243,7 +246,9 @@ class InterleaveTask(Task):
         interface = context.interface
         padding = batch["padding_mask"]
         if self.training or not self.retrieval:
-            return interface(features, self._prompts(batch, context, strokes, legend=True), padding)
+            output = interface(features, self._prompts(batch, context, strokes, legend=True), padding)
+            output.extras[STROKES] = strokes
+            return output
         pixel = interface.decode_pixels(features, padding)
         output = interface(
             features, self._prompts(batch, context, strokes, legend=not any_visual), padding, pixel=pixel
@@ -256,7 +261,13 @@ class InterleaveTask(Task):
         visual_legend = self._reference_legend(batch, context, features, pixel)
         if visual_legend is not None:
             output.extras[VISUAL_LEGEND] = visual_legend
+        output.extras[STROKES] = strokes
         return output
+
+    def _strokes_of(self, output: InterfaceOutput, batch: Batch) -> Strokes:
+        """The strokes ``output``'s run drew, else drawn again (the same: they are seeded)."""
+        strokes = output.extras.get(STROKES)
+        return cast(Strokes, strokes) if strokes is not None else self.own_strokes(batch)
 
     def _legend_prompts(
         self,
@@ -398,7 +409,7 @@ class InterleaveTask(Task):
             indices = torch.tensor(phrases_of(target)[1], dtype=torch.long, device=masks.device)
             targets.append({"masks": masks[indices]})
         total, logs = grounding_losses(
-            self.similarities(output, self.own_strokes(batch)),
+            self.similarities(output, self._strokes_of(output, batch)),
             [layer[ENTITY_PROPOSALS]["mask_logits"] for layer in output.layers],
             output.last[ENTITY_QUERIES]["valid"],
             targets,
@@ -428,7 +439,7 @@ class InterleaveTask(Task):
         ``"visual_legend_embedding": float[E]``.
         """
         last = output.last
-        strokes = self.own_strokes(batch)
+        strokes = self._strokes_of(output, batch)
         similarity = self.similarities(output, strokes, layers=[len(output.layers) - 1])[0]
         per_image = best_proposal_predictions(
             similarity, last[ENTITY_PROPOSALS]["mask_logits"], last[ENTITY_QUERIES]["valid"], batch
