@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from findlit.metrics import (
     retrieval_metrics,
     segmentation_metrics,
 )
+from findlit.metrics.collections import _relabel, segments_of_map
 
 THING, STUFF = 1, 2
 
@@ -149,3 +151,41 @@ def test_interleave_collection():
     assert out["val/findbench/IR@5"].item() == pytest.approx(1.0)
     interleave.reset()
     assert interleave["retrieval"].image_embeddings == []
+
+
+def test_segments_of_map_numbers_segments_densely_whatever_their_ids() -> None:
+    """COCO's PNG ids reach 256^3: the segments come out as 1..N, with their categories and crowd flags."""
+    known = torch.tensor([THING, STUFF])
+    small = torch.zeros(6, 8, 2, dtype=torch.long)
+    small[..., 0] = STUFF
+    small[..., 1] = 3
+    small[0:2, 0:3] = torch.tensor([THING, 1])
+    small[3:5, 4:8] = torch.tensor([THING, -2])  # a crowd region
+    small[5, :] = torch.tensor([0, 0])  # a category outside ``known``: void
+    large = small.clone()
+    large[..., 1] = torch.where(small[..., 1] == 1, 16_000_000, small[..., 1] * 1000)
+    for panoptic in (small, large):
+        segments = segments_of_map(panoptic, known)
+        assert segments.segment_ids.tolist() == [1, 2, 3]
+        assert int(segments.ids.max()) == 3 and bool((segments.ids[5] == 0).all())
+        # the same pixels form the same segments in both maps
+        by_segment = {
+            int(i): (int(c), bool(k))
+            for i, c, k in zip(segments.segment_ids, segments.categories, segments.iscrowd, strict=True)
+        }
+        assert sorted(by_segment.values()) == [(THING, False), (THING, True), (STUFF, False)]
+        assert by_segment[int(segments.ids[0, 0])] == (THING, False)
+        assert by_segment[int(segments.ids[3, 4])] == (THING, True)
+    # no void pixel: the segments still start at 1
+    assert segments_of_map(small[:5], known).ids.min() == 1
+
+
+def test_relabel_is_the_rank_among_unique_values() -> None:
+    generator = np.random.default_rng(0)
+    values = np.repeat(generator.choice([0, 7, 3, 16_000_000, 42], size=200), generator.integers(1, 9, 200))
+    labels, keys, first = _relabel(values)
+    unique, inverse = np.unique(values, return_inverse=True)
+    np.testing.assert_array_equal(keys, unique)
+    np.testing.assert_array_equal(labels, inverse)
+    np.testing.assert_array_equal(values[first], keys)
+    assert all(int(np.flatnonzero(values == key)[0]) == index for key, index in zip(keys, first, strict=True))

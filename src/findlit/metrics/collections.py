@@ -168,8 +168,10 @@ def segments_of_map(panoptic: Tensor, known: Tensor) -> PanopticSegments:
 
     Pixels of a category outside ``known`` (e.g. :data:`VOID_CATEGORY`) are void; every other
     |instance| is one segment (instance ids are unique within a map), a crowd segment when its
-    instance id is negative. Linear in the pixels: tables indexed by id, no sort (NumPy, on the CPU,
-    as :func:`~findlit.metrics.panoptic_quality.image_counts` reads them).
+    instance id is negative. The segments are numbered 1..N (void 0) whatever their instance ids
+    (COCO's PNG ids reach 256^3), so the counts gather through small tables. Linear in the pixels,
+    without a sort of them or a table as large as the ids (:func:`_relabel`; NumPy on the CPU, as
+    :func:`~findlit.metrics.panoptic_quality.image_counts` reads them).
     """
     array = panoptic.detach().long().cpu().numpy()
     category, instance = array[..., 0].reshape(-1), array[..., 1].reshape(-1)
@@ -180,20 +182,36 @@ def segments_of_map(panoptic: Tensor, known: Tensor) -> PanopticSegments:
     is_known[known_ids - lowest] = 1
     # + 1 keeps an instance id 0 of a known category off void (id 0)
     key = is_known[category - lowest] * (np.abs(instance) + 1)
-    size = int(key.max()) + 1 if key.size else 1
-    present = np.bincount(key, minlength=size) > 0
-    present[0] = False
-    categories = np.zeros(size, dtype=np.int64)
-    categories[key] = category  # every pixel of a segment carries its category
-    crowd = np.zeros(size, dtype=bool)
-    crowd[key] = instance < 0
-    ids = np.nonzero(present)[0]
+    labels, keys, first = _relabel(key)
+    # label 0 is void when the map has void pixels (key 0 sorts first); else the segments start at 0
+    if keys.size and keys[0] == 0:
+        keys, first = keys[1:], first[1:]
+    else:
+        labels += 1
     return PanopticSegments(
-        torch.from_numpy(key.reshape(array.shape[:-1])),
-        torch.from_numpy(ids),
-        torch.from_numpy(categories[ids]),
-        torch.from_numpy(crowd[ids]),
+        torch.from_numpy(labels.reshape(array.shape[:-1])),
+        torch.arange(1, len(keys) + 1, dtype=torch.int64),
+        torch.from_numpy(category[first]),
+        torch.from_numpy(instance[first] < 0),
     )
+
+
+def _relabel(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense labels of int64[n] ``values``: ``(labels int64[n], unique values sorted, first index of each)``.
+
+    ``labels[i]`` is the rank of ``values[i]`` among the unique values. A segmentation map is made of
+    runs of equal values (along its rows), far fewer than its pixels: the unique values are found
+    among the runs' first values, and the labels are each run's label repeated over its length, so
+    the pixels are passed over three times (compare, find the runs, repeat) and never sorted.
+    """
+    if values.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    starts = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
+    keys, first_run, run_labels = np.unique(values[starts], return_index=True, return_inverse=True)
+    lengths = np.diff(np.append(starts, values.size))
+    labels = np.repeat(run_labels.astype(np.int64), lengths)
+    return labels, keys, starts[first_run]
 
 
 def segmentation_metrics(
