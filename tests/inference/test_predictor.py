@@ -228,3 +228,32 @@ def test_resize_defaults_to_the_run_config(checkpoint: Path, tmp_path: Path) -> 
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"val": [{"transforms": {"image_size": 96}}]}}))
     assert Predictor.from_checkpoint(copy, device="cpu").resize.longest_edge == 96
     assert Predictor.from_checkpoint(copy, image_size=64, device="cpu").resize.longest_edge == 64
+
+
+def test_a_checkpoint_from_before_visual_entities_loads_as_it_was_trained(tmp_path: Path) -> None:
+    """Saved before ``visual_prompt_p`` worked: no visual prompts, no ``visual_prompt_p`` in its options."""
+    torch.manual_seed(0)
+    module = FINDModule(
+        vision_encoder=EncoderConfig("tiny_test_vision"),
+        text_encoder=EncoderConfig("tiny_test_text", {"dim": 8}),
+        interface=INTERFACE,  # type: ignore[arg-type]
+        task_options={**TASK_OPTIONS, "interleave": {"num_points": 64, "visual_prompt_p": 0.0}},
+    )
+    assert module.interface.visual_prompt_encoder is None
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(module)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)
+    del saved["hyper_parameters"]["task_options"]["interleave"]["visual_prompt_p"]  # as it was written then
+    torch.save(saved, path)
+    # rebuilt as a model of today (visual entities at 0.5), its weights would lack the encoder's
+    with pytest.raises(RuntimeError, match="visual_prompt_encoder"):
+        FINDModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    predictor = Predictor.from_checkpoint(path, image_size=64, device="cpu")
+    interleave = predictor.module.tasks["interleave"]
+    assert predictor.module.interface.visual_prompt_encoder is None
+    assert getattr(interleave, "visual_prompt_p") == 0.0  # noqa: B009
+    assert predictor.predict(PHOTOS[0], prompts=["a cat"]).masks.shape[0] == 1

@@ -22,7 +22,7 @@ from findlit.encoders.checkpoint import CHECKPOINT_KEY, EncoderMismatchError
 from findlit.errors import ConfigError
 from findlit.metrics import SegmentationMetrics
 from findlit.tasks.base import Vocabulary
-from findlit.training.module import FINDModule, lr_factor, parameter_groups
+from findlit.training.module import FINDModule, checkpoint_overrides, lr_factor, parameter_groups
 
 VISION = EncoderConfig("timm", {"model": "test_resnet", "weights": None})
 INTERFACE = {
@@ -553,3 +553,19 @@ def test_predict_step_needs_a_prediction_batch(coco_sample: Path) -> None:
     batch = cast(Batch, {"task": "segmentation", "dataset": "x"})
     with pytest.raises(ValueError, match=r"data\.predict"):
         module.predict_step(batch, 0)
+
+
+def test_checkpoint_overrides_only_for_interleave_models_from_before_visual_entities() -> None:
+    old = {
+        "interface": {"visual_prompts": False},
+        "tasks": ["interleave"],
+        "task_options": {"interleave": {}},
+    }
+    assert checkpoint_overrides(old) == {"task_options": {"interleave": {"visual_prompt_p": 0.0}}}
+    assert old["task_options"] == {"interleave": {}}  # the hyperparameters are not changed
+    for newer in (
+        {**old, "interface": {"visual_prompts": True}},  # visual entities recorded with the encoder
+        {**old, "task_options": {"interleave": {"visual_prompt_p": 0.25}}},  # the option given
+        {**old, "tasks": ["segmentation"]},  # no interleave task
+    ):
+        assert checkpoint_overrides(newer) == {}

@@ -50,7 +50,7 @@ from findlit.errors import ConfigError, DataError
 from findlit.outputs.overlay import output_paths, refuse_existing
 from findlit.tasks.requests import Prediction, capability_problem, predict_batch
 from findlit.training.checkpoint_io import read_lightning_checkpoint
-from findlit.training.module import FINDModule
+from findlit.training.module import FINDModule, checkpoint_overrides
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -205,7 +205,8 @@ class Predictor:
         checkpoint = read_lightning_checkpoint(path, "checkpoint")  # tensors mapped, not read
         path = Path(path)
         try:
-            module = FINDModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+            overrides = checkpoint_overrides(checkpoint.get("hyper_parameters") or {})
+            module = FINDModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
         except EncoderMismatchError as error:
             raise EncoderMismatchError(f"checkpoint {path}: {error}") from None
         if image_size is None:

@@ -83,6 +83,32 @@ def _task_options(name: str, options: dict[str, Any] | None, num_proposals: int)
     return kwargs
 
 
+def checkpoint_overrides(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments that rebuild, from a checkpoint's hyperparameters, the model it was saved as.
+
+    An interleave task saved before its visual entities worked had text phrases only, and an
+    interface without visual prompts unless another task asked for them: a checkpoint whose
+    interleave options leave ``visual_prompt_p`` out while its interface has no visual prompts can
+    only be one of those (a model saved since records ``visual_prompts: true`` whenever its
+    interleave task draws visual entities). It is rebuilt with ``visual_prompt_p: 0``; the default
+    0.5 would add the visual-prompt encoder that its weights lack.
+
+    Returns:
+        ``{}`` or ``{"task_options": ...}``, for ``FINDModule.load_from_checkpoint(path, **overrides)``.
+
+    """
+    interface = hparams.get("interface")
+    tasks = hparams.get("tasks")
+    options = dict(hparams.get("task_options") or {})
+    interleave = dict(options.get("interleave") or {})
+    visual = bool(interface.get("visual_prompts", False)) if isinstance(interface, Mapping) else True
+    listed = tasks is None or "interleave" in tasks
+    if visual or not listed or "visual_prompt_p" in interleave:
+        return {}
+    options["interleave"] = {**interleave, "visual_prompt_p": 0.0}
+    return {"task_options": options}
+
+
 def check_dataset_tasks(configs: Mapping[str, Sequence[DatasetConfig]], model_tasks: Sequence[str]) -> None:
     """Refuse a dataset whose task is unknown, not among the model's, or not fed by its format.
 
