@@ -23,12 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 def _names(value: str | None) -> list[str]:
@@ -109,18 +105,6 @@ def parser() -> ArgumentParser:
     return parser
 
 
-def _scribble(path: str, index: int) -> np.ndarray:
-    """``--scribbles`` file ``index`` as a mask; a missing or unreadable file is a one-line error."""
-    from findlit.data.predict_config import read_scribble
-    from findlit.errors import DataError
-    from findlit.inference.predictor import PredictError
-
-    try:
-        return read_scribble(path)
-    except DataError as error:
-        raise PredictError(f"--scribbles: cannot read scribble {index} ({path}): {error.message}") from None
-
-
 def expand_folders(images: Sequence[str]) -> list[str]:
     """``--images`` with each folder replaced by its image files (as a ``data.predict`` entry's).
 
@@ -150,14 +134,14 @@ def main(argv: Sequence[str]) -> int:
     encoders) are :class:`~findlit.errors.FindlitError` s, reported by the dispatcher.
     """
     from findlit.data.predict_config import request_problem
-    from findlit.inference.predictor import PredictError, Predictor, check_files
+    from findlit.inference.predictor import PredictError, Predictor, check_files, scribble_mask
     from findlit.training.checkpoint_io import require_checkpoint_file
 
     args = parser().parse_args(list(argv))
     classes, stuff = _names(args.classes), _names(args.stuff)
     points = _numbers(args.points, "--points", "x,y or x,y,label", (2, 3))
     boxes = _numbers(args.boxes, "--boxes", "x0,y0,x1,y1", (4,))
-    scribbles = [_scribble(path, index) for index, path in enumerate(args.scribbles)]
+    scribbles = [scribble_mask(path, index, "--scribbles") for index, path in enumerate(args.scribbles)]
     # the request and the files first: a bad one should not wait for the checkpoint to load
     problem = request_problem(args.prompts, classes, stuff, "panoptic", points, boxes, scribbles)
     if problem is not None:

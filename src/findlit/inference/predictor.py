@@ -87,8 +87,14 @@ Scribble = np.ndarray | Tensor | str | Path
 """A scribble: a mask bool[H,W] at the image's size, or an image file of one (non-zero on it)."""
 
 
-def _scribble_mask(scribble: Scribble, index: int) -> np.ndarray:
-    """A scribble as a mask (files read by :func:`~findlit.data.predict_config.read_scribble`)."""
+def scribble_mask(scribble: Scribble, index: int, field: str = "scribbles") -> np.ndarray:
+    """Scribble ``index`` as a mask (files read by :func:`~findlit.data.predict_config.read_scribble`).
+
+    Raises:
+        PredictError: a file that cannot be read, in one line naming ``field`` (``--scribbles`` on
+            the command line), the index and the file.
+
+    """
     if isinstance(scribble, np.ndarray):
         return scribble.astype(bool, copy=False)
     if isinstance(scribble, Tensor):
@@ -98,7 +104,7 @@ def _scribble_mask(scribble: Scribble, index: int) -> np.ndarray:
     try:
         return read_scribble(scribble)
     except DataError as error:
-        raise PredictError(f"scribbles[{index}]: cannot read {scribble}: {error.message}") from None
+        raise PredictError(f"{field}: cannot read scribble {index} ({scribble}): {error.message}") from None
 
 
 def training_resize(checkpoint: Mapping[str, Any], path: Path) -> tuple[int | None, int | None]:
@@ -235,7 +241,7 @@ class Predictor:
                 be read.
 
         """
-        masks = [_scribble_mask(scribble, index) for index, scribble in enumerate(scribbles)]
+        masks = [scribble_mask(scribble, index) for index, scribble in enumerate(scribbles)]
         problem = request_problem(prompts, classes, stuff, self.mode, points, boxes, masks)
         if problem is None:
             request = PredictRequest(
