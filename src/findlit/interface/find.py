@@ -399,10 +399,14 @@ class FINDInterface(nn.Module):
             raise ValueError("visual prompts given, but the interface was built with visual_prompts=False")
         tokens = {}
         for name, prompts in visual.items():
-            if kind_of(name) != "tokens" or name not in self.prototype.types:
-                raise ValueError(f"prompts.visual names {name!r}, which is not a token type of the prototype")
+            self._check_visual_type(name, "prompts.visual")
             tokens[name] = self.visual_prompt_encoder(pixel, prompts, padding_mask, generator)
         return tokens
+
+    def _check_visual_type(self, name: str, field: str) -> None:
+        """Raise unless ``name`` (a key of ``field``) is a token type of the prototype."""
+        if kind_of(name) != "tokens" or name not in self.prototype.types:
+            raise ValueError(f"{field} names {name!r}, which is not a token type of the prototype")
 
     def _learned(self, name: str, count: int) -> tuple[Tensor, Tensor]:
         """Initial content and positions float[count,D] of a learned type (its root's, shared)."""
@@ -698,8 +702,7 @@ class FINDInterface(nn.Module):
         for name, encoded in prompts.visual_tokens.items():
             if name in visual:
                 raise ValueError(f"{name!r} is both in prompts.visual and prompts.visual_tokens")
-            if kind_of(name) != "tokens" or name not in self.prototype.types:
-                raise ValueError(f"prompts.visual_tokens names {name!r}, not a token type of the prototype")
+            self._check_visual_type(name, "prompts.visual_tokens")
             if len(encoded.tokens) != len(pixel.levels):
                 raise ValueError(
                     f"prompts.visual_tokens[{name!r}] has {len(encoded.tokens)} levels, the pixel decoder "
@@ -716,7 +719,11 @@ class FINDInterface(nn.Module):
             for name in compiled.order
             if kind_of(name) == "proposals"
         )
-        cross_rows = (compiled.reads_features | compiled.reads_tokens)[None] & compiled.valid
+        # rows that read something: the features (always some key of their image), or a token this
+        # batch gives them. A row of a token reader without any token here (a text entity's legend
+        # token when another entity is visual, a prompt with an empty stroke) stays out of
+        # cross-attention, where the layers' empty-row rule would open it to every key, features too
+        cross_rows = (compiled.reads_features[None] & compiled.valid) | compiled.cross_tokens.any(dim=-1)
         sizes = pixel.sizes
 
         valid_keys = pixel.valid_keys()  # per level, once (not per layer)
@@ -751,10 +758,7 @@ class FINDInterface(nn.Module):
             valid = None if valid_keys is None else valid_keys[level]
             feature_mask = self._feature_mask(compiled, previous, keys.shape[1], valid, memory_reads[level])
             cross = torch.cat([feature_mask, compiled.cross_tokens], dim=-1)
-            # a row with nothing to read in this batch (a legend token of a text entity, whose prompt
-            # has no visual token) skips cross-attention: the layers' empty-row rule would open it to
-            # every key, image features included
-            x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows & cross.any(dim=-1))
+            x = layer(x, memory, cross, compiled.self_mask, pos, memory_pos, cross_rows)
             target = sizes[(i + 1) % len(sizes)] if i + 1 < len(self.layers) else None
             prediction, previous = self._predict(
                 x, compiled, num_proposal_rows, mask_features, target, image_term, mask_padding

@@ -134,7 +134,8 @@ class CompiledPrototype:
             (``tokens(sequence)`` gathers the memory).
         cross_tokens: bool[B,S,T], True where the row reads the token column. Rows that read no
             tokens, padded rows and rows whose sample has none of their tokens are all False: the
-            consumer must keep such rows out of the softmax (see ``reads_tokens``).
+            consumer must keep such rows out of the softmax (the interface leaves every row without
+            a True here, and reading no features, out of cross-attention).
         reads_tokens: bool[S], whether the position's type reads any token type present.
         reads_features: bool[S], whether the position's type reads the image features.
         features_masked: bool[S], whether the previous layer's masks restrict that read.

@@ -54,6 +54,7 @@ from findlit.interactive.entities import VISUAL_PLACEHOLDER, draw_entity_strokes
 from findlit.interactive.strokes import StrokeSampling
 from findlit.interface.find import IMAGE_QUERY, InterfaceOutput, InterfacePrompts, PromptTokens
 from findlit.interface.heads import class_logits
+from findlit.interface.pixel_decoder import PixelDecoderOutput
 from findlit.interface.visual_prompts import VisualPrompts, VisualTokens
 from findlit.losses import HungarianMatcher, LossWeights, PointSampling, grounding_losses, symmetric_infonce
 from findlit.losses.points import DEFAULT_NUM_POINTS
@@ -304,7 +305,7 @@ class InterleaveTask(Task):
         return drawn, images
 
     def _reference_legend(
-        self, batch: Batch, context: TaskContext, features: dict[str, Tensor], pixel: Any
+        self, batch: Batch, context: TaskContext, features: dict[str, Tensor], pixel: PixelDecoderOutput
     ) -> tuple[Tensor, Tensor] | None:
         """Legend embeddings float[B,E] with visual entities read on their references; bool[B] which.
 
