@@ -293,6 +293,24 @@ INTERACTIVE_LOSS_RATIO = 0.6
 INTERACTIVE_IOU_GAIN = 0.1
 
 
+def _task_batch(task: str, targets: list[dict[str, Any]], seed: int) -> Batch:
+    """A batch of the unpadded 128 px images with ``targets``; its sample seeds (strokes) follow ``seed``."""
+    count = len(targets)
+    return cast(
+        Batch,
+        {
+            "task": task,
+            "dataset": "synth",
+            "padding_mask": torch.zeros(count, SIZE, SIZE, dtype=torch.bool),
+            "image_ids": list(range(count)),
+            "image_sizes": [(SIZE, SIZE)] * count,
+            "orig_sizes": [(SIZE, SIZE)] * count,
+            "targets": targets,
+            "sample_seeds": [seed * count + b for b in range(count)],
+        },
+    )
+
+
 def _no_text(texts: Sequence[str]) -> TextEmbeddings:
     raise AssertionError("the interactive task encodes no text")
 
@@ -316,20 +334,7 @@ def test_interactive_learns(setup: Setup) -> None:
     context = TaskContext(interface=interface, encode_text=_no_text)
 
     def batch(seed: int) -> Batch:
-        count = len(setup.segments)
-        return cast(
-            Batch,
-            {
-                "task": "interactive",
-                "dataset": "synth",
-                "padding_mask": torch.zeros(count, SIZE, SIZE, dtype=torch.bool),
-                "image_ids": list(range(count)),
-                "image_sizes": [(SIZE, SIZE)] * count,
-                "orig_sizes": [(SIZE, SIZE)] * count,
-                "targets": [dict(segments) for segments in setup.segments],
-                "sample_seeds": [seed * count + b for b in range(count)],
-            },
-        )
+        return _task_batch("interactive", [dict(segments) for segments in setup.segments], seed)
 
     def one_click_iou() -> float:
         interface.eval()
@@ -403,19 +408,7 @@ def test_visual_entities_learn(setup: Setup) -> None:
     ]
 
     def batch(seed: int) -> Batch:
-        return cast(
-            Batch,
-            {
-                "task": "interleave",
-                "dataset": "synth",
-                "padding_mask": torch.zeros(4, SIZE, SIZE, dtype=torch.bool),
-                "image_ids": list(range(4)),
-                "image_sizes": [(SIZE, SIZE)] * 4,
-                "orig_sizes": [(SIZE, SIZE)] * 4,
-                "targets": targets,
-                "sample_seeds": [seed * 4 + b for b in range(4)],
-            },
-        )
+        return _task_batch("interleave", targets, seed)
 
     def entity_iou() -> float:
         interface.eval()

@@ -93,11 +93,12 @@ def _perturbed(
     return dataclasses.replace(pixel, levels=levels)
 
 
-def _encode(interface: FINDInterface, pixel: PixelDecoderOutput, visual: VisualPrompts) -> VisualTokens:
-    tokens = interface.encode_visual_prompts(
-        pixel, {SPATIAL_T: visual}, None, torch.Generator().manual_seed(3)
-    )
-    return tokens[SPATIAL_T]
+def _encode(
+    interface: FINDInterface, pixel: PixelDecoderOutput, visual: VisualPrompts, name: str = SPATIAL_T
+) -> VisualTokens:
+    """``visual`` as tokens of type ``name``, their points drawn by a generator seeded 3."""
+    tokens = interface.encode_visual_prompts(pixel, {name: visual}, None, torch.Generator().manual_seed(3))
+    return tokens[name]
 
 
 def test_without_visual_prompts_the_outputs_are_those_of_an_interface_without_the_hook() -> None:
@@ -342,21 +343,15 @@ def test_visual_tokens_encoded_elsewhere_are_read_as_inline_ones() -> None:
     with torch.no_grad():
         inline = interface(features, _entity_prompts(strokes, [False, True, False]))
         pixel = interface.pixel_decoder(features)
-        encoded = interface.encode_visual_prompts(
-            pixel,
-            {ENTITY_V: VisualPrompts(strokes, torch.zeros(3, dtype=torch.long))},
-            None,
-            torch.Generator().manual_seed(3),
-        )[ENTITY_V]
+        encoded = _encode(
+            interface, pixel, VisualPrompts(strokes, torch.zeros(3, dtype=torch.long)), ENTITY_V
+        )
         given = interface(features, _entity_prompts(strokes, [False, True, False], tokens=encoded))
         # the same tokens from a reference image (image 1 of another batch), owned by image 0
         reference = interface.pixel_decoder(_features(2, seed=9))
-        elsewhere = interface.encode_visual_prompts(
-            reference,
-            {ENTITY_V: VisualPrompts(strokes, torch.ones(3, dtype=torch.long))},
-            None,
-            torch.Generator().manual_seed(3),
-        )[ENTITY_V]
+        elsewhere = _encode(
+            interface, reference, VisualPrompts(strokes, torch.ones(3, dtype=torch.long)), ENTITY_V
+        )
         elsewhere.image = torch.zeros(3, dtype=torch.long)
         from_reference = interface(features, _entity_prompts(strokes, [False, True, False], tokens=elsewhere))
     torch.testing.assert_close(given.last[ENTITY_Q]["embeddings"], inline.last[ENTITY_Q]["embeddings"])

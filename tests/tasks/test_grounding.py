@@ -18,6 +18,7 @@ from findlit.encoders.base import TextEmbeddings
 from findlit.interface.find import FINDInterface
 from findlit.tasks.base import TaskContext
 from findlit.tasks.grounding import GroundingTask
+from tests.training.test_module import INTERFACE
 
 TEXT_DIM = 12
 CHANNELS = {"res2": 8, "res3": 16, "res4": 24, "res5": 32}
@@ -42,17 +43,10 @@ def fake_encode_text(texts: Sequence[str]) -> TextEmbeddings:
 
 
 def tiny_interface(**options: Any) -> FINDInterface:
-    """A 2-layer, 32-wide interface over :data:`CHANNELS` (``options`` add or replace arguments)."""
+    """The tiny test interface (``INTERFACE``: 2 layers, 32 wide) over :data:`CHANNELS` (``options`` add
+    or replace arguments)."""
     torch.manual_seed(0)
-    defaults: dict[str, Any] = {
-        "hidden_dim": 32,
-        "num_layers": 2,
-        "num_heads": 4,
-        "ffn_dim": 64,
-        "num_proposals": 8,
-        "embed_dim": 16,
-    }
-    return FINDInterface(CHANNELS, TEXT_DIM, **(defaults | options))
+    return FINDInterface(CHANNELS, TEXT_DIM, **(INTERFACE | options))
 
 
 def context(interface: FINDInterface) -> TaskContext:
