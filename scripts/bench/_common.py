@@ -20,11 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
-
-from findlit.data.decode import read_panoptic_ids
 
 RESULT_PREFIX = "BENCH_RESULT "
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -174,9 +171,3 @@ def profile(step: Callable[[], object], label: str, rows: int = 12) -> str:
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
     print(f"--- profile: {label} (torch.profiler, top {rows} ops by self CPU time) ---\n{table}", flush=True)
     return table
-
-
-def panoptic_png_ids(path: Path) -> np.ndarray:
-    """int64[H,W] segment ids of a COCO panoptic PNG: R + 256 G + 256^2 B (0 = void), read as
-    findlit's dataset readers read them (:func:`findlit.data.decode.read_panoptic_ids`)."""
-    return read_panoptic_ids(path)

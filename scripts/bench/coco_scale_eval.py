@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import finish, machine_load, paired_ratios, panoptic_png_ids, spread, summary
+from _common import finish, machine_load, paired_ratios, spread, summary
 from PIL import Image
 
 HEIGHT, WIDTH = 480, 640
@@ -280,6 +280,7 @@ def score_findlit(folder: Path) -> dict[str, Any]:
     import torch
     from pycocotools import mask as mask_utils
 
+    from findlit.data.decode import read_panoptic_ids
     from findlit.metrics import VOID_CATEGORY, SegmentationMetrics
 
     started = time.perf_counter()
@@ -297,7 +298,7 @@ def score_findlit(folder: Path) -> dict[str, Any]:
 
     def panoptic_map(side: str, entry: dict[str, Any]) -> torch.Tensor:
         """int64[1,H,W,2] (category, segment id) from a panoptic PNG and its segments."""
-        ids = panoptic_png_ids(folder / side / "panoptic" / entry["file_name"])
+        ids = read_panoptic_ids(folder / side / "panoptic" / entry["file_name"])
         category = np.full(int(ids.max()) + 1, VOID_CATEGORY, dtype=np.int64)
         for segment in entry["segments_info"]:
             category[segment["id"]] = segment["category_id"]

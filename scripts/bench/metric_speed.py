@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import alternate, finish, paired_ratios, panoptic_png_ids, spread, summary
+from _common import alternate, finish, paired_ratios, spread, summary
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from findlit.data.decode import read_panoptic_ids
 from findlit.metrics import VOID_CATEGORY, SegmentationMetrics
 from findlit.metrics.panoptic_quality import PanopticQuality, PanopticSegments
 
@@ -219,7 +220,7 @@ def findlit_pq_from_files(files: dict[str, Any]) -> float:
             segments = annotation["segments_info"]
             inputs.append(
                 PanopticSegments.of(
-                    torch.from_numpy(panoptic_png_ids(folder / side / annotation["file_name"])),
+                    torch.from_numpy(read_panoptic_ids(folder / side / annotation["file_name"])),
                     [s["id"] for s in segments],
                     [s["category_id"] for s in segments],
                     [bool(s["iscrowd"]) for s in segments],
